@@ -1,0 +1,344 @@
+#include "archive/results_archive.hpp"
+#include "archive/results_finder.hpp"
+#include "archive/results_manager.hpp"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+
+namespace dynexec {
+namespace {
+namespace fs = std::filesystem;
+
+// A directory of its own for each test, removed afterwards.
+class ArchiveTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        static std::atomic<int> n{0};
+        dir = fs::temp_directory_path() / ("dynexec-archive-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+        fs::remove_all(dir);
+    }
+    void TearDown() override { fs::remove_all(dir); }
+
+    fs::path dir;
+    JobIdGenerator ids;
+};
+
+Result ok_result(const JobId& id, Value v) {
+    Result r;
+    r.job_id = id;
+    r.value = std::move(v);
+    r.owner = "alice";
+    r.service = "python";
+    r.server = "server-1";
+    r.submit_time = 1700000000.25;
+    r.start_time = 1700000001.5;
+    r.end_time = 1700000002.75;
+    r.attempts = 1;
+    return r;
+}
+
+template <class T> Array make_array(std::vector<std::int64_t> shape, std::vector<T> values) {
+    auto [a, span] = Array::allocate<T>(std::move(shape));
+    EXPECT_EQ(span.size(), values.size());
+    std::copy(values.begin(), values.end(), span.begin());
+    return a;
+}
+
+// Value has no operator== (Array compares by content here).
+void expect_same(const Value& got, const Value& want) {
+    ASSERT_EQ(got.index(), want.index());
+    if (auto* a = std::get_if<Array>(&want)) {
+        auto& g = std::get<Array>(got);
+        EXPECT_EQ(g.dtype, a->dtype);
+        EXPECT_EQ(g.shape, a->shape);
+        ASSERT_EQ(g.nbytes, a->nbytes);
+        EXPECT_TRUE(g.nbytes == 0 || std::memcmp(g.data, a->data, a->nbytes) == 0);
+        EXPECT_TRUE(g.owner);
+        EXPECT_NE(g.data, a->data); // a fresh buffer, owned by the result
+    } else {
+        std::visit(
+            [&](const auto& w) {
+                using T = std::decay_t<decltype(w)>;
+                if constexpr (!std::is_same_v<T, Array>) {
+                    EXPECT_TRUE(std::get<T>(got) == w) << type_name(want);
+                }
+            },
+            want);
+    }
+}
+
+TEST_F(ArchiveTest, RoundTripsEveryValueKind) {
+    std::vector<Value> values = {
+        std::monostate{},
+        true,
+        false,
+        std::int64_t{-1234567890123},
+        3.141592653589793,
+        std::string("héllo, wörld ✓"),
+        std::string(),
+        Bytes{std::string("a\0b\xff", 4)},
+        Bytes{},
+        Pickled{std::string("\x80\x04\x95\x00pickle\0data", 17)},
+        make_array<double>({2, 3}, {1.5, -2.5, 3.25, 4, 5, 6}),
+        make_array<std::int32_t>({4}, {-7, 0, 7, 2147483647}),
+        make_array<bool>({3}, {true, false, true}),
+        make_array<float>({1, 2}, {0.5f, -0.25f}),
+        make_array<std::uint8_t>({2, 2}, {0, 1, 254, 255}),
+        make_array<std::int64_t>({}, {42}),   // 0-d
+        make_array<double>({0, 5}, {}),       // empty
+        make_array<std::uint64_t>({100000}, std::vector<std::uint64_t>(100000, 7)), // contiguous, not compact
+    };
+    std::vector<Result> batch;
+    for (auto& v : values) batch.push_back(ok_result(ids.next(), v));
+
+    ResultsArchive archive(dir, ids.session());
+    archive.write(batch);
+    archive.flush();
+    EXPECT_EQ(archive.count(), values.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        SCOPED_TRACE(i);
+        auto r = archive.read(batch[i].job_id);
+        ASSERT_TRUE(r);
+        expect_same(r->value, values[i]);
+        EXPECT_EQ(r->owner, "alice");
+        EXPECT_EQ(r->end_time, 1700000002.75);
+    }
+}
+
+TEST_F(ArchiveTest, KeepsErrorFields) {
+    Result r;
+    r.job_id = ids.next();
+    r.status = Status::error;
+    r.value = Pickled{"exc"};
+    r.error_type = "ValueError";
+    r.message = "x must be positive, got -1";
+    r.traceback = "Traceback (most recent call last):\n  File \"job.py\", line 3, in f\nValueError: ünïcode";
+    r.owner = "bob";
+    r.service = "pricing";
+    r.server = "node7-server-2";
+    r.submit_time = 1.0;
+    r.start_time = 2.0;
+    r.end_time = 3.5;
+    r.attempts = 3;
+    Job job;
+    job.id = ids.next();
+    job.service = "svc";
+    Result lost = result_without_run(job, Status::lost, "dynexec.ServerLost", "gone");
+
+    ResultsArchive archive(dir, ids.session());
+    archive.write({r, lost});
+    auto got = archive.read(r.job_id);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->status, Status::error);
+    EXPECT_EQ(got->error_type, r.error_type);
+    EXPECT_EQ(got->message, r.message);
+    EXPECT_EQ(got->traceback, r.traceback);
+    EXPECT_EQ(got->owner, r.owner);
+    EXPECT_EQ(got->service, r.service);
+    EXPECT_EQ(got->server, r.server);
+    EXPECT_EQ(got->submit_time, 1.0);
+    EXPECT_EQ(got->start_time, 2.0);
+    EXPECT_EQ(got->end_time, 3.5);
+    EXPECT_EQ(got->attempts, 3);
+    expect_same(got->value, r.value);
+
+    auto got_lost = archive.read(lost.job_id);
+    ASSERT_TRUE(got_lost);
+    EXPECT_EQ(got_lost->status, Status::lost);
+    EXPECT_EQ(got_lost->error_type, "dynexec.ServerLost");
+    EXPECT_TRUE(std::holds_alternative<std::monostate>(got_lost->value));
+}
+
+TEST_F(ArchiveTest, LocationNamesAbsoluteFileAndGroup) {
+    ResultsArchive archive(dir / "sub" / ".." / "sub" / "", ids.session());
+    JobId id = ids.next();
+    std::string want = (dir / "sub").string() + "/" + ids.session() + ".h5:/jobs/" + id;
+    EXPECT_EQ(archive.location_of(id), want);
+    EXPECT_EQ(archive.file(), dir / "sub" / (ids.session() + ".h5"));
+    archive.write({ok_result(id, 1.0)});
+    EXPECT_EQ(archive.read(id)->location, want);
+    EXPECT_EQ(ResultsArchive::read_from(dir / "sub", id)->location, want);
+}
+
+TEST_F(ArchiveTest, ReadsBackAfterCloseAndReopen) {
+    JobId a = ids.next(), b = ids.next();
+    {
+        ResultsArchive archive(dir, ids.session());
+        archive.write({ok_result(a, make_array<double>({2, 2}, {1, 2, 3, 4}))});
+        archive.close();
+        archive.close(); // idempotent
+        EXPECT_THROW(archive.read(a), ArchiveError);
+    }
+    // A later process: first a reader, then the session reopened for writing.
+    auto r = ResultsArchive::read_from(dir, a);
+    ASSERT_TRUE(r);
+    expect_same(r->value, make_array<double>({2, 2}, {1, 2, 3, 4}));
+
+    ResultsArchive reopened(dir, ids.session());
+    EXPECT_EQ(reopened.count(), 1u);
+    EXPECT_TRUE(reopened.contains(a));
+    reopened.write({ok_result(b, std::string("second"))});
+    reopened.close();
+    EXPECT_EQ(std::get<std::string>(ResultsArchive::read_from(dir, b)->value), "second");
+}
+
+TEST_F(ArchiveTest, DuplicateIsRejectedAndTheRestWritten) {
+    JobId a = ids.next(), b = ids.next(), c = ids.next();
+    ResultsArchive archive(dir, ids.session());
+    archive.write({ok_result(a, std::int64_t{1})});
+    try {
+        archive.write({ok_result(b, std::int64_t{2}), ok_result(a, std::int64_t{99}), ok_result(c, std::int64_t{3}),
+                       ok_result(c, std::int64_t{4})});
+        FAIL() << "expected ArchiveWriteError";
+    } catch (const ArchiveWriteError& e) {
+        EXPECT_EQ(e.failed, (std::vector<JobId>{a, c}));
+        EXPECT_NE(std::string(e.what()).find("job " + a + " is already archived"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(archive.count(), 3u);
+    EXPECT_EQ(std::get<std::int64_t>(archive.read(a)->value), 1); // never overwritten
+    EXPECT_EQ(std::get<std::int64_t>(archive.read(b)->value), 2);
+    EXPECT_EQ(std::get<std::int64_t>(archive.read(c)->value), 3);
+}
+
+TEST_F(ArchiveTest, BadValueIsRejectedWithoutAHalfWrittenGroup) {
+    Array bad = make_array<double>({3}, {1, 2, 3});
+    bad.nbytes = 8; // shape says 24
+    JobId a = ids.next(), b = ids.next();
+    ResultsArchive archive(dir, ids.session());
+    EXPECT_THROW(archive.write({ok_result(a, bad), ok_result(b, true)}), ArchiveWriteError);
+    EXPECT_FALSE(archive.contains(a));
+    EXPECT_TRUE(archive.contains(b));
+}
+
+TEST_F(ArchiveTest, UnwritablePathThrowsNamingIt) {
+    try {
+        ResultsArchive archive("/proc/dynexec-test/x", ids.session());
+        FAIL() << "expected ArchiveError";
+    } catch (const ArchiveError& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find("cannot create results archive directory '/proc/dynexec-test/x'"), std::string::npos) << what;
+    }
+    // The directory is fine but the file cannot be created: something else is there.
+    fs::create_directories(dir / (ids.session() + ".h5"));
+    try {
+        ResultsArchive archive(dir, ids.session());
+        FAIL() << "expected ArchiveError";
+    } catch (const ArchiveError& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find((dir / (ids.session() + ".h5")).string()), std::string::npos) << what;
+    }
+    std::ofstream(dir / "a-file") << "a regular file";
+    EXPECT_THROW(ResultsManager(dir / "a-file" / "below", ids.session(), nullptr), ArchiveError)
+        << "a manager opens its archive at once";
+}
+
+TEST_F(ArchiveTest, ReadFromMissingOrCorrupt) {
+    JobId id = ids.next();
+    EXPECT_FALSE(ResultsArchive::read_from(dir, id)); // no directory
+    { ResultsArchive archive(dir, ids.session()); }
+    EXPECT_FALSE(ResultsArchive::read_from(dir, id)); // no such job
+    std::ofstream(dir / (ids.session() + ".h5"), std::ios::trunc) << "not an HDF5 file";
+    EXPECT_THROW(ResultsArchive::read_from(dir, id), ArchiveError);
+    EXPECT_THROW(ResultsArchive::read_from(dir, "not-a-job-id"), InvalidJob);
+}
+
+TEST_F(ArchiveTest, ManagerDeliversOnlyAfterTheWrite) {
+    std::mutex mu;
+    std::vector<Result> seen;
+    std::vector<std::string> problems;
+    auto m = ResultsManager::open(dir, ids.session(), [&](std::vector<Result>&& batch) {
+        for (auto& r : batch) {
+            // At delivery the result must already be in the file, where its location says.
+            auto stored = ResultsArchive::read_from(dir, r.job_id);
+            std::lock_guard lk(mu);
+            if (!stored) problems.push_back("not archived at delivery: " + r.job_id);
+            if (r.location != (dir / (ids.session() + ".h5")).string() + ":/jobs/" + r.job_id)
+                problems.push_back("bad location: " + r.location);
+            seen.push_back(std::move(r));
+        }
+    });
+    constexpr int n = 500;
+    for (int i = 0; i < n; ++i) m->accept(ok_result(ids.next(), std::int64_t{i}));
+    m->drain();
+    EXPECT_EQ(m->archived(), std::uint64_t(n));
+    {
+        std::lock_guard lk(mu);
+        EXPECT_EQ(seen.size(), std::size_t(n)); // drain returned only after every delivery
+        EXPECT_TRUE(problems.empty()) << problems.front();
+    }
+    EXPECT_EQ(std::get<std::int64_t>(m->find(seen[7].job_id)->value), 7);
+    EXPECT_TRUE(m->last_error().empty());
+    m->close();
+    m->close();
+}
+
+TEST_F(ArchiveTest, ManagerStillDeliversWhenTheWriteFails) {
+    std::mutex mu;
+    std::vector<Result> seen;
+    ResultsManager m(dir, ids.session(), [&](std::vector<Result>&& batch) {
+        std::lock_guard lk(mu);
+        for (auto& r : batch) seen.push_back(std::move(r));
+    });
+    JobId id = ids.next();
+    m.accept(ok_result(id, std::int64_t{1}));
+    m.drain();
+    m.accept(ok_result(id, std::int64_t{2})); // a duplicate cannot be archived
+    m.drain();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_FALSE(seen[0].location.empty());
+    EXPECT_TRUE(seen[1].location.empty());
+    EXPECT_NE(m.last_error().find("already archived"), std::string::npos) << m.last_error();
+}
+
+TEST_F(ArchiveTest, ManagerWithoutArchiveDelivers) {
+    std::atomic<int> delivered{0};
+    std::atomic<bool> located{false};
+    ResultsManager m(std::nullopt, ids.session(), [&](std::vector<Result>&& batch) {
+        for (auto& r : batch) {
+            located = located || !r.location.empty();
+            ++delivered;
+        }
+    });
+    JobId id = ids.next();
+    m.accept(ok_result(id, 1.0));
+    m.accept(ok_result(ids.next(), 2.0));
+    m.drain();
+    EXPECT_EQ(delivered, 2);
+    EXPECT_FALSE(located);
+    EXPECT_FALSE(m.find(id));
+    EXPECT_FALSE(m.dir());
+    m.close();
+    m.accept(ok_result(ids.next(), 3.0)); // after close: delivered at once
+    EXPECT_EQ(delivered, 3);
+    EXPECT_FALSE(fs::exists(dir));
+}
+
+TEST_F(ArchiveTest, FinderUsesTheLiveManagerThenTheFile) {
+    auto m = ResultsManager::open(dir, ids.session(), nullptr);
+    EXPECT_EQ(ResultsManager::live(ids.session()), m);
+    JobId id = ids.next();
+    m->accept(ok_result(id, std::string("found")));
+    // Straight after accept: the finder drains the live manager, whichever spelling of the directory.
+    auto r = ResultsFinder::find(dir / "." / "", id);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(std::get<std::string>(r->value), "found");
+    EXPECT_FALSE(ResultsFinder::find(dir, ids.next()));
+
+    m->close();
+    EXPECT_FALSE(ResultsManager::live(ids.session()));
+    EXPECT_EQ(std::get<std::string>(ResultsFinder::find(dir, id)->value), "found"); // from the file
+
+    JobIdGenerator other;
+    EXPECT_FALSE(ResultsFinder::find(dir, other.next())); // no such file
+    EXPECT_THROW(ResultsFinder::find(dir, "0123-bad"), InvalidJob);
+    EXPECT_THROW(ResultsFinder::find(dir, ""), InvalidJob);
+}
+
+} // namespace
+} // namespace dynexec

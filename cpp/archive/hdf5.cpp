@@ -1,0 +1,369 @@
+#include "archive/hdf5.hpp"
+
+#include "common/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace dynexec::h5 {
+namespace {
+
+thread_local int quiet_depth = 0;
+thread_local H5E_auto2_t saved_func = nullptr;
+thread_local void* saved_data = nullptr;
+thread_local bool saved_ok = false;
+
+// Checks the return of a raw call: negative means failure in every HDF5 type (hid_t, herr_t, htri_t, ssize_t).
+template <class T> T check(T v, std::string_view op, hid_t loc, std::string_view name = {}) {
+    if (v < 0) fail(op, describe(loc, name));
+    return v;
+}
+template <class T> T check(T v, std::string_view op, const std::string& object) {
+    if (v < 0) fail(op, object);
+    return v;
+}
+
+herr_t collect(unsigned, const H5E_error2_t* e, void* data) {
+    auto& out = *static_cast<std::string*>(data);
+    std::string line = fmt::format("{}(): {}", e->func_name ? e->func_name : "?", e->desc ? e->desc : "");
+    for (auto& c : line)
+        if (c == '\n') c = ' '; // some descriptions embed a ctime() date
+    if (out.find(line) != std::string::npos) return 0;
+    if (!out.empty()) out += "; ";
+    out += line;
+    return 0;
+}
+
+// The current thread's error stack, outermost call first, then cleared.
+std::string error_stack() {
+    std::string out;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &out);
+    H5Eclear2(H5E_DEFAULT);
+    return out.empty() ? "no HDF5 error message" : out;
+}
+
+} // namespace
+
+Quiet::Quiet() {
+    if (quiet_depth++ > 0) return;
+    saved_ok = H5Eget_auto2(H5E_DEFAULT, &saved_func, &saved_data) >= 0;
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+Quiet::~Quiet() {
+    if (--quiet_depth > 0) return;
+    if (saved_ok) H5Eset_auto2(H5E_DEFAULT, saved_func, saved_data);
+}
+
+void fail(std::string_view op, const std::string& object) {
+    throw ArchiveError(fmt::format("HDF5 {} failed on '{}': {}", op, object, error_stack()));
+}
+
+std::string describe(hid_t loc, std::string_view name) {
+    // Called while an error is pending: these calls must not disturb the stack, so save it.
+    Quiet q;
+    hid_t stack = H5Eget_current_stack();
+    std::string file, object;
+    if (ssize_t n = H5Fget_name(loc, nullptr, 0); n > 0) {
+        file.resize(static_cast<std::size_t>(n) + 1);
+        H5Fget_name(loc, file.data(), file.size());
+        file.resize(static_cast<std::size_t>(n));
+    }
+    if (ssize_t n = H5Iget_name(loc, nullptr, 0); n > 0) {
+        object.resize(static_cast<std::size_t>(n) + 1);
+        H5Iget_name(loc, object.data(), object.size());
+        object.resize(static_cast<std::size_t>(n));
+    }
+    if (stack >= 0) H5Eset_current_stack(stack); // also closes `stack`
+    if (!name.empty()) object += (object.empty() || object.back() != '/' ? "/" : "") + std::string(name);
+    if (file.empty()) return object.empty() ? fmt::format("<hid {}>", loc) : object;
+    return object.empty() ? file : file + ":" + object;
+}
+
+// --- property lists ---------------------------------------------------------
+
+PList file_access() {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate(file access)", "<plist>"));
+    // v18 lower bound: new-style groups whose links go to dense storage, fit for millions of jobs.
+    check(H5Pset_libver_bounds(p.id(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), "H5Pset_libver_bounds", "<plist>");
+    // No flock(): a reader in another process (h5py, h5dump, a later session) must never block on us.
+    check(H5Pset_file_locking(p.id(), false, true), "H5Pset_file_locking", "<plist>");
+    return p;
+}
+
+PList group_creation() {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_GROUP_CREATE), "H5Pcreate(group create)", "<plist>"));
+    // A result has 12 attributes; the default (8) would give every group its own dense attribute heap.
+    check(H5Pset_attr_phase_change(p.id(), 32, 24), "H5Pset_attr_phase_change", "<plist>");
+    check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
+    return p;
+}
+
+PList dataset_creation(bool compact) {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)", "<plist>"));
+    check(H5Pset_layout(p.id(), compact ? H5D_COMPACT : H5D_CONTIGUOUS), "H5Pset_layout", "<plist>");
+    check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
+    return p;
+}
+
+// --- files ------------------------------------------------------------------
+
+File create_file(const std::string& path, hid_t fapl) {
+    Quiet q;
+    return File(check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "H5Fcreate", path));
+}
+
+File open_file(const std::string& path, bool writable, hid_t fapl) {
+    Quiet q;
+    return File(check(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl), "H5Fopen", path));
+}
+
+void flush(hid_t file) {
+    Quiet q;
+    check(H5Fflush(file, H5F_SCOPE_LOCAL), "H5Fflush", file);
+}
+
+// --- links and groups -------------------------------------------------------
+
+bool exists(hid_t loc, const std::string& name) {
+    Quiet q;
+    return check(H5Lexists(loc, name.c_str(), H5P_DEFAULT), "H5Lexists", loc, name) > 0;
+}
+
+void unlink(hid_t loc, const std::string& name) {
+    Quiet q;
+    check(H5Ldelete(loc, name.c_str(), H5P_DEFAULT), "H5Ldelete", loc, name);
+}
+
+Group create_group(hid_t loc, const std::string& name, hid_t gcpl) {
+    Quiet q;
+    return Group(check(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT), "H5Gcreate2", loc, name));
+}
+
+Group open_group(hid_t loc, const std::string& name) {
+    Quiet q;
+    return Group(check(H5Gopen2(loc, name.c_str(), H5P_DEFAULT), "H5Gopen2", loc, name));
+}
+
+std::size_t link_count(hid_t group) {
+    Quiet q;
+    H5G_info_t info;
+    check(H5Gget_info(group, &info), "H5Gget_info", group);
+    return static_cast<std::size_t>(info.nlinks);
+}
+
+// --- dataspaces -------------------------------------------------------------
+
+Space scalar_space() {
+    Quiet q;
+    return Space(check(H5Screate(H5S_SCALAR), "H5Screate(scalar)", "<dataspace>"));
+}
+
+Space simple_space(std::span<const hsize_t> dims) {
+    Quiet q;
+    return Space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), "H5Screate_simple",
+                       fmt::format("<dataspace of rank {}>", dims.size())));
+}
+
+Space dataset_space(hid_t dataset) {
+    Quiet q;
+    return Space(check(H5Dget_space(dataset), "H5Dget_space", dataset));
+}
+
+std::vector<hsize_t> dims(hid_t space) {
+    Quiet q;
+    int rank = check(H5Sget_simple_extent_ndims(space), "H5Sget_simple_extent_ndims", "<dataspace>");
+    std::vector<hsize_t> d(static_cast<std::size_t>(rank));
+    if (rank > 0) check(H5Sget_simple_extent_dims(space, d.data(), nullptr), "H5Sget_simple_extent_dims", "<dataspace>");
+    return d;
+}
+
+// --- datatypes --------------------------------------------------------------
+
+Type utf8_string_type() {
+    Quiet q;
+    Type t(check(H5Tcopy(H5T_C_S1), "H5Tcopy(H5T_C_S1)", "<datatype>"));
+    check(H5Tset_size(t.id(), H5T_VARIABLE), "H5Tset_size(H5T_VARIABLE)", "<datatype>");
+    check(H5Tset_cset(t.id(), H5T_CSET_UTF8), "H5Tset_cset(UTF-8)", "<datatype>");
+    return t;
+}
+
+Type bool_type() {
+    Quiet q;
+    Type t(check(H5Tenum_create(H5T_NATIVE_INT8), "H5Tenum_create", "<datatype>"));
+    std::int8_t no = 0, yes = 1;
+    check(H5Tenum_insert(t.id(), "FALSE", &no), "H5Tenum_insert(FALSE)", "<datatype>");
+    check(H5Tenum_insert(t.id(), "TRUE", &yes), "H5Tenum_insert(TRUE)", "<datatype>");
+    return t;
+}
+
+Type dataset_type(hid_t dataset) {
+    Quiet q;
+    return Type(check(H5Dget_type(dataset), "H5Dget_type", dataset));
+}
+
+Type attribute_type(hid_t attribute) {
+    Quiet q;
+    return Type(check(H5Aget_type(attribute), "H5Aget_type", attribute));
+}
+
+H5T_class_t type_class(hid_t type) {
+    Quiet q;
+    return check(H5Tget_class(type), "H5Tget_class", "<datatype>");
+}
+
+std::size_t type_size(hid_t type) {
+    Quiet q;
+    std::size_t n = H5Tget_size(type); // returns 0 on failure
+    if (n == 0) fail("H5Tget_size", "<datatype>");
+    return n;
+}
+
+bool is_signed(hid_t type) {
+    Quiet q;
+    return check(H5Tget_sign(type), "H5Tget_sign", "<datatype>") == H5T_SGN_2;
+}
+
+bool is_variable_string(hid_t type) {
+    Quiet q;
+    return check(H5Tis_variable_str(type), "H5Tis_variable_str", "<datatype>") > 0;
+}
+
+// --- datasets ---------------------------------------------------------------
+
+Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl) {
+    Quiet q;
+    return Dataset(
+        check(H5Dcreate2(loc, name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), "H5Dcreate2", loc, name));
+}
+
+Dataset open_dataset(hid_t loc, const std::string& name) {
+    Quiet q;
+    return Dataset(check(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), "H5Dopen2", loc, name));
+}
+
+void write(hid_t dataset, hid_t mem_type, const void* buf) {
+    Quiet q;
+    check(H5Dwrite(dataset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), "H5Dwrite", dataset);
+}
+
+void read(hid_t dataset, hid_t mem_type, void* buf) {
+    Quiet q;
+    check(H5Dread(dataset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), "H5Dread", dataset);
+}
+
+// --- attributes -------------------------------------------------------------
+
+Attribute create_attribute(hid_t loc, const std::string& name, hid_t type, hid_t space) {
+    Quiet q;
+    return Attribute(
+        check(H5Acreate2(loc, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), "H5Acreate2", loc, "@" + name));
+}
+
+Attribute open_attribute(hid_t loc, const std::string& name) {
+    Quiet q;
+    return Attribute(check(H5Aopen(loc, name.c_str(), H5P_DEFAULT), "H5Aopen", loc, "@" + name));
+}
+
+void write_attribute(hid_t attribute, hid_t mem_type, const void* buf) {
+    Quiet q;
+    check(H5Awrite(attribute, mem_type, buf), "H5Awrite", attribute);
+}
+
+void read_attribute(hid_t attribute, hid_t mem_type, void* buf) {
+    Quiet q;
+    check(H5Aread(attribute, mem_type, buf), "H5Aread", attribute);
+}
+
+void free_memory(void* p) {
+    Quiet q;
+    if (p) check(H5free_memory(p), "H5free_memory", "<memory>");
+}
+
+// --- typed helpers ----------------------------------------------------------
+
+void set_attribute(hid_t loc, const std::string& name, std::string_view value, hid_t str_type, hid_t scalar) {
+    // Variable-length C strings end at the first NUL: refuse rather than truncate silently.
+    if (value.find('\0') != std::string_view::npos)
+        throw ArchiveError(fmt::format("attribute '{}' of '{}' contains a NUL character", name, describe(loc)));
+    std::string copy(value); // NUL-terminated
+    const char* p = copy.c_str();
+    Attribute a = create_attribute(loc, name, str_type, scalar);
+    write_attribute(a.id(), str_type, &p);
+}
+
+void set_attribute(hid_t loc, const std::string& name, double value, hid_t scalar) {
+    Attribute a = create_attribute(loc, name, H5T_NATIVE_DOUBLE, scalar);
+    write_attribute(a.id(), H5T_NATIVE_DOUBLE, &value);
+}
+
+void set_attribute(hid_t loc, const std::string& name, int value, hid_t scalar) {
+    static_assert(sizeof(int) == 4);
+    Attribute a = create_attribute(loc, name, H5T_NATIVE_INT32, scalar);
+    write_attribute(a.id(), H5T_NATIVE_INT32, &value);
+}
+
+namespace {
+
+// Fixed-length strings (another writer's) come back NUL- or space-padded.
+std::string trim_fixed(std::string s) {
+    auto end = s.find('\0');
+    if (end != std::string::npos) s.resize(end);
+    return s;
+}
+
+} // namespace
+
+std::string string_attribute(hid_t loc, const std::string& name, hid_t str_type) {
+    Attribute a = open_attribute(loc, name);
+    Type t = attribute_type(a.id());
+    if (type_class(t.id()) != H5T_STRING)
+        throw ArchiveError(fmt::format("attribute '{}' of '{}' is not a string", name, describe(loc)));
+    if (!is_variable_string(t.id())) {
+        std::string s(type_size(t.id()), '\0');
+        read_attribute(a.id(), t.id(), s.data());
+        return trim_fixed(std::move(s));
+    }
+    char* p = nullptr;
+    read_attribute(a.id(), str_type, &p);
+    std::string s = p ? p : "";
+    free_memory(p);
+    return s;
+}
+
+double double_attribute(hid_t loc, const std::string& name) {
+    Attribute a = open_attribute(loc, name);
+    double v = 0;
+    read_attribute(a.id(), H5T_NATIVE_DOUBLE, &v);
+    return v;
+}
+
+int int_attribute(hid_t loc, const std::string& name) {
+    Attribute a = open_attribute(loc, name);
+    int v = 0;
+    read_attribute(a.id(), H5T_NATIVE_INT32, &v);
+    return v;
+}
+
+std::string read_string(hid_t dataset, hid_t str_type) {
+    Type t = dataset_type(dataset);
+    if (type_class(t.id()) != H5T_STRING)
+        throw ArchiveError(fmt::format("dataset '{}' is not a string", describe(dataset)));
+    if (!is_variable_string(t.id())) {
+        std::string s(type_size(t.id()), '\0');
+        read(dataset, t.id(), s.data());
+        return trim_fixed(std::move(s));
+    }
+    char* p = nullptr;
+    read(dataset, str_type, &p);
+    std::string s = p ? p : "";
+    free_memory(p);
+    return s;
+}
+
+} // namespace dynexec::h5

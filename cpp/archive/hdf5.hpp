@@ -1,0 +1,141 @@
+// A thin, checked layer over the HDF5 C API, in the spirit of HighFive: every
+// raw HDF5 call the archive makes is wrapped here once, and a failure becomes
+// an ArchiveError naming the operation, the object ("file.h5:/path") and
+// HDF5's own error stack. Internal to the archive: it includes <hdf5.h>, which
+// the rest of dynexec never sees. Thread-safe as far as HDF5 is (the
+// Debian build is threadsafe: one global lock).
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace dynexec::h5 {
+
+// Turns HDF5's automatic error printing off on this thread while alive (the
+// setting is per thread); nests cheaply, restores the caller's handler.
+class Quiet {
+public:
+    Quiet();
+    ~Quiet();
+    Quiet(const Quiet&) = delete;
+    Quiet& operator=(const Quiet&) = delete;
+};
+
+// Throws ArchiveError for a failed `op` on `object`, with HDF5's error stack.
+[[noreturn]] void fail(std::string_view op, const std::string& object);
+// "file.h5:/group/name" for error messages; only computed on failure.
+std::string describe(hid_t loc, std::string_view name = {});
+
+// Owns one identifier and closes it with the matching H5*close. Move-only.
+template <herr_t (*Close)(hid_t)> class Handle {
+public:
+    Handle() = default;
+    explicit Handle(hid_t id) : id_(id) {}
+    Handle(Handle&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)) {}
+    Handle& operator=(Handle&& o) noexcept {
+        if (this != &o) {
+            reset();
+            id_ = std::exchange(o.id_, H5I_INVALID_HID);
+        }
+        return *this;
+    }
+    ~Handle() { reset(); }
+    Handle(const Handle&) = delete;
+    Handle& operator=(const Handle&) = delete;
+
+    hid_t id() const { return id_; }
+    explicit operator bool() const { return id_ >= 0; }
+    // Closes, ignoring errors (destructors, cleanup after a failure).
+    void reset() noexcept {
+        if (id_ >= 0) {
+            Quiet q;
+            Close(id_);
+        }
+        id_ = H5I_INVALID_HID;
+    }
+    // Closes and reports failure: for a file, a failed close can mean lost data.
+    void close(std::string_view op) {
+        if (id_ < 0) return;
+        Quiet q;
+        std::string object = describe(id_);
+        hid_t id = std::exchange(id_, H5I_INVALID_HID);
+        if (Close(id) < 0) fail(op, object);
+    }
+
+private:
+    hid_t id_ = H5I_INVALID_HID;
+};
+
+using File = Handle<H5Fclose>;
+using Group = Handle<H5Gclose>;
+using Dataset = Handle<H5Dclose>;
+using Space = Handle<H5Sclose>;
+using Type = Handle<H5Tclose>;
+using Attribute = Handle<H5Aclose>;
+using PList = Handle<H5Pclose>;
+
+// Property lists.
+PList file_access();                    // new-style groups (libver v18..latest), no file locking
+PList group_creation();                 // attributes kept compact in the header, no timestamps
+PList dataset_creation(bool compact);   // compact (small, in the object header) or contiguous
+
+// Files.
+File create_file(const std::string& path, hid_t fapl); // truncates
+File open_file(const std::string& path, bool writable, hid_t fapl);
+void flush(hid_t file);
+
+// Links and groups.
+bool exists(hid_t loc, const std::string& name);
+void unlink(hid_t loc, const std::string& name);
+Group create_group(hid_t loc, const std::string& name, hid_t gcpl = H5P_DEFAULT);
+Group open_group(hid_t loc, const std::string& name);
+std::size_t link_count(hid_t group);
+
+// Dataspaces.
+Space scalar_space();
+Space simple_space(std::span<const hsize_t> dims);
+Space dataset_space(hid_t dataset);
+std::vector<hsize_t> dims(hid_t space); // empty for a scalar
+
+// Datatypes. Predefined ones (H5T_NATIVE_*) are used directly, never wrapped.
+Type utf8_string_type();                // variable-length UTF-8, as h5py writes str
+Type bool_type();                       // enum int8 {FALSE=0, TRUE=1}, as h5py writes numpy bool
+Type dataset_type(hid_t dataset);
+Type attribute_type(hid_t attribute);
+H5T_class_t type_class(hid_t type);
+std::size_t type_size(hid_t type);
+bool is_signed(hid_t type);
+bool is_variable_string(hid_t type);
+
+// Datasets.
+Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl);
+Dataset open_dataset(hid_t loc, const std::string& name);
+void write(hid_t dataset, hid_t mem_type, const void* buf);
+void read(hid_t dataset, hid_t mem_type, void* buf);
+
+// Attributes.
+Attribute create_attribute(hid_t loc, const std::string& name, hid_t type, hid_t space);
+Attribute open_attribute(hid_t loc, const std::string& name);
+void write_attribute(hid_t attribute, hid_t mem_type, const void* buf);
+void read_attribute(hid_t attribute, hid_t mem_type, void* buf);
+
+// Memory HDF5 allocated for us (variable-length strings read back).
+void free_memory(void* p);
+
+// Typed helpers built on the above.
+void set_attribute(hid_t loc, const std::string& name, std::string_view value, hid_t str_type, hid_t scalar);
+void set_attribute(hid_t loc, const std::string& name, double value, hid_t scalar);
+void set_attribute(hid_t loc, const std::string& name, int value, hid_t scalar);
+std::string string_attribute(hid_t loc, const std::string& name, hid_t str_type);
+double double_attribute(hid_t loc, const std::string& name);
+int int_attribute(hid_t loc, const std::string& name);
+// A scalar string dataset (variable or fixed length) as std::string.
+std::string read_string(hid_t dataset, hid_t str_type);
+
+} // namespace dynexec::h5

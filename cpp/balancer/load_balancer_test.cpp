@@ -1,0 +1,157 @@
+#include "balancer/load_balancer.hpp"
+#include "testing/fakes.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace dynexec;
+using namespace dynexec::testing;
+using namespace std::chrono_literals;
+
+struct BalancerTest : ::testing::Test {
+    FakeClock clock;
+    LookupRegistry registry{clock};
+    std::shared_ptr<CollectingSink> results = std::make_shared<CollectingSink>();
+
+    std::shared_ptr<LoadBalancer> balancer(std::string policy = "fewest_outstanding", int max_attempts = 3) {
+        return LoadBalancer::create(registry, results, {std::move(policy), max_attempts, 7});
+    }
+    std::pair<std::shared_ptr<FakeServer>, std::string> server(Duration lease = 2s) {
+        auto s = std::make_shared<FakeServer>();
+        return {s, registry.join(server_registration(s), lease).id};
+    }
+};
+
+TEST_F(BalancerTest, SpreadsJobsAndArchivesEachResultOnce) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    auto [b, bid] = server();
+    for (int i = 0; i < 10; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    EXPECT_EQ(a->runs.size(), 5u);
+    EXPECT_EQ(b->runs.size(), 5u);
+    EXPECT_EQ(lb->outstanding(), 10u);
+    for (std::size_t i = 0; i < 5; ++i) {
+        a->finish(i);
+        b->finish(i);
+    }
+    EXPECT_EQ(lb->outstanding(), 0u);
+    ASSERT_EQ(results->results.size(), 10u);
+    EXPECT_EQ(results->results[0].server, aid); // stamped by the balancer from its own table
+    EXPECT_EQ(results->results[0].attempts, 1);
+}
+
+TEST_F(BalancerTest, ServerThatJoinsGetsTheNextJob) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    lb->dispatch(make_job("j1"));
+    lb->dispatch(make_job("j2"));
+    auto [b, bid] = server(); // joins mid-run: the very next dispatch sees it
+    lb->dispatch(make_job("j3"));
+    EXPECT_EQ(a->runs.size(), 2u);
+    ASSERT_EQ(b->runs.size(), 1u);
+    EXPECT_EQ(b->runs[0].job->id, "j3");
+}
+
+TEST_F(BalancerTest, ServerPastItsLeaseNeverGetsAJob) {
+    auto lb = balancer("round_robin");
+    auto [a, aid] = server(1s);
+    auto [b, bid] = server(10s);
+    clock.advance(1500ms); // a has not renewed; the reaper has not run yet
+    for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    EXPECT_TRUE(a->runs.empty());
+    EXPECT_EQ(b->runs.size(), 4u);
+}
+
+TEST_F(BalancerTest, JobsOfAVanishedServerRunElsewhereAndLateResultsAreDropped) {
+    auto lb = balancer();
+    auto [a, aid] = server(1s);
+    lb->dispatch(make_job("j1")); // -> a
+    auto [b, bid] = server(10s);
+    ASSERT_EQ(a->runs.size(), 1u);
+    ASSERT_TRUE(a->runs[0].job->try_start(1)); // a is running it when it goes silent
+    clock.advance(2s);
+    registry.expire_due();
+    ASSERT_EQ(b->runs.size(), 1u);
+    EXPECT_EQ(b->runs[0].attempt, 2);
+    // a comes back to life and reports: its dispatch is no longer the current one
+    Result late;
+    late.job_id = "j1";
+    a->runs[0].sink->complete(late, 1);
+    EXPECT_TRUE(results->results.empty());
+    EXPECT_EQ(lb->stats().stale, 1u);
+    ASSERT_TRUE(b->finish(0));
+    ASSERT_EQ(results->results.size(), 1u);
+    EXPECT_EQ(results->results[0].server, bid);
+    EXPECT_EQ(results->results[0].attempts, 2);
+    EXPECT_EQ(lb->stats().redispatched, 1u);
+}
+
+TEST_F(BalancerTest, QueuedJobOnAVanishedServerCannotStartThere) {
+    auto lb = balancer();
+    auto [a, aid] = server(1s);
+    lb->dispatch(make_job("j1"));
+    auto [b, bid] = server(10s);
+    clock.advance(2s);
+    registry.expire_due();
+    EXPECT_FALSE(a->finish(0)); // the old dispatch can no longer start
+    EXPECT_TRUE(b->finish(0));
+    EXPECT_EQ(results->results.size(), 1u);
+}
+
+TEST_F(BalancerTest, JobThatOutlivesMaxAttemptsServersFailsClearly) {
+    auto lb = balancer("fewest_outstanding", 2);
+    auto [a, aid] = server(1s);
+    lb->dispatch(make_job("doom"));
+    clock.advance(500ms);
+    auto [b, bid] = server(1s);
+    clock.advance(600ms);
+    registry.expire_due(); // a is gone: its job moves to b
+    ASSERT_EQ(b->runs.size(), 1u);
+    EXPECT_TRUE(results->results.empty());
+    clock.advance(500ms);
+    registry.expire_due(); // b is gone too: that was the last attempt
+    ASSERT_EQ(results->results.size(), 1u);
+    auto& r = results->results[0];
+    EXPECT_EQ(r.status, Status::lost);
+    EXPECT_EQ(r.error_type, "ServerLostError");
+    EXPECT_NE(r.message.find(aid), std::string::npos);
+    EXPECT_NE(r.message.find(bid), std::string::npos);
+    EXPECT_NE(r.message.find("max_attempts=2"), std::string::npos);
+    EXPECT_EQ(lb->outstanding(), 0u);
+}
+
+TEST_F(BalancerTest, JobWaitsForAServerThenRunsOnTheFirstToJoin) {
+    auto lb = balancer();
+    lb->dispatch(make_job("early"));
+    EXPECT_EQ(lb->stats().waiting, 1u);
+    auto [a, aid] = server();
+    ASSERT_EQ(a->runs.size(), 1u);
+    EXPECT_EQ(lb->stats().waiting, 0u);
+    EXPECT_TRUE(a->finish(0));
+}
+
+TEST_F(BalancerTest, CancelBeforeStartOnly) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    lb->dispatch(make_job("c1"));
+    lb->dispatch(make_job("c2"));
+    EXPECT_TRUE(lb->cancel("c1"));
+    EXPECT_FALSE(lb->cancel("c1"));
+    EXPECT_FALSE(a->finish(0)); // the server skips it
+    ASSERT_TRUE(a->runs[1].job->try_start(1));
+    EXPECT_FALSE(lb->cancel("c2")); // running
+    ASSERT_EQ(results->results.size(), 1u);
+    EXPECT_EQ(results->results[0].status, Status::cancelled);
+    EXPECT_EQ(lb->outstanding(), 1u);
+}
+
+TEST_F(BalancerTest, PolicyDecidesWithServerStatistics) {
+    auto lb = balancer("least_busy_time");
+    auto [a, aid] = server();
+    auto [b, bid] = server();
+    a->s.busy_time = 10;
+    b->s.busy_time = 1;
+    lb->dispatch(make_job("j"));
+    EXPECT_EQ(b->runs.size(), 1u);
+    EXPECT_THROW(balancer("nope"), std::invalid_argument);
+    EXPECT_THROW(balancer("round_robin", 0), std::invalid_argument);
+}

@@ -1,0 +1,89 @@
+// A job and its result: what travels from the execution manager to a compute
+// server and from there to the results manager.
+#pragma once
+
+#include "common/clock.hpp"
+
+#include <dynexec/value.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace dynexec {
+
+// A unique, sortable job ID: "<session>-<sequence>", where the session is 16
+// Crockford base-32 characters (10 of start time in ms, 6 random) and the
+// sequence is 10 decimal digits. The archive file is named after the session.
+using JobId = std::string;
+
+class JobIdGenerator {
+public:
+    JobIdGenerator();                        // a new session, from the clock and random bits
+    explicit JobIdGenerator(std::string session);
+    JobId next();
+    const std::string& session() const { return session_; }
+
+    // The session part of a job ID; throws InvalidJob if `id` is not a job ID.
+    static std::string session_of(const JobId& id);
+
+private:
+    std::string session_;
+    std::atomic<std::uint64_t> seq_{0};
+};
+
+enum class JobState : std::uint8_t { queued, running, cancelled };
+
+// A job, shared by the balancer's job table and the server queue it sits in.
+// Its state is tagged with the dispatch (attempt) it belongs to, so a server
+// holding an older dispatch can neither start nor cancel the current one.
+struct Job {
+    JobId id;
+    std::string service;
+    Params params;
+    std::string owner;
+    double submit_time = 0; // wall seconds
+
+    // queued -> running, if `attempt` is still the current dispatch.
+    bool try_start(int attempt) { return cas(pack(attempt, JobState::queued), pack(attempt, JobState::running)); }
+    // queued -> cancelled, for whichever dispatch is current.
+    bool try_cancel() {
+        auto cur = word_.load();
+        return (cur & 0xff) == std::uint64_t(JobState::queued) && cas(cur, (cur & ~0xffull) | std::uint64_t(JobState::cancelled));
+    }
+    // A new dispatch: any older one can no longer start or report.
+    void requeue(int attempt) { word_.store(pack(attempt, JobState::queued)); }
+    int attempt() const { return int(word_.load() >> 8); }
+    JobState state() const { return JobState(word_.load() & 0xff); }
+
+private:
+    static std::uint64_t pack(int attempt, JobState s) { return (std::uint64_t(attempt) << 8) | std::uint64_t(s); }
+    bool cas(std::uint64_t from, std::uint64_t to) { return word_.compare_exchange_strong(from, to); }
+    std::atomic<std::uint64_t> word_{pack(0, JobState::queued)};
+};
+using JobPtr = std::shared_ptr<Job>;
+
+enum class Status { ok, error, cancelled, lost };
+std::string_view status_name(Status s);
+Status status_from_name(std::string_view name); // throws std::invalid_argument
+
+struct Result {
+    JobId job_id;
+    Status status = Status::ok;
+    Value value;            // the return value; for a Python error, the pickled exception
+    std::string error_type; // e.g. "ValueError", "dynexec.ServerLost"
+    std::string message;
+    std::string traceback;
+    std::string owner;
+    std::string service;
+    std::string server;     // the compute server that produced it
+    double submit_time = 0, start_time = 0, end_time = 0; // wall seconds
+    int attempts = 0;
+    std::string location;   // where the archive keeps it; empty when not archived
+};
+
+// A result for a job that never ran to completion (cancelled, lost).
+Result result_without_run(const Job& job, Status status, std::string error_type, std::string message);
+
+} // namespace dynexec

@@ -1,0 +1,247 @@
+#include "engine/engine.hpp"
+
+#include "archive/results_finder.hpp"
+#include "archive/results_manager.hpp"
+#include "balancer/load_balancer.hpp"
+#include "common/errors.hpp"
+#include "manager/execution_manager.hpp"
+#include "registry/lease_drivers.hpp"
+#include "server/compute_server.hpp"
+
+#include <fmt/format.h>
+
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <thread>
+
+namespace dynexec {
+namespace {
+
+std::string hostname() {
+    char buf[256] = {};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
+// A component of this process registered on a lease, with the thread that renews it.
+template <class T> struct Registered {
+    std::shared_ptr<T> component;
+    std::unique_ptr<LeaseRenewer> renewer;
+};
+
+} // namespace
+
+struct Engine::Impl {
+    EngineOptions options;
+    LookupRegistry registry; // first: outlives everything that holds a reference to it
+    Duration lease, renew;
+    std::shared_ptr<ResultsManager> results;
+
+    mutable std::mutex mu;
+    std::map<std::string, Registered<ComputeServer>> servers;
+    std::vector<Registered<LoadBalancer>> balancers;
+    bool closed = false;   // no more jobs taken
+    bool finished = false; // shut down completely
+
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+    std::deque<Result> done;
+    std::uint64_t delivered = 0;
+
+    std::unique_ptr<ExecutionManager> manager;
+    std::unique_ptr<LeaseReaper> reaper;
+
+    explicit Impl(EngineOptions o) : options(std::move(o)) {
+        if (options.lease_seconds <= 0) throw std::invalid_argument("lease_seconds must be positive");
+        if (options.renew_seconds < 0 || options.renew_seconds >= options.lease_seconds)
+            throw std::invalid_argument(fmt::format("renew_seconds must be below lease_seconds ({}), got {}",
+                                                    options.lease_seconds, options.renew_seconds));
+        make_policy(options.policy, 0); // fail early on a bad policy name
+        if (options.max_attempts < 1)
+            throw std::invalid_argument(fmt::format("max_attempts must be at least 1, got {}", options.max_attempts));
+        lease = from_seconds(options.lease_seconds);
+        renew = from_seconds(options.renew_seconds ? options.renew_seconds : options.lease_seconds / 4);
+        if (!options.seed) options.seed = std::random_device{}();
+
+        JobIdGenerator session;
+        results = ResultsManager::open(options.archive, session.session(),
+                                       [this](std::vector<Result>&& batch) { on_archived(std::move(batch)); });
+        manager = std::make_unique<ExecutionManager>(registry, session.session(), [this] { start_balancer(); });
+        // The reaper's period bounds how late an expired lease is noticed.
+        reaper = std::make_unique<LeaseReaper>(registry, std::min(lease / 10, Duration(std::chrono::milliseconds(5))));
+        unsigned n = options.servers ? options.servers : std::max(1u, std::thread::hardware_concurrency());
+        for (unsigned i = 0; i < n; ++i) add_server(options.slots_per_server, options.threads_per_server);
+    }
+
+    void on_archived(std::vector<Result>&& batch) {
+        std::lock_guard lk(done_mu);
+        for (auto& r : batch) done.push_back(std::move(r));
+        delivered += batch.size();
+        done_cv.notify_all();
+    }
+
+    void start_balancer() {
+        std::lock_guard lk(mu);
+        if (!registry.lookup(Kind::load_balancer).empty()) return; // another thread started one
+        auto lb = LoadBalancer::create(registry, results, {options.policy, options.max_attempts, options.seed + balancers.size()});
+        Registration reg;
+        reg.kind = Kind::load_balancer;
+        reg.host = hostname();
+        reg.pid = getpid();
+        reg.balancer = lb;
+        auto entry = registry.join(std::move(reg), lease);
+        auto renewer = std::make_unique<LeaseRenewer>(registry, entry.id, renew, [] { return std::nullopt; });
+        balancers.push_back({lb, std::move(renewer)});
+    }
+
+    std::string add_server(unsigned slots, unsigned threads) {
+        auto server = std::make_shared<ComputeServer>(ComputeServer::Options{slots, threads}, ServiceCatalog::process());
+        Registration reg;
+        reg.kind = Kind::compute_server;
+        reg.host = hostname();
+        reg.pid = getpid();
+        reg.services = ServiceCatalog::process().all();
+        reg.server = server;
+        std::lock_guard lk(mu);
+        if (closed) throw ShutDown("the engine is shut down");
+        auto entry = registry.join(std::move(reg), lease);
+        server->set_id(entry.id);
+        auto renewer = std::make_unique<LeaseRenewer>(registry, entry.id, renew,
+                                                      [s = server.get()] { return std::optional(s->stats()); });
+        servers[entry.id] = {server, std::move(renewer)};
+        return entry.id;
+    }
+
+    Registered<ComputeServer>& server(const std::string& id) {
+        auto it = servers.find(id);
+        if (it == servers.end()) throw std::invalid_argument(fmt::format("no compute server '{}' in this engine", id));
+        return it->second;
+    }
+};
+
+Engine::Engine(EngineOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Engine::~Engine() {
+    try {
+        shutdown(true, false);
+    } catch (...) {
+    }
+}
+
+JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner) {
+    {
+        std::lock_guard lk(impl_->mu);
+        if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
+    }
+    return impl_->manager->submit(service, params, owner);
+}
+
+bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
+
+std::vector<Result> Engine::poll(std::size_t max, std::chrono::milliseconds timeout) {
+    std::unique_lock lk(impl_->done_mu);
+    impl_->done_cv.wait_for(lk, timeout, [&] { return !impl_->done.empty(); });
+    std::vector<Result> out;
+    while (!impl_->done.empty() && out.size() < max) {
+        out.push_back(std::move(impl_->done.front()));
+        impl_->done.pop_front();
+    }
+    return out;
+}
+
+std::vector<ServerInfo> Engine::servers() const {
+    std::vector<ServerInfo> out;
+    for (auto& e : impl_->registry.lookup(Kind::compute_server)) {
+        ServerInfo s{e.id, e.host, e.pid, to_wall(e.expiry), {}, e.server->stats()};
+        for (auto& svc : e.services) s.services.push_back(svc->name);
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+std::string Engine::add_server(unsigned slots, unsigned threads) { return impl_->add_server(slots, threads); }
+
+void Engine::stop_renewing(const std::string& server_id) {
+    std::lock_guard lk(impl_->mu);
+    impl_->server(server_id).renewer->pause();
+}
+
+void Engine::remove_server(const std::string& server_id) {
+    Registered<ComputeServer> s;
+    {
+        std::lock_guard lk(impl_->mu);
+        s = std::move(impl_->server(server_id));
+        impl_->servers.erase(server_id);
+    }
+    s.renewer->stop();
+    impl_->registry.cancel(server_id);
+    // The server object lives on until it has finished what it holds; those results are dropped as stale.
+    std::thread([server = std::move(s.component)] { server->wait_idle(); }).detach();
+}
+
+void Engine::refresh_services() {
+    std::lock_guard lk(impl_->mu);
+    for (auto& [id, s] : impl_->servers) impl_->registry.set_services(id, ServiceCatalog::process().all());
+}
+
+std::optional<Result> Engine::find(const JobId& id) const {
+    if (!impl_->options.archive) throw ArchiveError("this executor does not archive results (archive is off)");
+    return ResultsFinder::find(*impl_->options.archive, id);
+}
+
+void Engine::shutdown(bool wait, bool cancel_pending) {
+    std::vector<Registered<LoadBalancer>> balancers;
+    {
+        std::lock_guard lk(impl_->mu);
+        if (impl_->finished) return;
+        impl_->closed = true;
+    }
+    if (cancel_pending)
+        for (auto& e : impl_->registry.lookup(Kind::load_balancer))
+            if (auto lb = std::dynamic_pointer_cast<LoadBalancer>(e.balancer)) lb->cancel_all();
+    if (wait) {
+        std::unique_lock lk(impl_->done_mu);
+        impl_->done_cv.wait(lk, [&] { return impl_->delivered >= impl_->manager->submitted(); });
+    }
+    std::map<std::string, Registered<ComputeServer>> servers;
+    {
+        std::lock_guard lk(impl_->mu);
+        if (impl_->finished) return;
+        impl_->finished = true;
+        servers.swap(impl_->servers);
+        balancers.swap(impl_->balancers);
+    }
+    for (auto& [id, s] : servers) s.renewer->stop();
+    for (auto& b : balancers) b.renewer->stop();
+    for (auto& [id, s] : servers) s.component->wait_idle();
+    impl_->reaper->stop();
+    impl_->results->close();
+}
+
+EngineStats Engine::stats() const {
+    EngineStats s;
+    s.submitted = impl_->manager->submitted();
+    {
+        std::lock_guard lk(impl_->done_mu);
+        s.delivered = impl_->delivered;
+    }
+    std::lock_guard lk(impl_->mu);
+    for (auto& b : impl_->balancers) {
+        auto bs = b.component->stats();
+        s.dispatched += bs.dispatched;
+        s.redispatched += bs.redispatched;
+        s.lost += bs.lost;
+        s.stale += bs.stale;
+        s.outstanding += b.component->outstanding();
+    }
+    s.archive_error = impl_->results->last_error();
+    return s;
+}
+
+const std::string& Engine::session() const { return impl_->manager->session(); }
+const std::optional<std::filesystem::path>& Engine::archive() const { return impl_->options.archive; }
+
+} // namespace dynexec

@@ -1,0 +1,78 @@
+// The engine in one process: a lookup registry with its lease reaper, an
+// execution manager, load balancers started on demand, compute servers on
+// leases, and the results manager with its archive. Every component reaches
+// the others only through the registry's proxies. Thread-safe.
+#pragma once
+
+#include "common/job.hpp"
+#include "registry/lookup_registry.hpp"
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dynexec {
+
+struct EngineOptions {
+    unsigned servers = 0;            // compute servers; 0 = one per core
+    unsigned slots_per_server = 1;   // jobs each runs at once
+    unsigned threads_per_server = 0; // each arena's threads; 0 = every core
+    std::string policy = "power_of_two";
+    std::optional<std::filesystem::path> archive; // none: results are not archived
+    double lease_seconds = 2.0;
+    double renew_seconds = 0;        // 0 = a quarter of the lease
+    int max_attempts = 3;            // vanished servers a job may outlive
+    std::uint64_t seed = 0;          // 0 = random
+};
+
+struct ServerInfo {
+    std::string id, host;
+    int pid = 0;
+    double lease_expiry = 0; // wall seconds
+    std::vector<std::string> services;
+    ServerStats stats;
+};
+
+struct EngineStats {
+    std::uint64_t submitted = 0, delivered = 0, dispatched = 0, redispatched = 0, lost = 0, stale = 0;
+    std::size_t outstanding = 0;
+    std::string archive_error; // last archive write failure, if any
+};
+
+class Engine {
+public:
+    explicit Engine(EngineOptions options); // throws ArchiveError, std::invalid_argument
+    ~Engine();                              // shutdown(wait=true)
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    JobId submit(const std::string& service, const Params& params, const std::string& owner);
+    bool cancel(const JobId& id);
+    // Results archived (or, with no archive, finished) since the last poll: at most `max`, waiting up to `timeout`.
+    std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
+
+    std::vector<ServerInfo> servers() const;
+    std::string add_server(unsigned slots = 1, unsigned threads = 0);
+    // Fault injection: the server goes on running but stops renewing its lease, like a hung host.
+    void stop_renewing(const std::string& server_id);
+    // Leaves the registry at once (cancels its lease); its queued jobs run elsewhere.
+    void remove_server(const std::string& server_id);
+    // Servers offer what the process's service catalog holds now (after a plugin was loaded).
+    void refresh_services();
+
+    std::optional<Result> find(const JobId& id) const;
+    // Stops taking jobs; cancels those not started if `cancel_pending`; waits for the rest if `wait`.
+    void shutdown(bool wait, bool cancel_pending);
+    EngineStats stats() const;
+    const std::string& session() const;
+    const std::optional<std::filesystem::path>& archive() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace dynexec

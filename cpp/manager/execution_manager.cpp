@@ -1,0 +1,67 @@
+#include "manager/execution_manager.hpp"
+
+#include "common/errors.hpp"
+#include "services/catalog.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+namespace dynexec {
+
+ExecutionManager::ExecutionManager(LookupRegistry& registry, std::string session, BalancerStarter start_balancer)
+    : registry_(registry), ids_(std::move(session)), start_balancer_(std::move(start_balancer)) {
+    auto remember = [this](const Entry& e) {
+        std::lock_guard lk(mu_);
+        for (auto& s : e.services) known_.try_emplace(s->name, s);
+    };
+    subscription_ = registry_.subscribe([remember](const RegistryEvent& ev) {
+        if (ev.what == RegistryEvent::What::joined) remember(ev.entry);
+    });
+    for (auto& e : registry_.lookup(Kind::compute_server)) remember(e);
+}
+
+ExecutionManager::~ExecutionManager() { registry_.unsubscribe(subscription_); }
+
+ServicePtr ExecutionManager::service(const std::string& name) {
+    if (auto s = registry_.find_service(name)) return s;
+    std::lock_guard lk(mu_);
+    if (auto it = known_.find(name); it != known_.end()) return it->second;
+    std::vector<std::string> names;
+    for (auto& [n, s] : known_) names.push_back(n);
+    std::sort(names.begin(), names.end());
+    throw UnknownService(fmt::format("unknown service '{}': no compute server offers it (offered: {})", name,
+                                     names.empty() ? "none yet" : fmt::format("{}", fmt::join(names, ", "))));
+}
+
+std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
+    for (int tries = 0; tries < 2; ++tries) {
+        auto found = registry_.lookup(Kind::load_balancer);
+        if (!found.empty()) return found.front().balancer; // the first available, as the seed says
+        start_balancer_();
+    }
+    throw std::runtime_error("no load balancer is registered and none could be started");
+}
+
+JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner) {
+    auto def = service(service_name);
+    auto job = std::make_shared<Job>();
+    job->params = validate_params(*def, params);
+    job->service = service_name;
+    job->owner = owner;
+    job->submit_time = wall_time();
+    job->id = ids_.next();
+    auto id = job->id;
+    balancer()->dispatch(std::move(job));
+    ++submitted_;
+    return id;
+}
+
+bool ExecutionManager::cancel(const JobId& id) {
+    for (auto& e : registry_.lookup(Kind::load_balancer))
+        if (e.balancer->cancel(id)) return true;
+    return false;
+}
+
+} // namespace dynexec

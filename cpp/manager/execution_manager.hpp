@@ -1,0 +1,48 @@
+// The execution manager: the single entry point for jobs. It validates a job
+// against the service's declared parameters, gives it a job ID, finds a load
+// balancer through the lookup registry (starting one if none is registered,
+// seed Fig. 2 block 450) and hands the job over. Thread-safe.
+#pragma once
+
+#include "common/job.hpp"
+#include "registry/lookup_registry.hpp"
+
+#include <functional>
+#include <mutex>
+#include <unordered_map>
+
+namespace dynexec {
+
+class ExecutionManager {
+public:
+    // Starts a load balancer that registers itself with the registry.
+    using BalancerStarter = std::function<void()>;
+
+    ExecutionManager(LookupRegistry& registry, std::string session, BalancerStarter start_balancer);
+    ~ExecutionManager();
+
+    // Throws InvalidJob (UnknownService) on bad input; nothing is queued then.
+    JobId submit(const std::string& service, const Params& params, const std::string& owner);
+    // Cancels a job that has not started yet.
+    bool cancel(const JobId& id);
+
+    const std::string& session() const { return ids_.session(); }
+    std::uint64_t submitted() const { return submitted_; }
+
+private:
+    std::shared_ptr<LoadBalancerProxy> balancer();
+    ServicePtr service(const std::string& name);
+
+    LookupRegistry& registry_;
+    JobIdGenerator ids_;
+    BalancerStarter start_balancer_;
+    int subscription_ = 0;
+    std::atomic<std::uint64_t> submitted_{0};
+
+    std::mutex mu_;
+    // Every service a compute server has offered this session: a job for one
+    // of them waits in the balancer while no server offers it, instead of failing.
+    std::unordered_map<std::string, ServicePtr> known_;
+};
+
+} // namespace dynexec

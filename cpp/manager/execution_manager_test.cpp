@@ -1,0 +1,79 @@
+#include "common/errors.hpp"
+#include "manager/execution_manager.hpp"
+#include "testing/fakes.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace dynexec;
+using namespace dynexec::testing;
+using namespace std::chrono_literals;
+
+namespace {
+struct RecordingBalancer final : LoadBalancerProxy {
+    std::vector<JobPtr> jobs;
+    void dispatch(JobPtr j) override { jobs.push_back(std::move(j)); }
+    bool cancel(const JobId&) override { return false; }
+    std::size_t outstanding() const override { return jobs.size(); }
+};
+} // namespace
+
+struct ManagerTest : ::testing::Test {
+    FakeClock clock;
+    LookupRegistry registry{clock};
+    std::shared_ptr<RecordingBalancer> lb = std::make_shared<RecordingBalancer>();
+    int started = 0;
+    JobIdGenerator gen;
+    ExecutionManager manager{registry, gen.session(), [this] {
+                                 ++started;
+                                 Registration r;
+                                 r.kind = Kind::load_balancer;
+                                 r.balancer = lb;
+                                 registry.join(r, 2s);
+                             }};
+    void SetUp() override { registry.join(server_registration(std::make_shared<FakeServer>()), 2s); }
+};
+
+TEST_F(ManagerTest, StartsABalancerOnlyWhenNoneIsRegistered) {
+    manager.submit("test.echo", {{"x", 2.0}}, "me");
+    manager.submit("test.echo", {}, "me");
+    EXPECT_EQ(started, 1);
+    ASSERT_EQ(lb->jobs.size(), 2u);
+    EXPECT_EQ(lb->jobs[0]->owner, "me");
+    EXPECT_EQ(lb->jobs[1]->params.get<double>("x"), 0.0); // default filled in
+}
+
+TEST_F(ManagerTest, JobIdsAreUniqueSortableAndNameTheSession) {
+    std::vector<JobId> ids;
+    for (int i = 0; i < 20; ++i) ids.push_back(manager.submit("test.echo", {}, "me"));
+    EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+    EXPECT_EQ(std::set<JobId>(ids.begin(), ids.end()).size(), ids.size());
+    EXPECT_EQ(JobIdGenerator::session_of(ids[0]), manager.session());
+    EXPECT_THROW(JobIdGenerator::session_of("not-an-id"), InvalidJob);
+}
+
+TEST_F(ManagerTest, BadInputIsRefusedWithItsNameAndQueuesNothing) {
+    try {
+        manager.submit("no.such", {}, "me");
+        FAIL();
+    } catch (const UnknownService& e) {
+        EXPECT_NE(std::string(e.what()).find("'no.such'"), std::string::npos);
+        EXPECT_NE(std::string(e.what()).find("test.echo"), std::string::npos); // what is offered
+    }
+    try {
+        manager.submit("test.echo", {{"x", std::string("two")}}, "me");
+        FAIL();
+    } catch (const InvalidJob& e) {
+        EXPECT_NE(std::string(e.what()).find("'x' must be float, not str"), std::string::npos);
+    }
+    EXPECT_THROW(manager.submit("test.echo", {{"y", 1.0}}, "me"), InvalidJob);
+    EXPECT_TRUE(lb->jobs.empty());
+    EXPECT_EQ(manager.submitted(), 0u);
+}
+
+TEST_F(ManagerTest, ServiceStaysKnownWhileNoServerOffersItForAMoment) {
+    manager.submit("test.echo", {}, "me");
+    clock.advance(3s);
+    registry.expire_due(); // every server gone; the balancer lease too
+    manager.submit("test.echo", {}, "me"); // waits for a server instead of failing
+    EXPECT_EQ(lb->jobs.size(), 2u);
+}

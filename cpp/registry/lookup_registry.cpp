@@ -1,0 +1,117 @@
+#include "registry/lookup_registry.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace dynexec {
+
+bool Entry::offers(std::string_view service) const {
+    return std::any_of(services.begin(), services.end(), [&](const ServicePtr& s) { return s->name == service; });
+}
+
+Entry LookupRegistry::join(Registration reg, Duration lease) {
+    Entry e;
+    static_cast<Registration&>(e) = std::move(reg);
+    {
+        std::lock_guard lk(mu_);
+        e.id = fmt::format("{}-{}", e.kind == Kind::compute_server ? "server" : "balancer", ++next_id_);
+        e.expiry = leases_.grant(e.id, lease, clock_.now());
+        entries_[e.id] = e;
+        order_.push_back(e.id);
+    }
+    notify({{RegistryEvent::What::joined, e, ""}});
+    return e;
+}
+
+bool LookupRegistry::renew(const std::string& id, const std::optional<ServerStats>& stats) {
+    std::lock_guard lk(mu_);
+    auto expiry = leases_.renew(id, clock_.now());
+    if (!expiry) return false;
+    auto& e = entries_.at(id);
+    e.expiry = *expiry;
+    if (stats) e.stats = *stats;
+    return true;
+}
+
+bool LookupRegistry::cancel(const std::string& id) {
+    std::vector<RegistryEvent> events;
+    {
+        std::lock_guard lk(mu_);
+        if (!leases_.cancel(id)) return false;
+        events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "cancelled"});
+        entries_.erase(id);
+        std::erase(order_, id);
+    }
+    notify(events);
+    return true;
+}
+
+void LookupRegistry::expire_due() {
+    std::vector<RegistryEvent> events;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& id : leases_.take_expired(clock_.now())) {
+            events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "lease expired"});
+            entries_.erase(id);
+            std::erase(order_, id);
+        }
+    }
+    if (!events.empty()) notify(events);
+}
+
+void LookupRegistry::set_services(const std::string& id, std::vector<ServicePtr> services) {
+    std::lock_guard lk(mu_);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) it->second.services = std::move(services);
+}
+
+std::vector<Entry> LookupRegistry::lookup(Kind kind, std::optional<std::string_view> service) const {
+    std::lock_guard lk(mu_);
+    auto now = clock_.now();
+    std::vector<Entry> out;
+    for (auto& id : order_) {
+        auto& e = entries_.at(id);
+        // A lease past its expiry is gone even before the reaper has removed it.
+        if (e.kind != kind || e.expiry <= now) continue;
+        if (service && !e.offers(*service)) continue;
+        out.push_back(e);
+    }
+    return out;
+}
+
+std::optional<Entry> LookupRegistry::get(const std::string& id) const {
+    std::lock_guard lk(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return std::nullopt;
+    return it->second;
+}
+
+ServicePtr LookupRegistry::find_service(std::string_view service) const {
+    std::lock_guard lk(mu_);
+    auto now = clock_.now();
+    for (auto& [id, e] : entries_)
+        if (e.expiry > now)
+            for (auto& s : e.services)
+                if (s->name == service) return s;
+    return nullptr;
+}
+
+int LookupRegistry::subscribe(Listener l) {
+    std::lock_guard lk(listeners_mu_);
+    listeners_.emplace_back(++next_token_, std::move(l));
+    return next_token_;
+}
+
+void LookupRegistry::unsubscribe(int token) {
+    std::lock_guard lk(listeners_mu_);
+    std::erase_if(listeners_, [&](auto& p) { return p.first == token; });
+}
+
+void LookupRegistry::notify(const std::vector<RegistryEvent>& events) {
+    std::lock_guard lk(listeners_mu_);
+    for (auto& ev : events)
+        for (auto& [token, l] : listeners_) l(ev);
+}
+
+} // namespace dynexec

@@ -1,0 +1,89 @@
+// The lookup registry: compute servers and load balancers, each on a lease.
+// Answers "who offers service S now?" and tells listeners at once of every
+// join and leave. Thread-safe; time comes from the injected Clock, and
+// expire_due() is called by whoever drives it (a LeaseReaper, or a test).
+#pragma once
+
+#include "common/clock.hpp"
+#include "registry/lease_table.hpp"
+#include "registry/proxies.hpp"
+#include "services/catalog.hpp"
+
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace dynexec {
+
+enum class Kind { compute_server, load_balancer };
+
+struct Registration {
+    Kind kind = Kind::compute_server;
+    std::string host;
+    int pid = 0;
+    std::vector<ServicePtr> services; // what a compute server offers
+    std::shared_ptr<ComputeServerProxy> server;
+    std::shared_ptr<LoadBalancerProxy> balancer;
+};
+
+struct Entry : Registration {
+    std::string id; // e.g. "server-3", "balancer-1"
+    TimePoint expiry;
+    ServerStats stats; // as published with the last renewal
+    bool offers(std::string_view service) const;
+};
+
+struct RegistryEvent {
+    enum class What { joined, left } what;
+    Entry entry;
+    std::string reason; // for a leave: "lease expired" or "cancelled"
+};
+
+class LookupRegistry {
+public:
+    using Listener = std::function<void(const RegistryEvent&)>;
+
+    explicit LookupRegistry(const Clock& clock = SteadyClock::instance()) : clock_(clock) {}
+
+    // Registers an entity on a lease of `lease` and returns its entry. Joined listeners hear at once.
+    Entry join(Registration reg, Duration lease);
+    // Renews a live lease (publishing `stats` for a compute server); false if it has expired or was cancelled.
+    bool renew(const std::string& id, const std::optional<ServerStats>& stats = std::nullopt);
+    // Ends a lease now; listeners hear of the leave.
+    bool cancel(const std::string& id);
+    // Removes every entry whose lease has run out; listeners hear of each.
+    void expire_due();
+    // Replaces what a compute server offers (after a plugin loads).
+    void set_services(const std::string& id, std::vector<ServicePtr> services);
+
+    // Live entries of `kind` (offering `service`, if given), oldest registration first.
+    std::vector<Entry> lookup(Kind kind, std::optional<std::string_view> service = std::nullopt) const;
+    std::optional<Entry> get(const std::string& id) const;
+    // The declaration of `service` from any live server offering it.
+    ServicePtr find_service(std::string_view service) const;
+
+    int subscribe(Listener l);
+    void unsubscribe(int token);
+
+    const Clock& clock() const { return clock_; }
+
+private:
+    void notify(const std::vector<RegistryEvent>& events);
+
+    const Clock& clock_;
+    mutable std::mutex mu_;
+    LeaseTable leases_;
+    std::unordered_map<std::string, Entry> entries_;
+    std::vector<std::string> order_; // registration order
+    std::uint64_t next_id_ = 0;
+
+    std::mutex listeners_mu_; // held while notifying: events reach each listener in order
+    std::vector<std::pair<int, Listener>> listeners_;
+    int next_token_ = 0;
+};
+
+} // namespace dynexec

@@ -1,0 +1,74 @@
+// Test doubles shared by the component tests: servers and sinks that record.
+#pragma once
+
+#include "registry/lookup_registry.hpp"
+
+#include <mutex>
+#include <vector>
+
+namespace dynexec::testing {
+
+// A compute server that only records what it is given; the test finishes jobs by hand.
+struct FakeServer final : ComputeServerProxy {
+    struct Run {
+        JobPtr job;
+        int attempt;
+        std::shared_ptr<CompletionSink> sink;
+    };
+    std::vector<Run> runs;
+    ServerStats s;
+    unsigned n_slots = 1;
+
+    void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override {
+        runs.push_back({std::move(job), attempt, std::move(sink)});
+    }
+    ServerStats stats() const override { return s; }
+    unsigned slots() const override { return n_slots; }
+
+    // Starts and finishes the i-th job given to this server, as a real server would.
+    bool finish(std::size_t i, Value v = 1.0) {
+        auto& r = runs.at(i);
+        if (!r.job->try_start(r.attempt)) return false;
+        Result res;
+        res.job_id = r.job->id;
+        res.value = std::move(v);
+        r.sink->complete(std::move(res), r.attempt);
+        return true;
+    }
+};
+
+struct CollectingSink final : ResultsSink {
+    std::mutex mu;
+    std::vector<Result> results;
+    void accept(Result r) override {
+        std::lock_guard lk(mu);
+        results.push_back(std::move(r));
+    }
+};
+
+inline ServicePtr test_service(std::string name = "test.echo") {
+    return std::make_shared<const ServiceDef>(ServiceDef{
+        std::move(name), "returns x", {{"x", ValueType::real, Value{0.0}, ""}}, [](const Params& p) -> Value {
+            return p.get<double>("x");
+        }});
+}
+
+inline Registration server_registration(std::shared_ptr<ComputeServerProxy> server,
+                                        std::vector<ServicePtr> services = {test_service()}) {
+    Registration r;
+    r.kind = Kind::compute_server;
+    r.host = "localhost";
+    r.services = std::move(services);
+    r.server = std::move(server);
+    return r;
+}
+
+inline JobPtr make_job(std::string id, std::string service = "test.echo") {
+    auto j = std::make_shared<Job>();
+    j->id = std::move(id);
+    j->service = std::move(service);
+    j->params.set("x", 1.0);
+    return j;
+}
+
+} // namespace dynexec::testing

@@ -1,0 +1,44 @@
+"""dynexec: submit compute-intensive jobs from Python; every result archived in HDF5 by job ID.
+
+    import dynexec
+    with dynexec.Executor() as ex:
+        f = ex.submit(pow, 2, 10)
+        print(f.result(), f.job_id)
+    print(dynexec.find(f.job_id).value)
+"""
+from pathlib import Path as _Path
+
+from . import _core
+from .errors import (ArchiveError, InvalidJobError, RemoteError, ResultNotFoundError, ServerLostError, ShutDownError,
+                     UnknownServiceError)
+from .executor import POLICIES, Executor, JobFuture, _live_executors
+from .results import Result, default_archive, find
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "POLICIES", "ArchiveError", "Executor", "InvalidJobError", "JobFuture", "RemoteError", "Result",
+    "ResultNotFoundError", "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
+    "get_include", "load_services", "services",
+]
+
+
+def load_services(path) -> list[str]:
+    """Loads a native service plugin (a shared library defining DYNEXEC_SERVICES); returns the names it adds.
+
+    Every compute server of this process offers them from then on.
+    """
+    names = _core.load_services(str(path))
+    for ex in list(_live_executors):
+        ex._engine.refresh_services()
+    return names
+
+
+def services() -> dict:
+    """The native services this process offers: name -> {doc, params}."""
+    return _core.services()
+
+
+def get_include() -> str:
+    """Directory of <dynexec/service.hpp>, for building service plugins."""
+    return str(_Path(__file__).parent / "include")

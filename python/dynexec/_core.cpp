@@ -1,0 +1,242 @@
+// pybind11 bindings: a thin layer over the C++ engine. Every call that enters
+// the core releases the GIL first, since core threads take the GIL to run
+// Python jobs and to release borrowed numpy arrays.
+#include "archive/results_finder.hpp"
+#include "balancer/policies.hpp"
+#include "common/errors.hpp"
+#include "engine/engine.hpp"
+#include "services/catalog.hpp"
+
+#include <pybind11/chrono.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+
+#include <fmt/format.h>
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+using namespace dynexec;
+
+namespace {
+
+// Owns a Python object from C++; may be released on any thread.
+struct PyRef {
+    void operator()(const void*) const {
+        if (!Py_IsInitialized()) return; // interpreter gone: leak rather than crash
+        py::gil_scoped_acquire gil;
+        delete obj;
+    }
+    py::object* obj;
+};
+
+std::shared_ptr<const void> hold(py::object o) { return {o.ptr(), PyRef{new py::object(std::move(o))}}; }
+
+std::string dtype_code(const py::dtype& dt) { return fmt::format("{}{}", dt.kind(), dt.itemsize()); }
+
+bool supported_dtype(const std::string& code) {
+    static const char* ok[] = {"f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"};
+    for (auto* c : ok)
+        if (code == c) return true;
+    return false;
+}
+
+// A numpy array as an Array, borrowed when it is C-contiguous and native-endian.
+Array to_array(py::array a, const std::string& what) {
+    auto code = dtype_code(a.dtype());
+    if (!supported_dtype(code))
+        throw py::type_error(fmt::format("{}: numpy dtype '{}' is not supported by native services "
+                                         "(use float64/32, int8-64, uint8-64 or bool)",
+                                         what, py::str(a.dtype()).cast<std::string>()));
+    if (!a.dtype().attr("isnative").cast<bool>() || !(a.flags() & py::array::c_style))
+        a = py::array::ensure(a, py::array::c_style | py::array::forcecast);
+    Array out;
+    out.dtype = code;
+    out.shape.assign(a.shape(), a.shape() + a.ndim());
+    out.data = a.data();
+    out.nbytes = size_t(a.nbytes());
+    out.owner = hold(a);
+    return out;
+}
+
+Value to_value(const py::handle& o, const std::string& what) {
+    if (o.is_none()) return std::monostate{};
+    if (py::isinstance<py::bool_>(o)) return o.cast<bool>();
+    if (py::isinstance<py::int_>(o)) {
+        try {
+            return o.cast<std::int64_t>();
+        } catch (const py::cast_error&) {
+            throw py::value_error(fmt::format("{}: {} does not fit in a 64-bit integer", what, py::repr(o).cast<std::string>()));
+        }
+    }
+    if (py::isinstance<py::float_>(o)) return o.cast<double>();
+    if (py::isinstance<py::str>(o)) return o.cast<std::string>();
+    if (py::isinstance<py::bytes>(o)) return Bytes{o.cast<std::string>()};
+    if (py::isinstance<py::array>(o)) {
+        auto a = py::reinterpret_borrow<py::array>(o);
+        if (a.ndim() == 0) return to_value(o.attr("item")(), what); // numpy scalar array
+        return to_array(a, what);
+    }
+    if (py::hasattr(o, "dtype") && py::hasattr(o, "item")) return to_value(o.attr("item")(), what); // numpy scalar
+    throw py::type_error(fmt::format("{}: cannot pass a {} to a native service (use bool, int, float, str, bytes, "
+                                     "None or a numpy array)",
+                                     what, py::str(o.get_type().attr("__name__")).cast<std::string>()));
+}
+
+py::object from_value(const Value& v) {
+    return std::visit(
+        [](auto&& x) -> py::object {
+            using T = std::decay_t<decltype(x)>;
+            if constexpr (std::is_same_v<T, std::monostate>) return py::none();
+            else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) return py::bytes(x.data);
+            else if constexpr (std::is_same_v<T, Array>) {
+                // A Python array that went through the engine comes back as itself.
+                if (auto* ref = std::get_deleter<PyRef>(x.owner)) return *ref->obj;
+                auto* keep = new std::shared_ptr<const void>(x.owner);
+                py::capsule base(keep, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
+                std::vector<py::ssize_t> shape(x.shape.begin(), x.shape.end());
+                return py::array(py::dtype(x.dtype == "b1" ? std::string("?") : x.dtype), shape, x.data, base);
+            } else return py::cast(x);
+        },
+        v);
+}
+
+std::string_view value_kind(const Value& v) {
+    static constexpr std::string_view names[] = {"none", "bool", "int", "float", "str", "bytes", "pickle", "array"};
+    return names[v.index()];
+}
+
+// Runs a pickled Python callable in this process, under the GIL.
+Value run_python(const Params& p) {
+    const auto& payload = p.get<Pickled>("payload");
+    py::gil_scoped_acquire gil;
+    static py::object* runner = new py::object(py::module_::import("dynexec._runner").attr("run"));
+    py::tuple out = (*runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
+    auto kind = out[0].cast<std::string>();
+    if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
+    if (kind == "pickle") return Pickled{out[1].cast<std::string>()};
+    throw ServiceError(out[1].cast<std::string>(), out[2].cast<std::string>(), out[3].cast<std::string>(),
+                       Pickled{out[4].cast<std::string>()});
+}
+
+Params to_params(const py::dict& kwargs) {
+    Params params;
+    for (auto [k, v] : kwargs) {
+        auto name = k.cast<std::string>();
+        params.set(name, to_value(v, fmt::format("parameter '{}'", name)));
+    }
+    return params;
+}
+
+} // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "dynexec's C++ core";
+
+    auto invalid = py::register_exception<InvalidJob>(m, "InvalidJobError", PyExc_ValueError);
+    py::register_exception<UnknownService>(m, "UnknownServiceError", invalid.ptr());
+    py::register_exception<ArchiveError>(m, "ArchiveError", PyExc_OSError);
+    py::register_exception<ShutDown>(m, "ShutDownError", PyExc_RuntimeError);
+
+    ServiceCatalog::process().add({"python", "Runs a pickled Python callable (fn, args, kwargs) under the GIL",
+                                   {{"payload", ValueType::pickled, std::nullopt, "cloudpickle of (fn, args, kwargs)"}},
+                                   run_python});
+
+    py::class_<Result>(m, "Result")
+        .def_readonly("job_id", &Result::job_id)
+        .def_property_readonly("status", [](const Result& r) { return std::string(status_name(r.status)); })
+        .def_property_readonly("raw_value", [](const Result& r) { return from_value(r.value); })
+        .def_property_readonly("value_kind", [](const Result& r) { return std::string(value_kind(r.value)); })
+        .def_readonly("error_type", &Result::error_type)
+        .def_readonly("message", &Result::message)
+        .def_readonly("traceback", &Result::traceback)
+        .def_readonly("owner", &Result::owner)
+        .def_readonly("service", &Result::service)
+        .def_readonly("server", &Result::server)
+        .def_readonly("submit_time", &Result::submit_time)
+        .def_readonly("start_time", &Result::start_time)
+        .def_readonly("end_time", &Result::end_time)
+        .def_readonly("attempts", &Result::attempts)
+        .def_readonly("location", &Result::location);
+
+    py::class_<Engine>(m, "Engine")
+        .def(py::init([](unsigned servers, unsigned slots, unsigned threads, std::string policy,
+                         std::optional<std::filesystem::path> archive, double lease, double renew, int max_attempts,
+                         std::uint64_t seed) {
+                 py::gil_scoped_release nogil;
+                 return new Engine({servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
+                                    max_attempts, seed});
+             }),
+             py::arg("servers"), py::arg("slots_per_server"), py::arg("threads_per_server"), py::arg("policy"),
+             py::arg("archive"), py::arg("lease_seconds"), py::arg("renew_seconds"), py::arg("max_attempts"),
+             py::arg("seed"))
+        .def("submit",
+             [](Engine& e, const std::string& service, const py::dict& kwargs, const std::string& owner) {
+                 auto params = to_params(kwargs);
+                 py::gil_scoped_release nogil;
+                 return e.submit(service, params, owner);
+             })
+        .def("submit_python",
+             [](Engine& e, const py::bytes& payload, const std::string& owner) {
+                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+                 py::gil_scoped_release nogil;
+                 return e.submit("python", params, owner);
+             })
+        .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
+        .def("poll", &Engine::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+        .def("servers",
+             [](const Engine& e) {
+                 std::vector<ServerInfo> infos;
+                 {
+                     py::gil_scoped_release nogil;
+                     infos = e.servers();
+                 }
+                 py::list out;
+                 for (auto& s : infos) {
+                     py::dict stats("jobs_done"_a = s.stats.jobs_done, "busy_time"_a = s.stats.busy_time,
+                                    "last_completion"_a = s.stats.last_completion ? py::cast(s.stats.last_completion) : py::none(),
+                                    "in_flight"_a = s.stats.in_flight);
+                     out.append(py::dict("id"_a = s.id, "host"_a = s.host, "pid"_a = s.pid,
+                                         "lease_expiry"_a = s.lease_expiry, "services"_a = s.services,
+                                         "statistics"_a = stats));
+                 }
+                 return out;
+             })
+        .def("add_server", &Engine::add_server, py::arg("slots") = 1, py::arg("threads") = 0,
+             py::call_guard<py::gil_scoped_release>())
+        .def("stop_renewing", &Engine::stop_renewing, py::call_guard<py::gil_scoped_release>())
+        .def("remove_server", &Engine::remove_server, py::call_guard<py::gil_scoped_release>())
+        .def("refresh_services", &Engine::refresh_services, py::call_guard<py::gil_scoped_release>())
+        .def("find", &Engine::find, py::call_guard<py::gil_scoped_release>())
+        .def("shutdown", &Engine::shutdown, py::arg("wait"), py::arg("cancel_pending"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("stats",
+             [](const Engine& e) {
+                 auto s = e.stats();
+                 return py::dict("submitted"_a = s.submitted, "delivered"_a = s.delivered,
+                                 "dispatched"_a = s.dispatched, "redispatched"_a = s.redispatched,
+                                 "lost"_a = s.lost, "stale"_a = s.stale, "outstanding"_a = s.outstanding,
+                                 "archive_error"_a = s.archive_error);
+             })
+        .def_property_readonly("session", &Engine::session)
+        .def_property_readonly("archive", &Engine::archive);
+
+    m.def("find", &ResultsFinder::find, py::arg("archive"), py::arg("job_id"), py::call_guard<py::gil_scoped_release>());
+    m.def("load_services",
+          [](const std::string& path) { return ServiceCatalog::process().load_plugin(path); },
+          py::call_guard<py::gil_scoped_release>());
+    m.def("services", [] {
+        py::dict out;
+        for (auto& s : ServiceCatalog::process().all()) {
+            py::list params;
+            for (auto& p : s->params)
+                params.append(py::dict("name"_a = p.name, "type"_a = std::string(type_name(p.type)),
+                                       "default"_a = p.default_value ? from_value(*p.default_value) : py::none(),
+                                       "required"_a = !p.default_value, "doc"_a = p.doc));
+            out[py::str(s->name)] = py::dict("doc"_a = s->doc, "params"_a = params);
+        }
+        return out;
+    });
+    m.attr("POLICIES") = py::cast(std::vector<std::string>(policy_names().begin(), policy_names().end()));
+}

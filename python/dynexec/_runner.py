@@ -1,0 +1,38 @@
+"""Runs one pickled Python job inside a compute server. Called from C++ with the GIL held."""
+import pickle
+import traceback
+
+import cloudpickle
+import numpy as np
+
+# dtypes the archive stores natively; other arrays are pickled like any value.
+_NATIVE_DTYPES = frozenset("f8 f4 i8 i4 i2 i1 u8 u4 u2 u1 b1".split())
+
+
+def type_name(exc_type):
+    module = exc_type.__module__
+    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
+
+
+def _error(exc, message=None):
+    try:
+        payload = cloudpickle.dumps(exc)
+    except Exception:  # an exception that cannot travel: its type, text and traceback still do
+        payload = b""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return ("error", type_name(type(exc)), message or str(exc), tb, payload)
+
+
+def run(payload):
+    """Returns ("array", ndarray) | ("pickle", bytes) | ("error", type, message, traceback, pickled exception)."""
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # the job's failure is its result, whatever it raised
+        return _error(exc)
+    if isinstance(value, np.ndarray) and f"{value.dtype.kind}{value.dtype.itemsize}" in _NATIVE_DTYPES and value.ndim > 0:
+        return ("array", value)
+    try:
+        return ("pickle", cloudpickle.dumps(value))
+    except BaseException as exc:
+        return _error(exc, f"the result of {getattr(fn, '__qualname__', fn)!s} cannot be pickled: {exc}")

@@ -1,0 +1,221 @@
+"""dynexec.Executor: a concurrent.futures.Executor over the dynexec engine."""
+from __future__ import annotations
+
+import getpass
+import itertools
+import os
+import socket
+import threading
+import weakref
+from concurrent.futures import Executor as _Executor
+from concurrent.futures import Future
+from concurrent.futures._base import PENDING, RUNNING
+from pathlib import Path
+
+import cloudpickle
+
+from . import _core
+from .errors import InvalidJobError
+from .results import Result, default_archive
+
+POLICIES = tuple(_core.POLICIES)
+_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _default_owner() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+class JobFuture(Future):
+    """A Future for one job; `job_id` finds its result in the archive later."""
+
+    def __init__(self, executor: Executor, job_id: str = ""):
+        super().__init__()
+        self.job_id = job_id
+        self._engine = executor._engine
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != PENDING:
+                return super().cancel()
+        if self._engine.cancel(self.job_id):
+            return super().cancel()
+        with self._condition:  # it has started: say so
+            if self._state == PENDING:
+                self._state = RUNNING
+        return False
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f" job_id={self.job_id}>"
+
+
+class Executor(_Executor):
+    """Runs jobs on compute servers chosen by a load balancer, archiving every result in HDF5.
+
+    max_workers: compute servers to start (default: os.cpu_count()).
+    policy: how the load balancer picks a server, one of POLICIES (default "power_of_two").
+    archive: directory of the HDF5 results archive; None means default_archive()
+        ($DYNEXEC_ARCHIVE or ~/.local/share/dynexec/archive); False turns archiving off.
+    owner: recorded with every result (default "user@host").
+    slots_per_server: jobs each server runs at once (default 1).
+    threads_per_server: oneTBB threads each server's native services may use (default: every core).
+    lease_seconds, renew_seconds: registration lease and renewal interval (defaults 2.0 and lease/4).
+    max_attempts: how many vanished servers a job may outlive before it fails with ServerLostError.
+    """
+
+    def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
+                 owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
+                 lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
+                 seed: int = 0):
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown balancing policy {policy!r} (choose one of: {', '.join(POLICIES)})")
+        if slots_per_server < 1:
+            raise ValueError("slots_per_server must be at least 1")
+        if archive is None:
+            archive = default_archive()
+        self._archive = Path(archive).absolute() if archive is not False else None
+        self._owner = owner or _default_owner()
+        self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, policy, self._archive,
+                                    float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
+        self._futures: dict[str, JobFuture] = {}
+        self._lock = threading.Lock()  # guards _futures and _shutdown
+        self._shutdown = False
+        self._engine_done = threading.Event()
+        self._collector = threading.Thread(target=self._collect, name="dynexec-results", daemon=True)
+        self._collector.start()
+        _live_executors.add(self)
+
+    # -- submitting -------------------------------------------------------------------------------
+    def submit(self, fn, /, *args, **kwargs) -> JobFuture:
+        """Runs fn(*args, **kwargs) on a compute server; the future carries the job ID."""
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        try:
+            payload = cloudpickle.dumps((fn, args, kwargs))
+        except Exception as exc:
+            raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
+                                  f"the callable or its arguments cannot be pickled ({type(exc).__name__}: {exc})") from exc
+        return self._submit(lambda: self._engine.submit_python(payload, self._owner))
+
+    def submit_service(self, service: str, /, **params) -> JobFuture:
+        """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
+        return self._submit(lambda: self._engine.submit(service, params, self._owner))
+
+    def _submit(self, send) -> JobFuture:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = JobFuture(self)
+            future.job_id = send()  # under the lock: the collector cannot see the result before the future
+            self._futures[future.job_id] = future
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = super().map(_run_chunk, itertools.repeat(fn), _chunks(zip(*iterables), chunksize), timeout=timeout)
+        return itertools.chain.from_iterable(chunks)
+
+    # -- the cluster ------------------------------------------------------------------------------
+    def servers(self) -> list[dict]:
+        """Each registered compute server: id, host, pid, lease_expiry, services, statistics."""
+        return self._engine.servers()
+
+    def add_server(self, slots: int = 1, threads: int = 0) -> str:
+        """Starts and registers one more compute server; it gets work at once. Returns its ID."""
+        return self._engine.add_server(slots, threads)
+
+    def remove_server(self, server_id: str) -> None:
+        """Takes a server out of the registry now; jobs it held run elsewhere."""
+        self._engine.remove_server(server_id)
+
+    def stats(self) -> dict:
+        return self._engine.stats()
+
+    @property
+    def archive(self) -> Path | None:
+        return self._archive
+
+    @property
+    def session(self) -> str:
+        return self._engine.session
+
+    def find(self, job_id: str) -> Result:
+        from .results import find
+        if self._archive is None:
+            raise ValueError("this executor does not archive results (archive=False)")
+        return find(job_id, self._archive)
+
+    # -- results ----------------------------------------------------------------------------------
+    def _collect(self):
+        while True:
+            batch = self._engine.poll(4096, 0.05)
+            for r in batch:
+                with self._lock:
+                    future = self._futures.pop(r.job_id, None)
+                if future is not None:
+                    _settle(future, r)
+            if not batch and self._engine_done.is_set():
+                return
+
+    # -- shutting down ----------------------------------------------------------------------------
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+        if first:
+            def close():
+                self._engine.shutdown(True, cancel_futures)
+                self._engine_done.set()
+            if wait:
+                close()
+            else:
+                threading.Thread(target=close, name="dynexec-shutdown", daemon=True).start()
+        elif cancel_futures:
+            self._engine.shutdown(False, True)
+        if wait:
+            self._engine_done.wait()
+            self._collector.join()
+
+
+def _settle(future: JobFuture, r: _core.Result) -> None:
+    if r.status == "cancelled":
+        Future.cancel(future)
+        future.set_running_or_notify_cancel()
+        return
+    if future.cancelled():
+        return
+    result = Result.from_core(r)
+    if r.status == "ok":
+        future.set_result(result.value)
+    else:
+        future.set_exception(result.exception())
+
+
+def _chunks(items, size):
+    it = iter(items)
+    while chunk := tuple(itertools.islice(it, size)):
+        yield chunk
+
+
+def _run_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+def _shutdown_all():
+    for ex in list(_live_executors):
+        ex.shutdown(wait=True)
+
+
+threading._register_atexit(_shutdown_all)  # before threads are joined at exit, as concurrent.futures does
