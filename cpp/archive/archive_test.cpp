@@ -14,6 +14,7 @@
 namespace dynexec {
 namespace {
 namespace fs = std::filesystem;
+using namespace std::string_literals;
 
 // A directory of its own for each test, removed afterwards.
 class ArchiveTest : public ::testing::Test {
@@ -82,9 +83,9 @@ TEST_F(ArchiveTest, RoundTripsEveryValueKind) {
         3.141592653589793,
         std::string("héllo, wörld ✓"),
         std::string(),
-        Bytes{std::string("a\0b\xff", 4)},
+        Bytes{"a\0b\xff"s},
         Bytes{},
-        Pickled{std::string("\x80\x04\x95\x00pickle\0data", 17)},
+        Pickled{"\x80\x04\x95\x00pickle\0data"s},
         make_array<double>({2, 3}, {1.5, -2.5, 3.25, 4, 5, 6}),
         make_array<std::int32_t>({4}, {-7, 0, 7, 2147483647}),
         make_array<bool>({3}, {true, false, true}),

@@ -19,6 +19,18 @@ def default_archive() -> Path:
     return Path(data) / "dynexec" / "archive"
 
 
+# Native services fail with C++ exceptions; these become the Python exceptions a user expects.
+_NATIVE_ERRORS = {
+    "std::invalid_argument": ValueError,
+    "std::domain_error": ValueError,
+    "std::length_error": ValueError,
+    "std::out_of_range": IndexError,
+    "std::overflow_error": OverflowError,
+    "std::bad_alloc": MemoryError,
+    "std::runtime_error": RuntimeError,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """One job's result. `value` is the return value; `exception()` rebuilds the failure."""
@@ -67,6 +79,8 @@ class Result:
                 exc = pickle.loads(self._error_payload)
             except Exception:  # its class is not importable here: fall back to the text
                 exc = None
+        if not isinstance(exc, BaseException) and self.error_type in _NATIVE_ERRORS:
+            exc = _NATIVE_ERRORS[self.error_type](f"{self.service}: {self.message}")
         if not isinstance(exc, BaseException):
             exc = RemoteError(self.error_type, self.message, self.traceback)
         if self.traceback:

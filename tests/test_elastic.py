@@ -1,0 +1,78 @@
+"""Servers that join mid-run get work; servers that stop renewing lose their jobs to others; no job is lost or doubled."""
+import time
+from collections import Counter
+
+import h5py
+import pytest
+
+import dynexec
+
+
+def nap(i, seconds):
+    time.sleep(seconds)
+    return i
+
+
+def archived_ids(archive, session):
+    with h5py.File(archive / f"{session}.h5", "r") as f:
+        return Counter(f["jobs"].keys()), {k: f["jobs"][k].attrs["status"] for k in f["jobs"]}
+
+
+def test_server_that_joins_mid_run_gets_work(archive):
+    with dynexec.Executor(max_workers=1, policy="fewest_outstanding", archive=archive) as ex:
+        first = [ex.submit(nap, i, 0.02) for i in range(20)]
+        new_id = ex.add_server()
+        later = [ex.submit(nap, i, 0.02) for i in range(20)]
+        assert [f.result(timeout=30) for f in first + later] == list(range(20)) * 2
+        done = {s["id"]: s["statistics"]["jobs_done"] for s in ex.servers()}
+        assert done[new_id] >= 10  # the newcomer took about half of what came after it joined
+
+
+def test_server_that_stops_renewing_loses_its_jobs_to_the_others_exactly_once(archive):
+    n = 40
+    with dynexec.Executor(max_workers=2, policy="round_robin", archive=archive, lease_seconds=0.3,
+                          renew_seconds=0.05) as ex:
+        futures = [ex.submit(nap, i, 0.03) for i in range(n)]
+        time.sleep(0.05)  # both servers are busy, each with a queue
+        hung = ex.servers()[0]["id"]
+        ex._engine.stop_renewing(hung)  # like a hung host: it keeps running but its lease runs out
+        assert sorted(f.result(timeout=30) for f in futures) == list(range(n))
+        assert [s["id"] for s in ex.servers()] != [] and hung not in [s["id"] for s in ex.servers()]
+        stats = ex.stats()
+        session = ex.session
+    assert stats["redispatched"] > 0
+    counts, statuses = archived_ids(archive, session)
+    assert len(counts) == n and set(counts.values()) == {1}
+    assert set(statuses.values()) == {"ok"}
+    assert {f.job_id for f in futures} == set(counts)
+    # Results of re-dispatched jobs name the server that really delivered them.
+    servers = {dynexec.find(f.job_id, archive).server for f in futures[-10:]}
+    assert hung not in servers
+
+
+def test_job_that_keeps_losing_its_server_fails_clearly(archive):
+    with dynexec.Executor(max_workers=1, archive=archive, lease_seconds=0.2, renew_seconds=0.05,
+                          max_attempts=2) as ex:
+        f = ex.submit(nap, 1, 2.0)
+        time.sleep(0.05)
+        for _ in range(2):
+            victim = ex.servers()[0]["id"]
+            ex.add_server()
+            ex._engine.stop_renewing(victim)
+            deadline = time.time() + 5
+            while victim in [s["id"] for s in ex.servers()] and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.1)
+        with pytest.raises(dynexec.ServerLostError, match="max_attempts=2"):
+            f.result(timeout=10)
+
+
+def test_removed_server_gets_no_more_jobs(archive):
+    with dynexec.Executor(max_workers=2, archive=archive) as ex:
+        gone = ex.servers()[0]["id"]
+        ex.remove_server(gone)
+        results = [f.result(timeout=10) for f in [ex.submit(nap, i, 0) for i in range(20)]]
+        assert results == list(range(20))
+        assert {dynexec.find(f, archive).server for f in []} == set()
+        assert [s["id"] for s in ex.servers()] != [gone]
+        assert gone not in [s["id"] for s in ex.servers()]
