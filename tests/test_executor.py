@@ -114,3 +114,13 @@ def test_archive_off(tmp_path):
         assert ex.submit(add, 1, 1).result(timeout=10) == 2
         assert ex.archive is None
     assert not list(tmp_path.iterdir())
+
+
+def test_first_python_jobs_start_on_many_servers_at_once(run_python, archive):
+    # Regression: the first Python jobs on several servers used to deadlock on the runner's lazy set-up.
+    out = run_python(f"""
+        import dynexec
+        with dynexec.Executor(max_workers=4, archive={str(archive)!r}) as ex:
+            print(sum(ex.map(abs, range(-8, 0))))
+    """, timeout=30)
+    assert out.strip() == "36"

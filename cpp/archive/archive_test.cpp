@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <mutex>
 
 namespace dynexec {
@@ -189,6 +190,13 @@ TEST_F(ArchiveTest, ReadsBackAfterCloseAndReopen) {
     EXPECT_EQ(std::get<std::string>(ResultsArchive::read_from(dir, b)->value), "second");
 }
 
+TEST_F(ArchiveTest, RecreatesAnEmptyLeftoverFile) {
+    fs::create_directories(dir);
+    std::ofstream(dir / (ids.session() + ".h5")).flush(); // a crash between creating the file and formatting it
+    ResultsArchive archive(dir, ids.session());
+    EXPECT_EQ(archive.count(), 0u);
+}
+
 TEST_F(ArchiveTest, DuplicateIsRejectedAndTheRestWritten) {
     JobId a = ids.next(), b = ids.next(), c = ids.next();
     ResultsArchive archive(dir, ids.session());
@@ -295,6 +303,32 @@ TEST_F(ArchiveTest, ManagerStillDeliversWhenTheWriteFails) {
     EXPECT_FALSE(seen[0].location.empty());
     EXPECT_TRUE(seen[1].location.empty());
     EXPECT_NE(m.last_error().find("already archived"), std::string::npos) << m.last_error();
+}
+
+TEST_F(ArchiveTest, ManagerMayBeReleasedFromItsOwnCallback) {
+    // Signals when the writer thread has let go of everything, the callback included.
+    std::promise<void> finished;
+    struct Sentinel {
+        std::promise<void>* p;
+        ~Sentinel() { p->set_value(); }
+    };
+    auto sentinel = std::make_shared<Sentinel>(&finished);
+    std::promise<void> released;
+    auto holder = std::make_shared<std::shared_ptr<ResultsManager>>();
+    JobId id = ids.next();
+    {
+        auto m = ResultsManager::open(dir, ids.session(), [holder, sentinel, go = released.get_future().share()](auto&&) {
+            go.wait();
+            holder->reset(); // the last reference: destroyed on the writer thread
+        });
+        *holder = m;
+        m->accept(ok_result(id, 1.0));
+    }
+    sentinel.reset();
+    released.set_value();
+    ASSERT_EQ(finished.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+    EXPECT_FALSE(ResultsManager::live(ids.session()));
+    EXPECT_TRUE(ResultsArchive::read_from(dir, id)); // written, flushed and closed by the detached writer
 }
 
 TEST_F(ArchiveTest, ManagerWithoutArchiveDelivers) {

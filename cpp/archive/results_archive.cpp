@@ -235,8 +235,10 @@ struct ResultsArchive::Impl {
         if (fd < 0 && errno != EEXIST)
             throw ArchiveError(fmt::format("cannot create results archive file '{}': {}", file.string(),
                                            std::error_code(errno, std::generic_category()).message()));
-        if (fd >= 0) {
-            ::close(fd);
+        std::error_code ec;
+        // An empty file is one a crash left between the two steps: create it again.
+        if (fd >= 0 || fs::file_size(file, ec) == 0) {
+            if (fd >= 0) ::close(fd);
             try {
                 h5file = h5::create_file(file.string(), fapl.id());
                 jobs = h5::create_group(h5file.id(), kJobs);
@@ -326,7 +328,7 @@ void ResultsArchive::write(const std::vector<Result>& batch) {
             if (!valid_name(r.job_id)) throw ArchiveError(fmt::format("'{}' is not a valid job ID", r.job_id));
             if (h5::exists(impl_->jobs.id(), r.job_id)) throw ArchiveError(fmt::format("job {} is already archived", r.job_id));
             impl_->write_one(r);
-        } catch (const ArchiveError& e) {
+        } catch (const std::exception& e) { // ArchiveError, or a malformed value
             failed.push_back(r.job_id);
             reasons.emplace_back(e.what());
         }

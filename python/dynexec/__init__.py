@@ -6,7 +6,11 @@
         print(f.result(), f.job_id)
     print(dynexec.find(f.job_id).value)
 """
+import os as _os
 from pathlib import Path as _Path
+
+# A live archive is open for writing in this process; h5py may read it alongside only without file locks.
+_os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 from . import _core
 from .errors import (ArchiveError, InvalidJobError, RemoteError, ResultNotFoundError, ServerLostError, ShutDownError,

@@ -107,12 +107,15 @@ std::string_view value_kind(const Value& v) {
     return names[v.index()];
 }
 
+// dynexec._runner.run, set when the module loads: a function-local static here
+// would deadlock (its init guard is taken while the GIL is released by the import).
+py::object* python_runner = nullptr;
+
 // Runs a pickled Python callable in this process, under the GIL.
 Value run_python(const Params& p) {
     const auto& payload = p.get<Pickled>("payload");
     py::gil_scoped_acquire gil;
-    static py::object* runner = new py::object(py::module_::import("dynexec._runner").attr("run"));
-    py::tuple out = (*runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
+    py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
     auto kind = out[0].cast<std::string>();
     if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
     if (kind == "pickle") return Pickled{out[1].cast<std::string>()};
@@ -139,6 +142,7 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<ArchiveError>(m, "ArchiveError", PyExc_OSError);
     py::register_exception<ShutDown>(m, "ShutDownError", PyExc_RuntimeError);
 
+    python_runner = new py::object(py::module_::import("dynexec._runner").attr("run")); // never freed: used until exit
     ServiceCatalog::process().add({"python", "Runs a pickled Python callable (fn, args, kwargs) under the GIL",
                                    {{"payload", ValueType::pickled, std::nullopt, "cloudpickle of (fn, args, kwargs)"}},
                                    run_python});

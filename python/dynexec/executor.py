@@ -20,6 +20,7 @@ from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
 _live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_collectors: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # joined at exit, also those of dropped executors
 
 
 def _default_owner() -> str:
@@ -88,9 +89,15 @@ class Executor(_Executor):
         self._futures: dict[str, JobFuture] = {}
         self._lock = threading.Lock()  # guards _futures and _shutdown
         self._shutdown = False
+        self._closing = threading.Event()  # set once someone shuts the engine down
         self._engine_done = threading.Event()
-        self._collector = threading.Thread(target=self._collect, name="dynexec-results", daemon=True)
+        # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
+        # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
+        self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
+                                           args=(weakref.ref(self), self._engine, self._futures, self._lock,
+                                                 self._closing, self._engine_done))
         self._collector.start()
+        _collectors.add(self._collector)
         _live_executors.add(self)
 
     # -- submitting -------------------------------------------------------------------------------
@@ -157,24 +164,19 @@ class Executor(_Executor):
             raise ValueError("this executor does not archive results (archive=False)")
         return find(job_id, self._archive)
 
-    # -- results ----------------------------------------------------------------------------------
-    def _collect(self):
-        while True:
-            batch = self._engine.poll(4096, 0.05)
-            for r in batch:
-                with self._lock:
-                    future = self._futures.pop(r.job_id, None)
-                if future is not None:
-                    _settle(future, r)
-            if not batch and self._engine_done.is_set():
-                return
-
     # -- shutting down ----------------------------------------------------------------------------
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
+            queued = list(self._futures.values()) if cancel_futures else []
+        # Cancel queued jobs before returning, as concurrent.futures does, also with wait=False or on a second
+        # call (the engine's own cancel_pending happens later, in the closing thread, and its shutdown(False, True)
+        # would block until running jobs end). Those already started just say so.
+        for future in queued:
+            future.cancel()
         if first:
+            self._closing.set()
             def close():
                 self._engine.shutdown(True, cancel_futures)
                 self._engine_done.set()
@@ -182,11 +184,30 @@ class Executor(_Executor):
                 close()
             else:
                 threading.Thread(target=close, name="dynexec-shutdown", daemon=True).start()
-        elif cancel_futures:
-            self._engine.shutdown(False, True)
         if wait:
             self._engine_done.wait()
             self._collector.join()
+
+
+def _collect(executor_ref, engine, futures, lock, closing, engine_done):
+    while True:
+        batch = engine.poll(4096, 0.05)
+        for r in batch:
+            with lock:
+                future = futures.pop(r.job_id, None)
+            if future is not None:
+                try:
+                    _settle(future, r)
+                except BaseException as exc:  # e.g. a result that cannot be unpickled: fail its future, not this thread
+                    if not future.done():
+                        future.set_exception(exc)
+        if not batch:
+            if engine_done.is_set():
+                return
+            if executor_ref() is None and not closing.is_set():  # dropped without shutdown(): close the engine
+                closing.set()
+                engine.shutdown(True, False)
+                engine_done.set()
 
 
 def _settle(future: JobFuture, r: _core.Result) -> None:
@@ -216,6 +237,8 @@ def _run_chunk(fn, chunk):
 def _shutdown_all():
     for ex in list(_live_executors):
         ex.shutdown(wait=True)
+    for collector in list(_collectors):  # those of dropped executors close their engines themselves
+        collector.join()
 
 
 threading._register_atexit(_shutdown_all)  # before threads are joined at exit, as concurrent.futures does
