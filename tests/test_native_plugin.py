@@ -20,9 +20,9 @@ def test_example_plugin_built_by_cmake(executor, run_python):
         print(dynexec.load_services({PLUGIN!r}))
         with dynexec.Executor(max_workers=2, archive=False) as ex:
             print(round(ex.submit_service("example.integrate", a=0.0, b=float(np.pi)).result(timeout=30), 6))
-            print(ex.submit_service("example.histogram", a=np.zeros(10), bins=2).result(timeout=30).tolist())
+            print(ex.submit_service("example.histogram", a=np.array([0.0, 0.1, 0.2, 1.0]), bins=2).result(timeout=30).tolist())
     """)
-    assert out.splitlines() == ["['example.integrate', 'example.histogram']", "2.0", "[10, 0]"]
+    assert out.splitlines() == ["['example.integrate', 'example.histogram']", "2.0", "[3, 1]"]
 
 
 def test_plugin_built_by_hand_with_get_include(tmp_path, run_python):

@@ -170,7 +170,7 @@ void ResultsManager::unregister() {
 }
 
 ResultsManager::~ResultsManager() {
-    if (std::this_thread::get_id() == writer_id_) {
+    if (on_writer()) {
         // The last owner let go inside on_archived: the writer finishes on its own.
         unregister();
         {
@@ -204,7 +204,7 @@ void ResultsManager::accept(Result result) {
 }
 
 void ResultsManager::drain() {
-    if (std::this_thread::get_id() == writer_id_) return; // would wait on itself
+    if (on_writer()) return; // would wait on itself
     std::unique_lock lk(core_->mu);
     std::uint64_t target = core_->accepted;
     core_->done_cv.wait(lk, [&] { return core_->delivered >= target; });
@@ -217,9 +217,10 @@ void ResultsManager::close() {
         core_->stopping = true;
     }
     core_->work_cv.notify_all();
-    if (std::this_thread::get_id() == writer_id_) return;
+    if (on_writer()) return;
     std::lock_guard lk(join_mu_);
     if (writer_.joinable()) writer_.join();
+    writer_id_ = std::thread::id(); // ids are reused: a later thread must not pass for the writer
 }
 
 std::optional<Result> ResultsManager::find(const JobId& id) {

@@ -8,6 +8,7 @@
 #include "archive/results_archive.hpp"
 #include "registry/proxies.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -58,7 +59,8 @@ private:
 
     std::shared_ptr<Core> core_;
     std::thread writer_;
-    std::thread::id writer_id_;
+    bool on_writer() const { return std::this_thread::get_id() == writer_id_.load(); }
+    std::atomic<std::thread::id> writer_id_;
     std::mutex join_mu_; // join() is not safe from two threads at once
 };
 

@@ -25,25 +25,31 @@ struct WaitingSink final : CompletionSink {
     }
 };
 
-void add_test_services(ServiceCatalog& c, std::atomic<int>& running, std::atomic<int>& peak) {
-    c.add({"test.slow", "", {}, [&](const Params&) -> Value {
-               int now = ++running;
-               for (int p = peak; now > p && !peak.compare_exchange_weak(p, now);) {}
-               std::this_thread::sleep_for(std::chrono::milliseconds(20));
-               --running;
-               return std::int64_t(1);
-           }});
-    c.add({"test.fail", "", {}, [](const Params&) -> Value { throw std::invalid_argument("bad x"); }});
-    c.add({"test.typed_fail", "", {}, [](const Params&) -> Value { throw ServiceError("ValueError", "nope", "Traceback..."); }});
-}
 } // namespace
 
-TEST(ComputeServer, RunsEveryJobWithinItsSlotsAndKeepsStatistics) {
+struct ServerTest : ::testing::Test {
     std::atomic<int> running{0}, peak{0};
     ServiceCatalog catalog;
-    add_test_services(catalog, running, peak);
+    std::shared_ptr<WaitingSink> sink = std::make_shared<WaitingSink>();
+    void SetUp() override { add_test_services(catalog); }
+    void add_test_services(ServiceCatalog& c) {
+        c.add({"test.slow", "", {}, [this](const Params&) -> Value {
+                   int now = ++running;
+                   for (int p = peak; now > p && !peak.compare_exchange_weak(p, now);) {
+                   }
+                   std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                   --running;
+                   return std::int64_t(1);
+               }});
+        c.add({"test.fail", "", {}, [](const Params&) -> Value { throw std::invalid_argument("bad x"); }});
+        c.add({"test.typed_fail", "", {}, [](const Params&) -> Value {
+                   throw ServiceError("ValueError", "nope", "Traceback...");
+               }});
+    }
+};
+
+TEST_F(ServerTest, RunsEveryJobWithinItsSlotsAndKeepsStatistics) {
     ComputeServer server({2, 4}, catalog);
-    auto sink = std::make_shared<WaitingSink>();
     for (int i = 0; i < 12; ++i) server.run(make_job("j" + std::to_string(i), "test.slow"), 0, sink);
     sink->wait_for(12);
     server.wait_idle();
@@ -59,12 +65,8 @@ TEST(ComputeServer, RunsEveryJobWithinItsSlotsAndKeepsStatistics) {
     }
 }
 
-TEST(ComputeServer, FailuresBecomeErrorResults) {
-    std::atomic<int> running{0}, peak{0};
-    ServiceCatalog catalog;
-    add_test_services(catalog, running, peak);
+TEST_F(ServerTest, FailuresBecomeErrorResults) {
     ComputeServer server({1, 1}, catalog);
-    auto sink = std::make_shared<WaitingSink>();
     server.run(make_job("f1", "test.fail"), 0, sink);
     server.run(make_job("f2", "test.typed_fail"), 0, sink);
     server.run(make_job("f3", "no.such.service"), 0, sink);
@@ -78,12 +80,8 @@ TEST(ComputeServer, FailuresBecomeErrorResults) {
     EXPECT_EQ(server.stats().jobs_done, 3u); // a failed job is still a job done
 }
 
-TEST(ComputeServer, SkipsJobsCancelledOrRedispatchedBeforeTheyStart) {
-    std::atomic<int> running{0}, peak{0};
-    ServiceCatalog catalog;
-    add_test_services(catalog, running, peak);
+TEST_F(ServerTest, SkipsJobsCancelledOrRedispatchedBeforeTheyStart) {
     ComputeServer server({1, 1}, catalog);
-    auto sink = std::make_shared<WaitingSink>();
     auto blocker = make_job("b", "test.slow");
     auto cancelled = make_job("c", "test.slow");
     auto moved = make_job("m", "test.slow");

@@ -201,7 +201,9 @@ def _collect(executor_ref, engine, futures, lock, closing, engine_done):
                 except BaseException as exc:  # e.g. a result that cannot be unpickled: fail its future, not this thread
                     if not future.done():
                         future.set_exception(exc)
-        if not batch:
+        idle = not batch
+        batch = r = future = None  # hold no result while polling: a user may drop it, and it may be large
+        if idle:
             if engine_done.is_set():
                 return
             if executor_ref() is None and not closing.is_set():  # dropped without shutdown(): close the engine
