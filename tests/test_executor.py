@@ -62,13 +62,23 @@ def test_native_option_matches_black_scholes(executor):
     assert abs(price - bs) < 4 * stderr
 
 
-def test_native_arrays_travel_without_copies_and_back(executor):
+def test_native_arrays_travel_without_copies_and_back(archive):
+    executor = dynexec.Executor(max_workers=1, processes=False, archive=archive)
     a = np.arange(1_000_000, dtype=np.float64)
     scaled = executor.submit_service("array.scale", a=a, factor=2.0).result(timeout=10)
     assert scaled.shape == a.shape and scaled[-1] == 2 * a[-1]
     echoed = executor.submit_service("noop", x=a).result(timeout=10)
     assert np.shares_memory(echoed, a)  # the same buffer, in and out
     assert executor.submit_service("array.sum", a=a).result(timeout=10) == a.sum()
+    executor.shutdown()
+
+
+def test_arrays_cross_processes_intact(executor):
+    a = np.arange(2_000_000, dtype=np.float64).reshape(1000, 2000)
+    scaled = executor.submit_service("array.scale", a=a, factor=0.5).result(timeout=30)
+    assert scaled.shape == (1000, 2000) and np.array_equal(scaled, a * 0.5)
+    back = executor.submit(np.flip, a).result(timeout=30)
+    assert np.array_equal(back, a[::-1, ::-1])
 
 
 def test_servers_report_their_statistics(executor):

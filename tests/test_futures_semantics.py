@@ -183,7 +183,7 @@ def successful_future():
 
 @pytest.fixture
 def ex(archive):
-    with dynexec.Executor(max_workers=2, archive=archive) as executor:
+    with dynexec.Executor(max_workers=2, processes=False, archive=archive) as executor:
         yield executor
 
 
@@ -232,7 +232,7 @@ def test_map_stops_at_the_shortest_iterable(ex):
 def test_map_submits_every_job_before_iteration(archive):
     gate = Gate()
     gate.open()
-    with dynexec.Executor(max_workers=2, archive=archive) as executor:
+    with dynexec.Executor(max_workers=2, processes=False, archive=archive) as executor:
         results = executor.map(pause, [gate.name] * 5, range(5))
         gate.wait_entered(5)  # all ran, none asked for yet
     assert list(results) == list(range(5))
@@ -509,7 +509,7 @@ def test_result_and_exception_with_timeout(ex):
 
 def test_cancel_pending_job(archive):
     calls = []
-    with dynexec.Executor(max_workers=1, archive=archive) as executor, Gate() as gate:
+    with dynexec.Executor(max_workers=1, processes=False, archive=archive) as executor, Gate() as gate:
         blocker = executor.submit(pause, gate.name, "blocker")  # keeps the only server busy
         gate.wait_entered(1)
         second = executor.submit(pause, gate.name, "second")
@@ -601,7 +601,7 @@ def test_run_after_shutdown(ex):
 
 
 def test_context_manager(archive):
-    with dynexec.Executor(max_workers=2, archive=archive) as executor:
+    with dynexec.Executor(max_workers=2, processes=False, archive=archive) as executor:
         assert isinstance(executor, dynexec.Executor)
         fs = [executor.submit(time.sleep, 0.05) for _ in range(4)]
     assert all(f.done() for f in fs)
@@ -610,7 +610,7 @@ def test_context_manager(archive):
 
 
 def test_shutdown_waits_for_all_issue12364(archive):
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     fs = [executor.submit(time.sleep, 0.01) for _ in range(50)]
     executor.shutdown(wait=True)
     assert all(f.done() for f in fs)
@@ -619,7 +619,7 @@ def test_shutdown_waits_for_all_issue12364(archive):
 
 
 def test_shutdown_no_wait(archive):
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     res = executor.map(abs, range(-5, 5), timeout=T)
     with Gate() as gate:
         held = executor.submit(pause, gate.name, "held")
@@ -637,7 +637,7 @@ def test_shutdown_no_wait(archive):
 def test_dropped_executor_is_shut_down(archive):
     # Like ThreadPoolExecutor's test_del_shutdown: an executor dropped without shutdown() is collected and
     # closes its engine once its jobs are done.
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     res = executor.map(abs, range(-5, 5), timeout=T)
     collector = executor._collector
     wr = weakref.ref(executor)
@@ -650,7 +650,7 @@ def test_dropped_executor_is_shut_down(archive):
 
 
 def test_cancel_futures(archive):
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     fs = [executor.submit(time.sleep, 0.1) for _ in range(50)]
     executor.shutdown(cancel_futures=True)
     # Which ones started is a matter of timing, but with 2 servers most must have been cancelled ...
@@ -664,7 +664,7 @@ def test_cancel_futures(archive):
 
 
 def test_cancel_futures_cancels_exactly_the_queued_jobs(archive):
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     with Gate() as gate:
         running = [executor.submit(pause, gate.name, i) for i in range(2)]
         gate.wait_entered(2)  # both servers busy: everything after this is queued
@@ -679,7 +679,7 @@ def test_cancel_futures_cancels_exactly_the_queued_jobs(archive):
 
 
 def test_cancel_futures_wait_false(archive):
-    executor = dynexec.Executor(max_workers=2, archive=archive)
+    executor = dynexec.Executor(max_workers=2, processes=False, archive=archive)
     with Gate() as gate:
         running = [executor.submit(pause, gate.name, i) for i in range(2)]
         gate.wait_entered(2)
@@ -698,7 +698,7 @@ def test_cancel_futures_wait_false(archive):
 
 
 def test_cancel_futures_after_shutdown_without_wait(archive):
-    executor = dynexec.Executor(max_workers=1, archive=archive)
+    executor = dynexec.Executor(max_workers=1, processes=False, archive=archive)
     with Gate() as gate:
         running = executor.submit(pause, gate.name, "ran")
         gate.wait_entered(1)
@@ -730,9 +730,9 @@ def test_interpreter_shutdown(archive, run_python):
                 print("late:", e, flush=True)
 
         def drop():
-            dynexec.Executor(max_workers=1, archive={str(archive)!r}).submit(sleep_and_print, 0.3, "pear")
+            dynexec.Executor(max_workers=1, processes=False, archive={str(archive)!r}).submit(sleep_and_print, 0.3, "pear")
 
-        ex = dynexec.Executor(max_workers=2, archive={str(archive)!r})
+        ex = dynexec.Executor(max_workers=2, processes=False, archive={str(archive)!r})
         atexit.register(submit_late)
         ex.submit(sleep_and_print, 0.3, "apple")
         drop()
@@ -749,7 +749,7 @@ def test_engine_dropped_on_a_new_thread(archive, run_python):
 
         engines = []
         for i in range(20):
-            ex = dynexec.Executor(max_workers=1, archive={str(archive)!r})
+            ex = dynexec.Executor(max_workers=1, processes=False, archive={str(archive)!r})
             ex.submit(pow, 2, 3).result(timeout=10)
             ex.shutdown()
             engines.append([ex._engine])

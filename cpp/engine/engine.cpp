@@ -50,9 +50,11 @@ struct Engine::Impl {
     std::condition_variable done_cv;
     std::deque<Result> done;
     std::uint64_t delivered = 0;
+    bool shutdown_requested = false; // a remote client asked the cluster to stop
 
     std::unique_ptr<ExecutionManager> manager;
     std::unique_ptr<LeaseReaper> reaper;
+    std::unique_ptr<remote::Hub> hub;
 
     explicit Impl(EngineOptions o) : options(std::move(o)) {
         if (options.lease_seconds <= 0) throw std::invalid_argument("lease_seconds must be positive");
@@ -72,14 +74,35 @@ struct Engine::Impl {
         manager = std::make_unique<ExecutionManager>(registry, session.session(), [this] { start_balancer(); });
         // The reaper's period bounds how late an expired lease is noticed.
         reaper = std::make_unique<LeaseReaper>(registry, std::min(lease / 10, Duration(std::chrono::milliseconds(5))));
-        unsigned n = options.servers ? options.servers : std::max(1u, std::thread::hardware_concurrency());
-        for (unsigned i = 0; i < n; ++i) add_server(options.slots_per_server, options.threads_per_server);
+        if (options.listen) {
+            remote::HubHooks hooks;
+            hooks.submit = [this](const std::string& service, const Params& p, const std::string& owner,
+                                  const std::function<void(const JobId&)>& on_id) {
+                {
+                    std::lock_guard lk(mu);
+                    if (closed) throw ShutDown("the cluster is shutting down");
+                }
+                return manager->submit(service, p, owner, on_id);
+            };
+            hooks.cancel = [this](const JobId& id) { return manager->cancel(id); };
+            hooks.servers = [this] { return server_infos(); };
+            hooks.shutdown = [this] {
+                std::lock_guard lk(done_mu);
+                shutdown_requested = true;
+                done_cv.notify_all();
+            };
+            hub = std::make_unique<remote::Hub>(registry, *options.listen, std::move(hooks), lease, renew);
+        }
+        int n = options.servers >= 0 ? options.servers : int(std::max(1u, std::thread::hardware_concurrency()));
+        for (int i = 0; i < n; ++i) add_server(options.slots_per_server, options.threads_per_server);
     }
 
     void on_archived(std::vector<Result>&& batch) {
+        auto n = batch.size();
+        if (hub) hub->route(batch); // results of remote clients' jobs go back to them
         std::lock_guard lk(done_mu);
         for (auto& r : batch) done.push_back(std::move(r));
-        delivered += batch.size();
+        delivered += n;
         done_cv.notify_all();
     }
 
@@ -115,6 +138,16 @@ struct Engine::Impl {
         return entry.id;
     }
 
+    std::vector<ServerInfo> server_infos() const {
+        std::vector<ServerInfo> out;
+        for (auto& e : registry.lookup(Kind::compute_server)) {
+            ServerInfo s{e.id, e.host, e.pid, to_wall(e.expiry), {}, e.server->stats()};
+            for (auto& svc : e.services) s.services.push_back(svc->name);
+            out.push_back(std::move(s));
+        }
+        return out;
+    }
+
     Registered<ComputeServer>& server(const std::string& id) {
         auto it = servers.find(id);
         if (it == servers.end()) throw std::invalid_argument(fmt::format("no compute server '{}' in this engine", id));
@@ -131,12 +164,13 @@ Engine::~Engine() {
     }
 }
 
-JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner) {
+JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner,
+                     const std::function<void(const JobId&)>& on_id) {
     {
         std::lock_guard lk(impl_->mu);
         if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
     }
-    return impl_->manager->submit(service, params, owner);
+    return impl_->manager->submit(service, params, owner, on_id);
 }
 
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
@@ -152,14 +186,22 @@ std::vector<Result> Engine::poll(std::size_t max, std::chrono::milliseconds time
     return out;
 }
 
-std::vector<ServerInfo> Engine::servers() const {
-    std::vector<ServerInfo> out;
-    for (auto& e : impl_->registry.lookup(Kind::compute_server)) {
-        ServerInfo s{e.id, e.host, e.pid, to_wall(e.expiry), {}, e.server->stats()};
-        for (auto& svc : e.services) s.services.push_back(svc->name);
-        out.push_back(std::move(s));
+std::vector<ServerInfo> Engine::servers() const { return impl_->server_infos(); }
+
+std::string Engine::endpoint() const { return impl_->hub ? impl_->hub->endpoint() : ""; }
+
+std::size_t Engine::wait_for_servers(std::size_t n, std::chrono::milliseconds timeout) const {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto have = impl_->registry.lookup(Kind::compute_server).size();
+        if (have >= n || std::chrono::steady_clock::now() >= deadline) return have;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    return out;
+}
+
+bool Engine::wait_shutdown_request(std::chrono::milliseconds timeout) {
+    std::unique_lock lk(impl_->done_mu);
+    return impl_->done_cv.wait_for(lk, timeout, [&] { return impl_->shutdown_requested; });
 }
 
 std::string Engine::add_server(unsigned slots, unsigned threads) { return impl_->add_server(slots, threads); }
@@ -170,6 +212,10 @@ void Engine::stop_renewing(const std::string& server_id) {
 }
 
 void Engine::remove_server(const std::string& server_id) {
+    if (impl_->hub && impl_->hub->stop_server(server_id)) {
+        impl_->registry.cancel(server_id); // its jobs go elsewhere now, not at lease expiry
+        return;
+    }
     Registered<ComputeServer> s;
     {
         std::lock_guard lk(impl_->mu);
@@ -185,6 +231,22 @@ void Engine::remove_server(const std::string& server_id) {
 void Engine::refresh_services() {
     std::lock_guard lk(impl_->mu);
     for (auto& [id, s] : impl_->servers) impl_->registry.set_services(id, ServiceCatalog::process().all());
+}
+
+void Engine::load_plugin(const std::string& path, const std::vector<std::string>& names,
+                         std::chrono::milliseconds timeout) {
+    refresh_services();
+    if (!impl_->hub) return;
+    impl_->hub->load_plugin(path);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto everyone_offers = [&] {
+        for (auto& e : impl_->registry.lookup(Kind::compute_server))
+            for (auto& n : names)
+                if (!e.offers(n)) return false;
+        return true;
+    };
+    while (!everyone_offers() && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
 }
 
 std::optional<Result> Engine::find(const JobId& id) const {
@@ -214,6 +276,7 @@ void Engine::shutdown(bool wait, bool cancel_pending) {
         servers.swap(impl_->servers);
         balancers.swap(impl_->balancers);
     }
+    impl_->hub.reset(); // remote compute servers are told to leave
     for (auto& [id, s] : servers) s.renewer->stop();
     for (auto& b : balancers) b.renewer->stop();
     for (auto& [id, s] : servers) s.component->wait_idle();

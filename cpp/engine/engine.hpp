@@ -6,6 +6,7 @@
 
 #include "common/job.hpp"
 #include "registry/lookup_registry.hpp"
+#include "remote/hub.hpp"
 
 #include <chrono>
 #include <filesystem>
@@ -17,7 +18,7 @@
 namespace dynexec {
 
 struct EngineOptions {
-    unsigned servers = 0;            // compute servers; 0 = one per core
+    int servers = -1;                // compute servers in this process; negative = one per core
     unsigned slots_per_server = 1;   // jobs each runs at once
     unsigned threads_per_server = 0; // each arena's threads; 0 = every core
     std::string policy = "power_of_two";
@@ -26,14 +27,7 @@ struct EngineOptions {
     double renew_seconds = 0;        // 0 = a quarter of the lease
     int max_attempts = 3;            // vanished servers a job may outlive
     std::uint64_t seed = 0;          // 0 = random
-};
-
-struct ServerInfo {
-    std::string id, host;
-    int pid = 0;
-    double lease_expiry = 0; // wall seconds
-    std::vector<std::string> services;
-    ServerStats stats;
+    std::optional<remote::HubOptions> listen; // accept compute servers and clients from other processes
 };
 
 struct EngineStats {
@@ -49,7 +43,8 @@ public:
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
 
-    JobId submit(const std::string& service, const Params& params, const std::string& owner);
+    JobId submit(const std::string& service, const Params& params, const std::string& owner,
+                 const std::function<void(const JobId&)>& on_id = {});
     bool cancel(const JobId& id);
     // Results archived (or, with no archive, finished) since the last poll: at most `max`, waiting up to `timeout`.
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
@@ -62,6 +57,8 @@ public:
     void remove_server(const std::string& server_id);
     // Servers offer what the process's service catalog holds now (after a plugin was loaded).
     void refresh_services();
+    // Remote compute servers load the plugin too; waits up to `timeout` until every one offers `names`.
+    void load_plugin(const std::string& path, const std::vector<std::string>& names, std::chrono::milliseconds timeout);
 
     std::optional<Result> find(const JobId& id) const;
     // Stops taking jobs; cancels those not started if `cancel_pending`; waits for the rest if `wait`.
@@ -69,6 +66,12 @@ public:
     EngineStats stats() const;
     const std::string& session() const;
     const std::optional<std::filesystem::path>& archive() const;
+    // Where other processes reach this engine (empty unless it listens).
+    std::string endpoint() const;
+    // Blocks until `n` compute servers are registered or `timeout` passes; returns how many are.
+    std::size_t wait_for_servers(std::size_t n, std::chrono::milliseconds timeout) const;
+    // True once a remote client has asked the cluster to stop (waits up to `timeout`).
+    bool wait_shutdown_request(std::chrono::milliseconds timeout);
 
 private:
     struct Impl;

@@ -44,7 +44,8 @@ std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
     throw std::runtime_error("no load balancer is registered and none could be started");
 }
 
-JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner) {
+JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner,
+                               const std::function<void(const JobId&)>& on_id) {
     auto def = service(service_name);
     auto job = std::make_shared<Job>();
     job->params = validate_params(*def, params);
@@ -53,6 +54,7 @@ JobId ExecutionManager::submit(const std::string& service_name, const Params& pa
     job->submit_time = wall_time();
     job->id = ids_.next();
     auto id = job->id;
+    if (on_id) on_id(id);
     balancer()->dispatch(std::move(job));
     ++submitted_;
     return id;

@@ -22,7 +22,9 @@ public:
     ~ExecutionManager();
 
     // Throws InvalidJob (UnknownService) on bad input; nothing is queued then.
-    JobId submit(const std::string& service, const Params& params, const std::string& owner);
+    // `on_id` runs with the new ID before the job can run (to route its result).
+    JobId submit(const std::string& service, const Params& params, const std::string& owner,
+                 const std::function<void(const JobId&)>& on_id = {});
     // Cancels a job that has not started yet.
     bool cancel(const JobId& id);
 

@@ -37,6 +37,15 @@ struct Entry : Registration {
     bool offers(std::string_view service) const;
 };
 
+// A compute server as shown to users.
+struct ServerInfo {
+    std::string id, host;
+    int pid = 0;
+    double lease_expiry = 0; // wall seconds
+    std::vector<std::string> services;
+    ServerStats stats;
+};
+
 struct RegistryEvent {
     enum class What { joined, left } what;
     Entry entry;

@@ -7,6 +7,8 @@
 
 #include <dlfcn.h>
 
+#include <filesystem>
+
 #include <algorithm>
 #include <cctype>
 
@@ -73,6 +75,12 @@ std::uint64_t ServiceCatalog::version() const {
 }
 
 std::vector<std::string> ServiceCatalog::load_plugin(const std::string& path) {
+    std::error_code ec;
+    auto canonical = std::filesystem::canonical(path, ec).string();
+    {
+        std::lock_guard lk(mu_);
+        if (auto it = plugins_.find(canonical); !ec && it != plugins_.end()) return it->second;
+    }
     // RTLD_LOCAL: plugins cannot clash with each other's symbols. Never dlclose'd,
     // since arrays they return may outlive any handle we hold.
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -94,6 +102,8 @@ std::vector<std::string> ServiceCatalog::load_plugin(const std::string& path) {
     std::vector<std::string> names;
     for (auto& d : collector.defs) names.push_back(d.name);
     add_all(std::move(collector.defs), path);
+    std::lock_guard lk(mu_);
+    if (!ec) plugins_[canonical] = names;
     return names;
 }
 

@@ -28,6 +28,7 @@ public:
     std::uint64_t version() const; // grows with every add
 
     // dlopen()s a plugin and calls its dynexec_register_services(); returns the names it added.
+    // Loading the same file again adds nothing and returns the same names.
     std::vector<std::string> load_plugin(const std::string& path);
 
 private:
@@ -37,6 +38,7 @@ private:
     mutable std::mutex mu_;
     std::unordered_map<std::string, ServicePtr> by_name_;
     std::vector<std::string> order_;
+    std::unordered_map<std::string, std::vector<std::string>> plugins_; // canonical path -> names
 };
 
 void register_builtin_services(ServiceRegistrar& r);

@@ -32,9 +32,11 @@ def load_services(path) -> list[str]:
 
     Every compute server of this process offers them from then on.
     """
-    names = _core.load_services(str(path))
+    path = str(_Path(path).resolve())
+    names = _core.load_services(path)
     for ex in list(_live_executors):
-        ex._engine.refresh_services()
+        if hasattr(ex._engine, "load_plugin"):  # its servers, in this process or others, offer them too
+            ex._engine.load_plugin(path, names, 30.0)
     return names
 
 

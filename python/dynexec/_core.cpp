@@ -5,6 +5,8 @@
 #include "balancer/policies.hpp"
 #include "common/errors.hpp"
 #include "engine/engine.hpp"
+#include "remote/client.hpp"
+#include "remote/server_host.hpp"
 #include "services/catalog.hpp"
 
 #include <pybind11/chrono.h>
@@ -132,6 +134,18 @@ Params to_params(const py::dict& kwargs) {
     return params;
 }
 
+py::list server_list(const std::vector<ServerInfo>& infos) {
+    py::list out;
+    for (auto& s : infos) {
+        py::dict stats("jobs_done"_a = s.stats.jobs_done, "busy_time"_a = s.stats.busy_time,
+                       "last_completion"_a = s.stats.last_completion ? py::cast(s.stats.last_completion) : py::none(),
+                       "in_flight"_a = s.stats.in_flight);
+        out.append(py::dict("id"_a = s.id, "host"_a = s.host, "pid"_a = s.pid, "lease_expiry"_a = s.lease_expiry,
+                            "services"_a = s.services, "statistics"_a = stats));
+    }
+    return out;
+}
+
 } // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -165,16 +179,25 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("location", &Result::location);
 
     py::class_<Engine>(m, "Engine")
-        .def(py::init([](unsigned servers, unsigned slots, unsigned threads, std::string policy,
+        .def(py::init([](int servers, unsigned slots, unsigned threads, std::string policy,
                          std::optional<std::filesystem::path> archive, double lease, double renew, int max_attempts,
-                         std::uint64_t seed) {
+                         std::uint64_t seed, std::optional<py::dict> listen) {
+                 std::optional<remote::HubOptions> hub;
+                 if (listen)
+                     hub = remote::HubOptions{(*listen)["bind"].cast<std::string>(),
+                                              {(*listen)["server_public_key"].cast<std::string>(),
+                                               (*listen)["server_secret_key"].cast<std::string>()},
+                                              (*listen)["client_public_key"].cast<std::string>()};
                  py::gil_scoped_release nogil;
                  return new Engine({servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
-                                    max_attempts, seed});
+                                    max_attempts, seed, std::move(hub)});
              }),
              py::arg("servers"), py::arg("slots_per_server"), py::arg("threads_per_server"), py::arg("policy"),
              py::arg("archive"), py::arg("lease_seconds"), py::arg("renew_seconds"), py::arg("max_attempts"),
-             py::arg("seed"))
+             py::arg("seed"), py::arg("listen") = py::none())
+        .def_property_readonly("endpoint", &Engine::endpoint)
+        .def("wait_for_servers", &Engine::wait_for_servers, py::call_guard<py::gil_scoped_release>())
+        .def("wait_shutdown_request", &Engine::wait_shutdown_request, py::call_guard<py::gil_scoped_release>())
         .def("submit",
              [](Engine& e, const std::string& service, const py::dict& kwargs, const std::string& owner) {
                  auto params = to_params(kwargs);
@@ -196,22 +219,15 @@ PYBIND11_MODULE(_core, m) {
                      py::gil_scoped_release nogil;
                      infos = e.servers();
                  }
-                 py::list out;
-                 for (auto& s : infos) {
-                     py::dict stats("jobs_done"_a = s.stats.jobs_done, "busy_time"_a = s.stats.busy_time,
-                                    "last_completion"_a = s.stats.last_completion ? py::cast(s.stats.last_completion) : py::none(),
-                                    "in_flight"_a = s.stats.in_flight);
-                     out.append(py::dict("id"_a = s.id, "host"_a = s.host, "pid"_a = s.pid,
-                                         "lease_expiry"_a = s.lease_expiry, "services"_a = s.services,
-                                         "statistics"_a = stats));
-                 }
-                 return out;
+                 return server_list(infos);
              })
         .def("add_server", &Engine::add_server, py::arg("slots") = 1, py::arg("threads") = 0,
              py::call_guard<py::gil_scoped_release>())
         .def("stop_renewing", &Engine::stop_renewing, py::call_guard<py::gil_scoped_release>())
         .def("remove_server", &Engine::remove_server, py::call_guard<py::gil_scoped_release>())
         .def("refresh_services", &Engine::refresh_services, py::call_guard<py::gil_scoped_release>())
+        .def("load_plugin", &Engine::load_plugin, py::arg("path"), py::arg("names"), py::arg("timeout"),
+             py::call_guard<py::gil_scoped_release>())
         .def("find", &Engine::find, py::call_guard<py::gil_scoped_release>())
         .def("shutdown", &Engine::shutdown, py::arg("wait"), py::arg("cancel_pending"),
              py::call_guard<py::gil_scoped_release>())
@@ -225,6 +241,66 @@ PYBIND11_MODULE(_core, m) {
              })
         .def_property_readonly("session", &Engine::session)
         .def_property_readonly("archive", &Engine::archive);
+
+    py::class_<remote::Client>(m, "Client")
+        .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
+                         std::string client_secret, double timeout) {
+                 py::gil_scoped_release nogil;
+                 return new remote::Client({std::move(endpoint), std::move(server_public),
+                                            {std::move(client_public), std::move(client_secret)}, timeout});
+             }),
+             py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
+             py::arg("client_secret_key"), py::arg("timeout") = 10.0)
+        .def("submit",
+             [](remote::Client& c, const std::string& service, const py::dict& kwargs, const std::string& owner) {
+                 auto params = to_params(kwargs);
+                 py::gil_scoped_release nogil;
+                 return c.submit(service, params, owner);
+             })
+        .def("submit_python",
+             [](remote::Client& c, const py::bytes& payload, const std::string& owner) {
+                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+                 py::gil_scoped_release nogil;
+                 return c.submit("python", params, owner);
+             })
+        .def("cancel", &remote::Client::cancel, py::call_guard<py::gil_scoped_release>())
+        .def("poll", &remote::Client::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+        .def("servers",
+             [](remote::Client& c) {
+                 std::vector<ServerInfo> infos;
+                 {
+                     py::gil_scoped_release nogil;
+                     infos = c.servers();
+                 }
+                 return server_list(infos);
+             })
+        .def("shutdown", &remote::Client::shutdown, py::arg("wait"), py::arg("cancel_pending"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("shutdown_cluster", &remote::Client::shutdown_cluster, py::call_guard<py::gil_scoped_release>())
+        .def("stats", [](const remote::Client& c) {
+            return py::dict("submitted"_a = c.submitted(), "delivered"_a = c.delivered());
+        });
+
+    py::class_<remote::ServerHost>(m, "ServerHost")
+        .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
+                         std::string client_secret, unsigned slots, unsigned threads, int parent_pid,
+                         double head_timeout) {
+                 return new remote::ServerHost({std::move(endpoint), std::move(server_public),
+                                                {std::move(client_public), std::move(client_secret)}, slots, threads,
+                                                parent_pid, head_timeout});
+             }),
+             py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
+             py::arg("client_secret_key"), py::arg("slots") = 1, py::arg("threads") = 0, py::arg("parent_pid") = 0,
+             py::arg("head_timeout") = 10.0)
+        .def("run", &remote::ServerHost::run, py::call_guard<py::gil_scoped_release>())
+        .def("stop", &remote::ServerHost::stop)
+        .def_property_readonly("id", &remote::ServerHost::id)
+        .def_property_readonly("jobs_done", &remote::ServerHost::jobs_done);
+
+    m.def("curve_keypair", [] {
+        auto k = wire::CurveKeys::generate();
+        return py::make_tuple(k.public_key, k.secret_key);
+    });
 
     m.def("find", &ResultsFinder::find, py::arg("archive"), py::arg("job_id"), py::call_guard<py::gil_scoped_release>());
     m.def("load_services",

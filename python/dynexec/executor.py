@@ -14,8 +14,9 @@ from pathlib import Path
 
 import cloudpickle
 
-from . import _core
+from . import _core, connection
 from .errors import InvalidJobError
+from .local import LocalServers
 from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
@@ -66,12 +67,27 @@ class Executor(_Executor):
     threads_per_server: oneTBB threads each server's native services may use (default: every core).
     lease_seconds, renew_seconds: registration lease and renewal interval (defaults 2.0 and lease/4).
     max_attempts: how many vanished servers a job may outlive before it fails with ServerLostError.
+    processes: True (default) runs each compute server in its own process, so pure-Python jobs use every
+        core; False runs them as threads of this process (Python jobs then share the GIL).
+    connect: a cluster's connection file (see `python -m dynexec.cluster`): submit to that cluster instead
+        of starting servers here; max_workers, policy, archive and the server settings belong to the cluster.
     """
 
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
-                 seed: int = 0):
+                 seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0):
+        self._local = None
+        if connect is not None:
+            if max_workers is not None or archive is not None:
+                raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
+            info = connection.read(connect)
+            self._archive = Path(info["archive"]) if info.get("archive") else None
+            self._owner = owner or _default_owner()
+            self._engine = _core.Client(info["endpoint"], info["server_public_key"], info["client_public_key"],
+                                        info["client_secret_key"], float(start_timeout))
+            self._start_collector()
+            return
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif max_workers <= 0:
@@ -84,8 +100,25 @@ class Executor(_Executor):
             archive = default_archive()
         self._archive = Path(archive).absolute() if archive is not False else None
         self._owner = owner or _default_owner()
-        self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, policy, self._archive,
-                                    float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
+        engine_args = (policy, self._archive, float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
+        if processes:
+            keys = connection.new_keys()
+            self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
+                                        listen={"bind": "tcp://127.0.0.1:*", **keys})
+            # Separate processes share the cores: by default each gets its share for native parallelism.
+            threads = threads_per_server or max(1, (os.cpu_count() or 1) // max_workers)
+            self._local = LocalServers(self._engine.endpoint, keys, slots_per_server, threads)
+            self._local.start(max_workers)
+            try:
+                self._local.wait_registered(self._engine, max_workers, start_timeout)
+            except BaseException:
+                self._engine.shutdown(False, True)
+                raise
+        else:
+            self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args)
+        self._start_collector()
+
+    def _start_collector(self):
         self._futures: dict[str, JobFuture] = {}
         self._lock = threading.Lock()  # guards _futures and _shutdown
         self._shutdown = False
@@ -141,11 +174,26 @@ class Executor(_Executor):
 
     def add_server(self, slots: int = 1, threads: int = 0) -> str:
         """Starts and registers one more compute server; it gets work at once. Returns its ID."""
-        return self._engine.add_server(slots, threads)
+        if self._local is None:
+            return self._engine.add_server(slots, threads)
+        before = {s["id"] for s in self.servers()}
+        self._local.start(1)
+        self._local.wait_registered(self._engine, len(before) + 1, 60.0)
+        return next(s["id"] for s in self.servers() if s["id"] not in before)
 
     def remove_server(self, server_id: str) -> None:
         """Takes a server out of the registry now; jobs it held run elsewhere."""
         self._engine.remove_server(server_id)
+
+    @property
+    def connection_file(self) -> Path | None:
+        """The connection file of this executor's own head (local processes), if it has one."""
+        return self._local.connection_file if self._local else None
+
+    def shutdown_cluster(self) -> None:
+        """With connect=: stops the whole cluster (every process it started), after this executor's jobs."""
+        self.shutdown(wait=True)
+        self._engine.shutdown_cluster()
 
     def stats(self) -> dict:
         return self._engine.stats()
@@ -156,7 +204,7 @@ class Executor(_Executor):
 
     @property
     def session(self) -> str:
-        return self._engine.session
+        return getattr(self._engine, "session", "")
 
     def find(self, job_id: str) -> Result:
         from .results import find
@@ -179,6 +227,8 @@ class Executor(_Executor):
             self._closing.set()
             def close():
                 self._engine.shutdown(True, cancel_futures)
+                if self._local is not None:  # the head has told them to leave
+                    self._local.stop()
                 self._engine_done.set()
             if wait:
                 close()

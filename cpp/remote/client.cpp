@@ -1,0 +1,148 @@
+#include "remote/client.hpp"
+
+#include "common/errors.hpp"
+#include "remote/outbox.hpp"
+
+#include <fmt/format.h>
+
+namespace dynexec::remote {
+
+Client::Client(ClientOptions options)
+    : options_(std::move(options)), sock_(ctx_, zmq::socket_type::dealer), out_(new Outbox) {
+    wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
+    sock_.set(zmq::sockopt::linger, 0);
+    sock_.set(zmq::sockopt::sndhwm, 0);
+    sock_.set(zmq::sockopt::rcvhwm, 0);
+    sock_.connect(options_.endpoint);
+    thread_ = std::thread([this] { run(); });
+    try {
+        request(wire::encode(wire::HelloClient{}), 0);
+    } catch (...) {
+        stop_ = true;
+        thread_.join();
+        delete out_;
+        throw;
+    }
+}
+
+Client::~Client() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    delete out_;
+}
+
+void Client::run() {
+    zmq::pollitem_t items[] = {{sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out_->fd(), ZMQ_POLLIN, 0}};
+    while (!stop_) {
+        poll_for(items, 2, std::chrono::milliseconds(50));
+        if (items[1].revents & ZMQ_POLLIN)
+            for (auto& item : out_->take()) send_to(sock_, "", item.frames);
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
+        for (;;) {
+            wire::Frames frames;
+            if (!zmq::recv_multipart(sock_, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
+            try {
+                if (wire::type_of(frames) == wire::Type::reply) {
+                    auto r = wire::decode<wire::Reply>(frames);
+                    std::lock_guard lk(mu_);
+                    if (auto it = waiting_.find(r.id); it != waiting_.end()) {
+                        it->second.set_value(std::move(r));
+                        waiting_.erase(it);
+                    }
+                } else if (wire::type_of(frames) == wire::Type::results) {
+                    auto m = wire::decode<wire::Results>(frames);
+                    std::lock_guard lk(mu_);
+                    for (auto& r : m.results) {
+                        if (!outstanding_.erase(r.job_id)) early_.insert(r.job_id); // before submit() returned
+                        done_.push_back(std::move(r));
+                        ++delivered_;
+                    }
+                    cv_.notify_all();
+                }
+            } catch (const std::exception&) {
+                // a malformed message from the head: nothing to do but drop it
+            }
+        }
+    }
+}
+
+wire::Reply Client::request(wire::Frames frames, std::uint64_t id) {
+    std::future<wire::Reply> answer;
+    {
+        std::lock_guard lk(mu_);
+        answer = waiting_[id].get_future();
+    }
+    out_->push("", std::move(frames));
+    if (answer.wait_for(std::chrono::duration<double>(options_.timeout)) != std::future_status::ready) {
+        std::lock_guard lk(mu_);
+        waiting_.erase(id);
+        throw std::runtime_error(fmt::format(
+            "no answer from the dynexec head at {} within {} s: is the cluster running, and does the connection "
+            "file hold its current secret? (a connection without it is refused)",
+            options_.endpoint, options_.timeout));
+    }
+    auto r = answer.get();
+    if (r.error_type.empty()) return r;
+    if (r.error_type == "UnknownServiceError") throw UnknownService(r.message);
+    if (r.error_type == "InvalidJobError") throw InvalidJob(r.message);
+    if (r.error_type == "ShutDownError") throw ShutDown(r.message);
+    if (r.error_type == "ValueError") throw std::invalid_argument(r.message);
+    throw std::runtime_error(r.message);
+}
+
+JobId Client::submit(const std::string& service, const Params& params, const std::string& owner) {
+    auto id = next_id_++;
+    auto r = request(wire::encode(wire::Submit{id, service, params, owner}), id);
+    std::lock_guard lk(mu_);
+    if (!early_.erase(r.message)) outstanding_.insert(r.message);
+    ++submitted_;
+    return r.message;
+}
+
+bool Client::cancel(const JobId& job) {
+    auto id = next_id_++;
+    return request(wire::encode(wire::Type::cancel, wire::Request{id, job}), id).flag;
+}
+
+std::vector<ServerInfo> Client::servers() {
+    auto id = next_id_++;
+    return request(wire::encode(wire::Type::servers, wire::Request{id, ""}), id).servers;
+}
+
+void Client::shutdown_cluster() {
+    auto id = next_id_++;
+    request(wire::encode(wire::Type::shutdown, wire::Request{id, ""}), id);
+}
+
+std::vector<Result> Client::poll(std::size_t max, std::chrono::milliseconds timeout) {
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, timeout, [&] { return !done_.empty(); });
+    std::vector<Result> out;
+    while (!done_.empty() && out.size() < max) {
+        out.push_back(std::move(done_.front()));
+        done_.pop_front();
+    }
+    return out;
+}
+
+std::uint64_t Client::delivered() const {
+    std::lock_guard lk(const_cast<std::mutex&>(mu_));
+    return delivered_;
+}
+
+void Client::shutdown(bool wait, bool cancel_pending) {
+    if (cancel_pending) {
+        std::vector<JobId> ids;
+        {
+            std::lock_guard lk(mu_);
+            ids.assign(outstanding_.begin(), outstanding_.end());
+        }
+        for (auto& id : ids) cancel(id);
+    }
+    if (wait) {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return outstanding_.empty() || stop_; });
+    }
+}
+
+} // namespace dynexec::remote

@@ -1,0 +1,75 @@
+// The head's endpoint: one ROUTER socket (CURVE-secured) that compute servers
+// in other processes register on, renew their leases through and send results
+// to, and that remote clients submit through. One thread owns the socket.
+#pragma once
+
+#include "registry/lookup_registry.hpp"
+#include "remote/server_proxy.hpp"
+#include "wire/security.hpp"
+
+#include <functional>
+#include <map>
+#include <set>
+
+namespace dynexec::remote {
+
+struct HubOptions {
+    std::string bind = "tcp://127.0.0.1:*"; // where to listen
+    wire::CurveKeys server_keys;             // the head's own pair
+    std::string client_public_key;           // the cluster's client key: the only one let in
+};
+
+// What the hub asks of the engine it serves.
+struct HubHooks {
+    std::function<JobId(const std::string& service, const Params&, const std::string& owner,
+                        const std::function<void(const JobId&)>& on_id)>
+        submit;
+    std::function<bool(const JobId&)> cancel;
+    std::function<std::vector<ServerInfo>()> servers;
+    std::function<void()> shutdown; // a client asked the whole cluster to stop
+};
+
+class Hub {
+public:
+    Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration lease, Duration renew);
+    ~Hub(); // tells every remote server to stop
+
+    const std::string& endpoint() const { return endpoint_; } // as bound, with its real port
+    // Takes out of `batch` the results of jobs submitted by remote clients and sends them there.
+    void route(std::vector<Result>& batch);
+    std::uint64_t refused() const { return zap_.refused(); }
+    void stop_servers(); // asks every remote compute server to leave
+    // Asks one remote compute server to leave; false if `server_id` is not one of them.
+    bool stop_server(const std::string& server_id);
+    // Every remote compute server, now and later, loads this plugin and offers its services.
+    void load_plugin(const std::string& path);
+
+private:
+    void run();
+    void handle(const std::string& from, wire::Frames& frames);
+    void on_registry_event(const RegistryEvent& ev);
+    void reply_error(const std::string& to, std::uint64_t id, const std::exception& e);
+
+    LookupRegistry& registry_;
+    HubOptions options_;
+    HubHooks hooks_;
+    Duration lease_, renew_;
+    zmq::context_t ctx_;
+    wire::ZapAuthenticator zap_;
+    zmq::socket_t router_;
+    std::string endpoint_;
+    Outbox out_;
+    int subscription_ = 0;
+
+    std::mutex mu_;
+    std::map<std::string, std::shared_ptr<RemoteServerProxy>> by_routing_; // live remote servers
+    std::map<std::string, std::string> server_id_;                       // routing id -> registry id
+    std::unordered_map<JobId, std::string> client_of_;                   // job -> client routing id
+    std::set<std::string> clients_;
+    std::vector<std::string> plugins_; // loaded by every server that joins
+
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+} // namespace dynexec::remote

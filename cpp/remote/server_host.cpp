@@ -1,0 +1,138 @@
+#include "remote/server_host.hpp"
+
+#include "remote/outbox.hpp"
+#include "server/compute_server.hpp"
+
+#include <fmt/format.h>
+
+#include <unistd.h>
+
+#include <iostream>
+
+namespace dynexec::remote {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string hostname() {
+    char buf[256] = {};
+    gethostname(buf, sizeof buf - 1);
+    return buf;
+}
+
+// Finished jobs go back to the head through the socket's thread.
+struct SendBack final : CompletionSink {
+    Outbox& out;
+    std::atomic<std::uint64_t>& done;
+    SendBack(Outbox& o, std::atomic<std::uint64_t>& d) : out(o), done(d) {}
+    void complete(Result r, int attempt) override {
+        ++done;
+        out.push("", wire::encode(wire::ResultMsg{std::move(r), attempt}));
+    }
+};
+
+} // namespace
+
+ServerHost::ServerHost(HostOptions options) : options_(std::move(options)) {}
+
+std::string ServerHost::id() const {
+    std::lock_guard lk(mu_);
+    return id_;
+}
+
+int ServerHost::run() {
+    zmq::context_t ctx;
+    zmq::socket_t sock(ctx, zmq::socket_type::dealer);
+    wire::make_curve_client(sock, options_.server_public_key, options_.client_keys);
+    sock.set(zmq::sockopt::linger, 2000); // results already queued still reach the head
+    sock.set(zmq::sockopt::sndhwm, 0);
+    sock.set(zmq::sockopt::rcvhwm, 0);
+    sock.connect(options_.endpoint);
+
+    Outbox out;
+    auto& catalog = ServiceCatalog::process();
+    // Owned by a raw pointer on purpose: leaving must not wait for a job the head will run elsewhere.
+    auto* server = new ComputeServer({options_.slots, options_.threads}, catalog);
+    auto sink = std::make_shared<SendBack>(out, jobs_done_);
+
+    auto hello = [&](wire::Type type = wire::Type::hello_server) {
+        wire::HelloServer h{hostname(), getpid(), options_.slots, {}};
+        for (auto& s : catalog.all()) h.services.push_back({s->name, s->doc, s->params, {}});
+        auto frames = wire::encode(h, type);
+        send_to(sock, "", frames);
+    };
+    hello();
+
+    auto renew_every = std::chrono::milliseconds(250);
+    auto head_timeout = std::chrono::duration<double>(options_.head_timeout);
+    auto last_heard = Clock::now();
+    auto next_renew = Clock::now() + renew_every;
+    int code = 0;
+    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out.fd(), ZMQ_POLLIN, 0}};
+    while (!stop_) {
+        poll_for(items, 2, std::chrono::milliseconds(50));
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (;;) {
+                wire::Frames frames;
+                if (!zmq::recv_multipart(sock, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
+                last_heard = Clock::now();
+                try {
+                    switch (wire::type_of(frames)) {
+                    case wire::Type::welcome: {
+                        auto w = wire::decode<wire::Welcome>(frames);
+                        std::lock_guard lk(mu_);
+                        id_ = w.id;
+                        renew_every = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::duration<double>(w.renew_seconds));
+                        head_timeout = std::max(head_timeout, std::chrono::duration<double>(3 * w.lease_seconds));
+                        break;
+                    }
+                    case wire::Type::job: {
+                        auto m = wire::decode<wire::JobMsg>(frames);
+                        server->run(std::move(m.job), m.attempt, sink);
+                        break;
+                    }
+                    case wire::Type::expired: hello(); break; // our lease lapsed: register anew
+                    case wire::Type::load_plugin: {
+                        auto path = wire::decode<wire::Request>(frames).job_id;
+                        try {
+                            catalog.load_plugin(path);
+                        } catch (const std::exception& e) {
+                            std::cerr << "dynexec server: " << e.what() << std::endl;
+                        }
+                        hello(wire::Type::offer);
+                        break;
+                    }
+                    case wire::Type::stop: stop_ = true; break;
+                    case wire::Type::renewed: break;
+                    default: break;
+                    }
+                } catch (const std::exception& e) {
+                    std::cerr << "dynexec server: dropped a message: " << e.what() << std::endl;
+                }
+            }
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            for (auto& item : out.take()) send_to(sock, "", item.frames);
+        auto now = Clock::now();
+        if (now >= next_renew) {
+            auto frames = wire::encode(wire::Renew{server->stats()});
+            send_to(sock, "", frames);
+            next_renew = now + renew_every;
+        }
+        if (now - last_heard > head_timeout) {
+            std::cerr << fmt::format("dynexec server: no word from the head at {} for {:.1f} s; leaving\n",
+                                     options_.endpoint, std::chrono::duration<double>(now - last_heard).count());
+            code = 2;
+            break;
+        }
+        if (options_.parent_pid && getppid() != options_.parent_pid) {
+            code = 3;
+            break;
+        }
+    }
+    for (auto& item : out.take()) send_to(sock, "", item.frames); // results finished meanwhile
+    return code;
+}
+
+} // namespace dynexec::remote

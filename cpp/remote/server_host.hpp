@@ -1,0 +1,39 @@
+// The compute-server side of a process that serves a remote head: registers
+// on a lease over ZeroMQ, renews it, runs the jobs it is sent on a local
+// ComputeServer and sends the results back.
+#pragma once
+
+#include "wire/security.hpp"
+
+#include <atomic>
+#include <string>
+
+namespace dynexec::remote {
+
+struct HostOptions {
+    std::string endpoint;          // the head's
+    std::string server_public_key; // the head's CURVE key
+    wire::CurveKeys client_keys;   // the cluster's secret
+    unsigned slots = 1, threads = 0;
+    int parent_pid = 0;            // leave when this process is gone (0: no parent to watch)
+    double head_timeout = 10;      // leave after this long without a word from the head
+};
+
+class ServerHost {
+public:
+    explicit ServerHost(HostOptions options);
+    // Serves until the head says stop (returns 0), falls silent (2), the parent dies (3) or stop() (0).
+    int run();
+    void stop() { stop_ = true; }
+    std::string id() const;
+    std::uint64_t jobs_done() const { return jobs_done_; }
+
+private:
+    HostOptions options_;
+    std::atomic<bool> stop_{false};
+    std::atomic<std::uint64_t> jobs_done_{0};
+    mutable std::mutex mu_;
+    std::string id_;
+};
+
+} // namespace dynexec::remote

@@ -1,0 +1,289 @@
+"""A dynexec cluster started with mpirun.
+
+    mpirun -n N python -m dynexec.cluster --archive DIR --connection-file FILE
+
+Rank 0 becomes the head: the lookup registry, execution manager, load balancer and results manager,
+listening on a CURVE-secured ZeroMQ endpoint. It hands that endpoint and the cluster's secret to every
+other rank through MPI (no host names or ports in any configuration), and each of those ranks becomes one
+compute server. Once the servers have registered, the head writes the connection file (owner-only
+permissions) and prints "dynexec cluster ready: ...". From then on:
+
+    python -m dynexec.server --join FILE              # one more compute server (or under a second mpirun)
+    mpirun -n K python -m dynexec.server --join FILE  # K more
+    dynexec.Executor(connect=FILE)                    # a script or notebook submits to the cluster
+
+The cluster runs until a client calls Executor.shutdown_cluster() or mpirun is interrupted (Ctrl-C); then
+every server is told to leave, the archive is closed complete, the connection file is removed and mpirun
+exits.
+
+Each compute-server rank runs its server as a child process and exits normally when that child ends, so
+kill -9 of a compute server (the pid shown by Executor.servers()) does not make mpirun abort the other
+ranks: the server's lease runs out and its jobs run on the others. Without mpirun this runs a head only;
+servers join it later.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import _core, connection
+
+_MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")
+
+
+def under_mpirun() -> bool:
+    """True in a process started by mpirun (or another MPI launcher)."""
+    return any(v in os.environ for v in _MPI_ENV)
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag (and call `then`) instead of raising in the middle of a C++ call."""
+
+    def __init__(self, then=None):
+        self.count = 0
+        self.first = 0.0  # when the first came (monotonic)
+        self.event = threading.Event()
+        self._then = then
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count == 1:
+            self.first = time.monotonic()
+        self.event.set()
+        if self._then is not None:
+            self._then(signum)
+
+
+def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout: float = 10.0) -> int:
+    """Runs one compute server as a child process and waits for it; returns 0 however the child ended.
+
+    Under mpirun a rank that dies makes mpirun abort the whole job; a rank that only watches its server
+    and exits normally when the server is gone (kill -9 included) leaves the other ranks running.
+    """
+    private = Path(tempfile.mkdtemp(prefix="dynexec-server-"))  # 0700; the file inside is 0600
+    child = None
+    try:
+        join = connection.write(private / "connection.json", info["endpoint"], info)
+        cmd = [sys.executable, "-m", "dynexec.server", "--join", str(join), "--slots", str(slots),
+               "--threads", str(threads), "--head-timeout", str(head_timeout), "--parent-pid", str(os.getpid())]
+
+        def forward(signum):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+        signals = _Signals(forward)
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        if signals.count:  # a signal that came before the child existed
+            forward(signal.SIGTERM)
+        while child.poll() is None:
+            try:
+                child.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        code = child.returncode
+        if code and code not in (-signal.SIGTERM, -signal.SIGINT, 2, 3):
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+            print(f"dynexec: compute server (pid {child.pid}) ended with {why}; this rank leaves the cluster",
+                  file=sys.stderr, flush=True)
+        return 0
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _advertised(endpoint: str, host: str) -> str:
+    """tcp://0.0.0.0:PORT as the other hosts reach it."""
+    scheme, _, rest = endpoint.partition("://")
+    port = rest.rsplit(":", 1)[1]
+    return f"{scheme}://{host}:{port}"
+
+
+def _wait_plugins(engine, names, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(set(names) <= set(s["services"]) for s in engine.servers()):
+            return
+        time.sleep(0.02)
+
+
+class _Head:
+    def __init__(self, args, comm):
+        self.args, self.comm = args, comm
+        self.engine = None
+        self.abandoned = False
+        self.connection_file = Path(args.connection_file).absolute()
+
+    def start(self, hosts: list[str]) -> dict:
+        """Creates the engine; returns what every compute-server rank needs to join it."""
+        a = self.args
+        everyone_here = all(h == hosts[0] for h in hosts)
+        bind = a.bind or ("tcp://127.0.0.1:*" if everyone_here else "tcp://0.0.0.0:*")
+        self.keys = connection.new_keys()
+        self.archive = Path(a.archive).absolute() if a.archive else None
+        self.engine = _core.Engine(0, a.slots, a.threads, a.policy, self.archive, a.lease_seconds,
+                                   a.renew_seconds, a.max_attempts, a.seed, listen={"bind": bind, **self.keys})
+        self.endpoint = self.engine.endpoint
+        if "://0.0.0.0:" in self.endpoint or "://*:" in self.endpoint:
+            self.endpoint = _advertised(self.endpoint, a.advertise or hosts[0])
+        self.plugin_names = []
+        for path in a.plugin:
+            path = str(Path(path).resolve())
+            names = _core.load_services(path)  # the head validates jobs against its own catalog
+            self.engine.load_plugin(path, names, 0.0)  # every server that joins loads it
+            self.plugin_names += names
+        return {"endpoint": self.endpoint, **{k: self.keys[k] for k in connection.FIELDS[1:]}}
+
+    def serve(self, n_servers: int) -> int:
+        a, engine = self.args, self.engine
+        signals = _Signals()
+        have = engine.wait_for_servers(n_servers, a.start_timeout) if n_servers else 0
+        if have < n_servers:
+            print(f"dynexec cluster: only {have} of {n_servers} compute servers registered within "
+                  f"{a.start_timeout:g} s; going on with those", file=sys.stderr, flush=True)
+        if self.plugin_names and have:
+            _wait_plugins(engine, self.plugin_names, 10.0)
+        connection.write(self.connection_file, self.endpoint, self.keys, session=engine.session,
+                         archive=str(self.archive) if self.archive else None, policy=a.policy,
+                         lease_seconds=a.lease_seconds, mpi_size=n_servers + 1)
+        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}",
+              flush=True)
+        try:
+            while not signals.event.is_set():
+                if engine.wait_shutdown_request(0.2):
+                    break
+            return self.stop(signals)
+        finally:
+            self.connection_file.unlink(missing_ok=True)
+
+    def stop(self, signals: _Signals) -> int:
+        """Finishes what was submitted, tells every server to leave and closes the archive.
+
+        On Ctrl-C mpirun stops the servers too, and kills every rank a second later: so after a signal,
+        jobs still unfinished after --stop-grace seconds (or at a second signal) are given up; the archive
+        is closed either way. Returns 0, or 1 when jobs were given up.
+        """
+        engine = self.engine
+        self.connection_file.unlink(missing_ok=True)  # no new client finds a cluster that is going away
+        done = threading.Event()
+
+        def graceful():
+            try:
+                engine.shutdown(True, False)
+            finally:
+                done.set()
+
+        threading.Thread(target=graceful, name="dynexec-shutdown", daemon=True).start()
+        while not done.wait(0.05):
+            if signals.event.is_set() and (signals.count > 1
+                                           or time.monotonic() - signals.first >= self.args.stop_grace):
+                break
+        if done.is_set():
+            return 0
+        s = engine.stats()
+        print(f"dynexec cluster: stopping with {s['submitted'] - s['delivered']} jobs unfinished",
+              file=sys.stderr, flush=True)
+        forced = threading.Thread(target=engine.shutdown, args=(False, True), daemon=True)
+        forced.start()
+        forced.join(5.0)
+        self.abandoned = True  # the graceful thread still waits inside the engine: leave without it
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dynexec.cluster", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archive", required=True, metavar="DIR", help="directory of the HDF5 results archive")
+    p.add_argument("--connection-file", required=True, metavar="FILE",
+                   help="where to write the connection file clients and later servers join through")
+    p.add_argument("--policy", default="power_of_two", choices=list(_core.POLICIES),
+                   help="how the load balancer picks a server (default power_of_two)")
+    p.add_argument("--lease-seconds", type=float, default=2.0, help="registration lease (default 2)")
+    p.add_argument("--renew-seconds", type=float, default=0.0, help="lease renewal interval (default lease/4)")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="how many vanished servers a job may outlive before it fails (default 3)")
+    p.add_argument("--slots", type=int, default=1, help="jobs each compute server runs at once (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="oneTBB threads per server for native services (default: the host's cores shared "
+                        "among its ranks)")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH",
+                   help="native service plugin every server loads (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
+                                              "rank is on this host, else all interfaces)")
+    p.add_argument("--advertise", default="", metavar="HOST",
+                   help="host name written into the connection file when binding all interfaces "
+                        "(default: rank 0's host name)")
+    p.add_argument("--start-timeout", type=float, default=60.0,
+                   help="how long the head waits for the servers of this mpirun to register (default 60)")
+    p.add_argument("--stop-grace", type=float, default=0.5,
+                   help="on Ctrl-C, seconds to wait for unfinished jobs before giving them up (default 0.5)")
+    p.add_argument("--head-timeout", type=float, default=10.0,
+                   help="a server leaves after this many seconds without a word from the head (default 10)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    if a.slots < 1:
+        p.error("--slots must be at least 1")
+    if a.lease_seconds <= 0 or not 0 <= a.renew_seconds < a.lease_seconds:
+        p.error("need --lease-seconds > 0 and 0 <= --renew-seconds < --lease-seconds")
+    if a.max_attempts < 1:
+        p.error("--max-attempts must be at least 1")
+
+    comm = None
+    if under_mpirun():
+        from mpi4py import MPI  # only under mpirun: a singleton MPI_Init would start an orted for nothing
+
+        comm = MPI.COMM_WORLD
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    host = socket.gethostname()
+    hosts = comm.allgather(host) if comm is not None else [host]
+    if not a.threads:  # the ranks on one host share its cores
+        a.threads = max(1, (os.cpu_count() or 1) // hosts.count(host))
+
+    if rank != 0:
+        info = comm.bcast(None, root=0)
+        if "error" in info:
+            return 1  # rank 0 says why
+        return supervise_server(info, a.slots, a.threads, a.head_timeout)
+
+    head = _Head(a, comm)
+    try:
+        info = head.start(hosts)
+    except Exception as e:
+        if comm is not None:
+            comm.bcast({"error": str(e)}, root=0)
+        print(f"dynexec cluster: cannot start the head: {e}", file=sys.stderr, flush=True)
+        return 1
+    if comm is not None:
+        comm.bcast(info, root=0)  # MPI-based discovery: the endpoint and secret reach every rank
+    code = head.serve(size - 1)
+    if head.abandoned:  # a thread still waits inside the engine: destroying it now is not safe
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if comm is not None:
+            MPI.Finalize()  # mpirun takes a rank that leaves without it for a crash
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)

@@ -1,0 +1,53 @@
+"""Compute-server processes on this machine, started and stopped by an Executor."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import connection
+
+
+class LocalServers:
+    """Starts `python -m dynexec.server` processes that join the head through a private connection file.
+
+    Each watches this process and leaves when it is gone, so none outlives its Executor.
+    """
+
+    def __init__(self, endpoint: str, keys: dict, slots: int, threads: int):
+        self._dir = Path(tempfile.mkdtemp(prefix="dynexec-"))  # 0700
+        self.connection_file = connection.write(self._dir / "connection.json", endpoint, keys)
+        self._slots, self._threads = slots, threads
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, n: int) -> list[subprocess.Popen]:
+        cmd = [sys.executable, "-m", "dynexec.server", "--join", str(self.connection_file),
+               "--slots", str(self._slots), "--threads", str(self._threads), "--parent-pid", str(os.getpid())]
+        # Like multiprocessing's spawn: the servers import what this process can (callables pickled by reference).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + [p for p in sys.path if p]))
+        new = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env) for _ in range(n)]
+        self.procs += new
+        return new
+
+    def wait_registered(self, engine, n: int, timeout: float) -> None:
+        have = engine.wait_for_servers(n, timeout)
+        if have < n:
+            dead = {p.pid: p.poll() for p in self.procs if p.poll() is not None}
+            self.stop()
+            raise RuntimeError(f"only {have} of {n} compute-server processes registered within {timeout:g} s"
+                               + (f"; exited (pid: code): {dead}" if dead else ""))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Waits for the processes the head has told to leave; kills any still there after `timeout`."""
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""A compute-server process: `python -m dynexec.server --join FILE`.
+
+Registers with the head named in the connection file, on a lease it renews, runs the jobs it is sent
+(Python callables and native services) and sends the results back. Under mpirun, every rank becomes one
+compute server. It leaves when the head says stop, when the head falls silent, or on SIGTERM/SIGINT.
+"""
+import argparse
+import os
+import signal
+import sys
+
+from . import _core, connection
+
+
+def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0) -> int:
+    host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["client_public_key"],
+                            info["client_secret_key"], slots, threads, parent_pid, head_timeout)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: host.stop())
+    return host.run()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m dynexec.server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--join", required=True, metavar="FILE", help="the cluster's connection file")
+    p.add_argument("--slots", type=int, default=1, help="jobs this server runs at once (default 1)")
+    p.add_argument("--threads", type=int, default=0, help="oneTBB threads for native services (default: all cores)")
+    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--head-timeout", type=float, default=10.0,
+                   help="leave after this many seconds without a word from the head (default 10)")
+    a = p.parse_args(argv)
+    if a.slots < 1:
+        p.error("--slots must be at least 1")
+    try:
+        info = connection.read(a.join)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    code = serve(info, a.slots, a.threads, a.parent_pid, a.head_timeout)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait for a job still running: the head has given it to another server
+
+
+if __name__ == "__main__":
+    main()
