@@ -2,7 +2,8 @@
 
 Registers with the head named in the connection file, on a lease it renews, runs the jobs it is sent
 (Python callables and native services) and sends the results back. Under mpirun, every rank becomes one
-compute server. It leaves when the head says stop, when the head falls silent, or on SIGTERM/SIGINT.
+compute server (run by a child process of the rank, so that kill -9 of one server does not make mpirun
+abort the others). It leaves when the head says stop, when the head falls silent, or on SIGTERM/SIGINT.
 """
 import argparse
 import os
@@ -36,6 +37,11 @@ def main(argv=None):
         info = connection.read(a.join)
     except (OSError, ValueError) as e:
         p.error(str(e))
+    if not a.parent_pid:
+        from .cluster import supervise_server, under_mpirun
+
+        if under_mpirun():  # a rank that dies makes mpirun abort its other ranks: serve from a child instead
+            sys.exit(supervise_server(info, a.slots, a.threads, a.head_timeout))
     code = serve(info, a.slots, a.threads, a.parent_pid, a.head_timeout)
     sys.stdout.flush()
     sys.stderr.flush()
