@@ -79,9 +79,9 @@ void Hub::run() {
 void Hub::reply_error(const std::string& to, std::uint64_t id, const std::exception& e) {
     wire::Reply r;
     r.id = id;
-    r.error_type = dynamic_cast<const UnknownService*>(&e)  ? "UnknownServiceError"
-                   : dynamic_cast<const InvalidJob*>(&e)    ? "InvalidJobError"
-                   : dynamic_cast<const ShutDown*>(&e)      ? "ShutDownError"
+    r.error_type = dynamic_cast<const UnknownService*>(&e)          ? "UnknownServiceError"
+                   : dynamic_cast<const InvalidJob*>(&e)            ? "InvalidJobError"
+                   : dynamic_cast<const ShutDown*>(&e)              ? "ShutDownError"
                    : dynamic_cast<const std::invalid_argument*>(&e) ? "ValueError"
                                                                     : "RuntimeError";
     r.message = e.what();
@@ -200,7 +200,8 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         std::thread(hooks_.shutdown).detach(); // it stops this very thread
         break;
     }
-    default: throw std::runtime_error(fmt::format("unexpected message type {}", int(wire::type_of(frames))));
+    default:
+        throw std::runtime_error(fmt::format("unexpected message type {}", int(wire::type_of(frames))));
     }
 }
 

@@ -15,8 +15,8 @@ namespace dynexec::remote {
 
 struct HubOptions {
     std::string bind = "tcp://127.0.0.1:*"; // where to listen
-    wire::CurveKeys server_keys;             // the head's own pair
-    std::string client_public_key;           // the cluster's client key: the only one let in
+    wire::CurveKeys server_keys;            // the head's own pair
+    std::string client_public_key;          // the cluster's client key: the only one let in
 };
 
 // What the hub asks of the engine it serves.
@@ -63,8 +63,8 @@ private:
 
     std::mutex mu_;
     std::map<std::string, std::shared_ptr<RemoteServerProxy>> by_routing_; // live remote servers
-    std::map<std::string, std::string> server_id_;                       // routing id -> registry id
-    std::unordered_map<JobId, std::string> client_of_;                   // job -> client routing id
+    std::map<std::string, std::string> server_id_;                         // routing id -> registry id
+    std::unordered_map<JobId, std::string> client_of_;                     // job -> client routing id
     std::set<std::string> clients_;
     std::vector<std::string> plugins_; // loaded by every server that joins
 

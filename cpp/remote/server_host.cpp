@@ -92,7 +92,9 @@ int ServerHost::run() {
                         server->run(std::move(m.job), m.attempt, sink);
                         break;
                     }
-                    case wire::Type::expired: hello(); break; // our lease lapsed: register anew
+                    case wire::Type::expired:
+                        hello();
+                        break; // our lease lapsed: register anew
                     case wire::Type::load_plugin: {
                         auto path = wire::decode<wire::Request>(frames).job_id;
                         try {
@@ -103,9 +105,13 @@ int ServerHost::run() {
                         hello(wire::Type::offer);
                         break;
                     }
-                    case wire::Type::stop: stop_ = true; break;
-                    case wire::Type::renewed: break;
-                    default: break;
+                    case wire::Type::stop:
+                        stop_ = true;
+                        break;
+                    case wire::Type::renewed:
+                        break;
+                    default:
+                        break;
                     }
                 } catch (const std::exception& e) {
                     std::cerr << "dynexec server: dropped a message: " << e.what() << std::endl;

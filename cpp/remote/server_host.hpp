@@ -15,8 +15,8 @@ struct HostOptions {
     std::string server_public_key; // the head's CURVE key
     wire::CurveKeys client_keys;   // the cluster's secret
     unsigned slots = 1, threads = 0;
-    int parent_pid = 0;            // leave when this process is gone (0: no parent to watch)
-    double head_timeout = 10;      // leave after this long without a word from the head
+    int parent_pid = 0;       // leave when this process is gone (0: no parent to watch)
+    double head_timeout = 10; // leave after this long without a word from the head
 };
 
 class ServerHost {

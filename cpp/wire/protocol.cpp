@@ -33,8 +33,10 @@ struct Out {
         std::visit(
             [&](auto&& x) {
                 using T = std::decay_t<decltype(x)>;
-                if constexpr (std::is_same_v<T, std::monostate>) pk.pack_nil();
-                else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) bin(x.data);
+                if constexpr (std::is_same_v<T, std::monostate>)
+                    pk.pack_nil();
+                else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>)
+                    bin(x.data);
                 else if constexpr (std::is_same_v<T, Array>) {
                     pk.pack_array(3);
                     pk.pack(x.dtype);
@@ -42,10 +44,11 @@ struct Out {
                     pk.pack(std::uint32_t(arrays.size()));
                     // Zero-copy: the frame keeps the array's owner alive until ZeroMQ has sent it.
                     auto* keep = new std::shared_ptr<const void>(x.owner);
-                    arrays.emplace_back(const_cast<void*>(x.data), x.nbytes,
-                                        [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
-                                        keep);
-                } else put(x);
+                    arrays.emplace_back(
+                        const_cast<void*>(x.data), x.nbytes,
+                        [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); }, keep);
+                } else
+                    put(x);
             },
             v);
     }
@@ -145,13 +148,21 @@ struct In {
         In v(next(), arrays);
         int kind = v.get<int>();
         switch (kind) {
-        case 0: v.next(); return std::monostate{};
-        case 1: return v.get<bool>();
-        case 2: return v.get<std::int64_t>();
-        case 3: return v.get<double>();
-        case 4: return v.get<std::string>();
-        case 5: return Bytes{v.bin()};
-        case 6: return Pickled{v.bin()};
+        case 0:
+            v.next();
+            return std::monostate{};
+        case 1:
+            return v.get<bool>();
+        case 2:
+            return v.get<std::int64_t>();
+        case 3:
+            return v.get<double>();
+        case 4:
+            return v.get<std::string>();
+        case 5:
+            return Bytes{v.bin()};
+        case 6:
+            return Pickled{v.bin()};
         case 7: {
             In a(v.next(), arrays);
             Array arr;

@@ -8,7 +8,8 @@ namespace dynexec::wire {
 namespace {
 
 std::string decode_key(const std::string& z85) {
-    if (z85.size() != 40) throw std::invalid_argument(fmt::format("a CURVE key has 40 Z85 characters, not {}", z85.size()));
+    if (z85.size() != 40)
+        throw std::invalid_argument(fmt::format("a CURVE key has 40 Z85 characters, not {}", z85.size()));
     std::string raw(32, '\0');
     if (!zmq_z85_decode(reinterpret_cast<std::uint8_t*>(raw.data()), z85.c_str()))
         throw std::invalid_argument("invalid Z85 CURVE key");

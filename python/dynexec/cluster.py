@@ -253,8 +253,8 @@ def main(argv=None) -> int:
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     host = socket.gethostname()
     hosts = comm.allgather(host) if comm is not None else [host]
-    if not a.threads:  # the ranks on one host share its cores
-        a.threads = max(1, (os.cpu_count() or 1) // hosts.count(host))
+    if not a.threads:  # the ranks on one host share its cores (or each has those mpirun bound it to)
+        a.threads = max(1, min(len(os.sched_getaffinity(0)), (os.cpu_count() or 1) // hosts.count(host)))
 
     if rank != 0:
         info = comm.bcast(None, root=0)
