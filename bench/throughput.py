@@ -49,9 +49,9 @@ def main():
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for archive in (False, os.path.join(tmp, "archive")):
-            label = "archived" if archive else "no archive"
-            with dynexec.Executor(max_workers=a.workers, archive=archive) as ex:
+        for processes, archive in ((True, False), (True, os.path.join(tmp, "a1")), (False, os.path.join(tmp, "a2"))):
+            label = ("processes" if processes else "threads") + (", archived" if archive else ", no archive")
+            with dynexec.Executor(max_workers=a.workers, archive=archive, processes=processes) as ex:
                 rows.append((f"dynexec python tiny, {label}", rate(lambda n: submit_all(ex, n), a.jobs, a.repeat)))
                 rows.append((f"dynexec native noop, {label}",
                              rate(lambda n: services_all(ex, n, "noop", x=1.0), a.jobs, a.repeat)))
@@ -63,9 +63,9 @@ def main():
     rows.append(("ProcessPoolExecutor python tiny", peer))
 
     print(f"{a.workers} workers, {a.jobs} jobs per measurement, best of {a.repeat}")
-    print(f"{'workload':45} {'jobs/s':>12} {'vs ProcessPool':>15}")
+    print(f"{'workload':52} {'jobs/s':>12} {'vs ProcessPool':>15}")
     for name, r in rows:
-        print(f"{name:45} {r:12,.0f} {r / peer:14.2f}x")
+        print(f"{name:52} {r:12,.0f} {r / peer:14.2f}x")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,20 @@ inline void poll_for(zmq::pollitem_t* items, std::size_t n, std::chrono::millise
     }
 }
 
-// Sends a message on a ROUTER (to a routing id) or a DEALER (to == "").
+// Sends a message on a ROUTER (to a routing id) or a DEALER (to == ""). A send
+// never blocks (no high-water mark), so only a signal can interrupt it: retried.
 inline void send_to(zmq::socket_t& s, const std::string& to, wire::Frames& frames) {
-    if (!to.empty()) s.send(zmq::buffer(to), zmq::send_flags::sndmore);
+    auto send = [&](auto&& part, zmq::send_flags flags) {
+        for (;;) try {
+                s.send(part, flags);
+                return;
+            } catch (const zmq::error_t& e) {
+                if (e.num() != EINTR) throw;
+            }
+    };
+    if (!to.empty()) send(zmq::buffer(to), zmq::send_flags::sndmore);
     for (std::size_t i = 0; i < frames.size(); ++i)
-        s.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+        send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
 }
 
 } // namespace dynexec::remote
