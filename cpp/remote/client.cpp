@@ -11,6 +11,7 @@ Client::Client(ClientOptions options)
     : options_(std::move(options)), sock_(ctx_, zmq::socket_type::dealer), out_(new Outbox) {
     wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
     sock_.set(zmq::sockopt::linger, 0);
+    sock_.set(zmq::sockopt::sndtimeo, 1000); // a head that is gone must not hang us
     sock_.set(zmq::sockopt::sndhwm, 0);
     sock_.set(zmq::sockopt::rcvhwm, 0);
     sock_.connect(options_.endpoint);
@@ -33,8 +34,28 @@ Client::~Client() {
 
 void Client::run() {
     zmq::pollitem_t items[] = {{sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out_->fd(), ZMQ_POLLIN, 0}};
+    auto last_heard = std::chrono::steady_clock::now();
+    auto last_ping = last_heard;
+    auto patience = std::chrono::duration<double>(options_.timeout);
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(50));
+        auto now = std::chrono::steady_clock::now();
+        if (items[0].revents & ZMQ_POLLIN) last_heard = now;
+        // While jobs are out, make sure the head is still there: ping when it has been quiet.
+        bool waiting_for_jobs;
+        {
+            std::lock_guard lk(mu_);
+            waiting_for_jobs = !outstanding_.empty();
+        }
+        if (waiting_for_jobs && now - last_heard > patience / 4 && now - last_ping > patience / 4) {
+            auto ping = wire::encode(wire::Type::servers, wire::Request{0, ""});
+            send_to(sock_, "", ping);
+            last_ping = now;
+        }
+        if (waiting_for_jobs && now - last_heard > patience) {
+            head_lost();
+            last_heard = now;
+        }
         if (items[1].revents & ZMQ_POLLIN)
             for (auto& item : out_->take()) send_to(sock_, "", item.frames);
         if (!(items[0].revents & ZMQ_POLLIN)) continue;
@@ -64,6 +85,23 @@ void Client::run() {
             }
         }
     }
+}
+
+void Client::head_lost() {
+    std::lock_guard lk(mu_);
+    for (auto& id : outstanding_) {
+        Result r;
+        r.job_id = id;
+        r.status = Status::lost;
+        r.error_type = "ServerLostError";
+        r.message = fmt::format("the dynexec head at {} stopped answering for {} s; job {} may have been lost with it "
+                                "(its result may still be in the archive)",
+                                options_.endpoint, options_.timeout, id);
+        done_.push_back(std::move(r));
+        ++delivered_;
+    }
+    outstanding_.clear();
+    cv_.notify_all();
 }
 
 wire::Reply Client::request(wire::Frames frames, std::uint64_t id) {

@@ -38,6 +38,7 @@ public:
 private:
     wire::Reply request(wire::Frames frames, std::uint64_t id);
     void run();
+    void head_lost(); // fails every outstanding job: their futures must not wait for ever
 
     ClientOptions options_;
     zmq::context_t ctx_;

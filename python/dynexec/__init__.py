@@ -15,7 +15,7 @@ _os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 from . import _core
 from .errors import (ArchiveError, InvalidJobError, RemoteError, ResultNotFoundError, ServerLostError, ShutDownError,
                      UnknownServiceError)
-from .executor import POLICIES, Executor, JobFuture, _live_executors
+from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
 from .results import Result, default_archive, find
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ def load_services(path) -> list[str]:
     """
     path = str(_Path(path).resolve())
     names = _core.load_services(path)
+    _plugins[path] = names
     for ex in list(_live_executors):
         if hasattr(ex._engine, "load_plugin"):  # its servers, in this process or others, offer them too
             ex._engine.load_plugin(path, names, 30.0)

@@ -149,7 +149,12 @@ class _Head:
     def serve(self, n_servers: int) -> int:
         a, engine = self.args, self.engine
         signals = _Signals()
-        have = engine.wait_for_servers(n_servers, a.start_timeout) if n_servers else 0
+        deadline = time.monotonic() + a.start_timeout
+        have = 0
+        while have < n_servers and time.monotonic() < deadline and not signals.event.is_set():
+            have = engine.wait_for_servers(n_servers, min(0.2, max(0.0, deadline - time.monotonic())))
+        if signals.event.is_set():  # interrupted while starting: no connection file, no ready line
+            return self.stop(signals)
         if have < n_servers:
             print(f"dynexec cluster: only {have} of {n_servers} compute servers registered within "
                   f"{a.start_timeout:g} s; going on with those", file=sys.stderr, flush=True)

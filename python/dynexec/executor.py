@@ -21,6 +21,7 @@ from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
 _live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_plugins: dict[str, list[str]] = {}  # every plugin this process loaded: path -> service names
 _collectors: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # joined at exit, also those of dropped executors
 
 
@@ -78,11 +79,13 @@ class Executor(_Executor):
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0):
         self._local = None
+        self._session = None
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
             info = connection.read(connect)
             self._archive = Path(info["archive"]) if info.get("archive") else None
+            self._session = info.get("session", "")
             self._owner = owner or _default_owner()
             self._engine = _core.Client(info["endpoint"], info["server_public_key"], info["client_public_key"],
                                         info["client_secret_key"], float(start_timeout))
@@ -111,6 +114,8 @@ class Executor(_Executor):
             self._local.start(max_workers)
             try:
                 self._local.wait_registered(self._engine, max_workers, start_timeout)
+                for path, names in _plugins.items():  # loaded before this executor started
+                    self._engine.load_plugin(path, names, start_timeout)
             except BaseException:
                 self._engine.shutdown(False, True)
                 raise
@@ -204,7 +209,7 @@ class Executor(_Executor):
 
     @property
     def session(self) -> str:
-        return getattr(self._engine, "session", "")
+        return self._session if self._session is not None else self._engine.session
 
     def find(self, job_id: str) -> Result:
         from .results import find

@@ -9,6 +9,8 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
 
 from . import _core, connection
 
@@ -16,9 +18,33 @@ from . import _core, connection
 def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0) -> int:
     host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["client_public_key"],
                             info["client_secret_key"], slots, threads, parent_pid, head_timeout)
+    # Python runs signal handlers in the main thread only, between bytecodes: host.run() goes in another
+    # thread, so that SIGTERM/SIGINT reach host.stop() while it serves.
+    outcome = {}
+
+    def run():
+        try:
+            outcome["code"] = host.run()
+        except BaseException as e:
+            outcome["error"] = e
+
+    stopped = []
+
+    def stop(*_):
+        stopped.append(time.monotonic())
+        host.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: host.stop())
-    return host.run()
+        signal.signal(sig, stop)
+    thread = threading.Thread(target=run, name="dynexec-server", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if stopped and time.monotonic() - stopped[0] > 5.0:
+            return 1  # stuck (e.g. in a send the head never takes): leave anyway
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["code"]
 
 
 def main(argv=None):
