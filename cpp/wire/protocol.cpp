@@ -10,22 +10,62 @@ namespace {
 
 [[noreturn]] void malformed(const std::string& what) { throw std::runtime_error("malformed message: " + what); }
 
+// Each message and nested struct lists its fields once; Out packs them, In reads them back.
+template <class IO> void fields(IO& io, ServerStats& s) {
+    io(s.jobs_done, s.busy_time, s.last_completion, s.in_flight);
+}
+template <class IO> void fields(IO& io, Result& r) {
+    io(r.job_id, r.status, r.value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server, r.submit_time,
+       r.start_time, r.end_time, r.attempts, r.location);
+}
+template <class IO> void fields(IO& io, ParamSpec& p) { io(p.name, p.type, p.default_value, p.doc); }
+template <class IO> void fields(IO& io, ServiceDef& d) { io(d.name, d.doc, d.params); }
+template <class IO> void fields(IO& io, ServerInfo& s) { io(s.id, s.host, s.pid, s.lease_expiry, s.services, s.stats); }
+template <class IO> void fields(IO& io, HelloServer& m) { io(m.host, m.pid, m.slots, m.services); }
+template <class IO> void fields(IO& io, Welcome& m) { io(m.id, m.lease_seconds, m.renew_seconds); }
+template <class IO> void fields(IO& io, Renew& m) { io(m.stats); }
+template <class IO> void fields(IO& io, ResultMsg& m) { io(m.result, m.attempt); }
+template <class IO> void fields(IO& io, HelloClient& m) { io(m.owner); }
+template <class IO> void fields(IO& io, Request& m) { io(m.id, m.job_id); }
+template <class IO> void fields(IO& io, Submit& m) { io(m.id, m.service, m.params, m.owner); }
+template <class IO> void fields(IO& io, Reply& m) { io(m.id, m.error_type, m.message, m.flag, m.servers); }
+template <class IO> void fields(IO& io, Results& m) { io(m.results); }
+
+template <class T>
+concept Record = requires(T& t, int& io) {
+    fields(io, t);
+};
+
 // Packs fields in order; arrays go to their own frames.
 struct Out {
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> pk{buf};
     Frames arrays;
 
+    template <class... T> void operator()(const T&... xs) {
+        pk.pack_array(std::uint32_t(sizeof...(xs)));
+        (put(xs), ...);
+    }
+    template <class T>
+    requires std::is_arithmetic_v<T>
+    void put(T v) { pk.pack(v); }
+    template <class T>
+    requires std::is_enum_v<T>
+    void put(T v) { pk.pack(int(v)); }
     void put(const std::string& s) { pk.pack(s); }
-    void put(std::int64_t v) { pk.pack(v); }
-    void put(std::uint64_t v) { pk.pack(v); }
-    void put(int v) { pk.pack(v); }
-    void put(unsigned v) { pk.pack(v); }
-    void put(double v) { pk.pack(v); }
-    void put(bool v) { pk.pack(v); }
     void bin(const std::string& s) {
         pk.pack_bin(std::uint32_t(s.size()));
         pk.pack_bin_body(s.data(), std::uint32_t(s.size()));
+    }
+    template <class T> void put(const std::vector<T>& v) {
+        pk.pack_array(std::uint32_t(v.size()));
+        for (auto& x : v) put(x);
+    }
+    template <Record T> void put(const T& r) { fields(*this, const_cast<T&>(r)); }
+    void put(const std::optional<Value>& v) {
+        pk.pack_array(2);
+        pk.pack(v.has_value());
+        put(v ? *v : Value{});
     }
     void put(const Value& v) {
         pk.pack_array(2);
@@ -38,10 +78,7 @@ struct Out {
                 else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>)
                     bin(x.data);
                 else if constexpr (std::is_same_v<T, Array>) {
-                    pk.pack_array(3);
-                    pk.pack(x.dtype);
-                    pk.pack(x.shape);
-                    pk.pack(std::uint32_t(arrays.size()));
+                    (*this)(x.dtype, x.shape, std::uint32_t(arrays.size()));
                     // Zero-copy: the frame keeps the array's owner alive until ZeroMQ has sent it.
                     auto* keep = new std::shared_ptr<const void>(x.owner);
                     arrays.emplace_back(
@@ -54,58 +91,7 @@ struct Out {
     }
     void put(const Params& p) {
         pk.pack_array(std::uint32_t(p.size()));
-        for (auto& [k, v] : p) {
-            pk.pack_array(2);
-            put(k);
-            put(v);
-        }
-    }
-    void put(const ServerStats& s) {
-        pk.pack_array(4);
-        put(std::uint64_t(s.jobs_done));
-        put(s.busy_time);
-        put(s.last_completion);
-        put(unsigned(s.in_flight));
-    }
-    void put(const Result& r) {
-        pk.pack_array(14);
-        put(r.job_id);
-        put(int(r.status));
-        put(r.value);
-        put(r.error_type);
-        put(r.message);
-        put(r.traceback);
-        put(r.owner);
-        put(r.service);
-        put(r.server);
-        put(r.submit_time);
-        put(r.start_time);
-        put(r.end_time);
-        put(r.attempts);
-        put(r.location);
-    }
-    void put(const ServiceDef& d) {
-        pk.pack_array(3);
-        put(d.name);
-        put(d.doc);
-        pk.pack_array(std::uint32_t(d.params.size()));
-        for (auto& p : d.params) {
-            pk.pack_array(5);
-            put(p.name);
-            put(int(p.type));
-            put(p.default_value.has_value());
-            put(p.default_value ? *p.default_value : Value{});
-            put(p.doc);
-        }
-    }
-    void put(const ServerInfo& s) {
-        pk.pack_array(6);
-        put(s.id);
-        put(s.host);
-        put(s.pid);
-        put(s.lease_expiry);
-        pk.pack(s.services);
-        put(s.stats);
+        for (auto& [k, v] : p) (*this)(k, v);
     }
 
     Frames finish(Type t) {
@@ -117,7 +103,7 @@ struct Out {
     }
 };
 
-// Reads fields in order from a msgpack array.
+// Reads fields in order from a msgpack array; array values borrow their frames.
 struct In {
     const msgpack::object* items = nullptr;
     std::uint32_t n = 0, i = 0;
@@ -128,10 +114,13 @@ struct In {
         items = o.via.array.ptr;
         n = o.via.array.size;
     }
+    template <class... T> void operator()(T&... xs) { (read(xs), ...); }
+
     const msgpack::object& next() {
         if (i >= n) malformed("too few fields");
         return items[i++];
     }
+    In sub() { return In(next(), arrays); }
     template <class T> T get() {
         try {
             return next().as<T>();
@@ -139,118 +128,92 @@ struct In {
             malformed(fmt::format("field {} has the wrong type", i - 1));
         }
     }
+    template <class T>
+    requires std::is_arithmetic_v<T>
+    void read(T& v) { v = get<T>(); }
+    void read(std::string& s) { s = get<std::string>(); }
+    template <class T>
+    requires std::is_enum_v<T>
+    void read(T& v) {
+        int x = get<int>();
+        if (x < 0 || x > int(last_of(v))) malformed(fmt::format("enum value {} out of range", x));
+        v = T(x);
+    }
+    static Status last_of(Status) { return Status::lost; }
+    static ValueType last_of(ValueType) { return ValueType::array; }
+    template <class T> void read(std::vector<T>& v) {
+        In list = sub();
+        v.clear();
+        while (list.i < list.n) list.read(v.emplace_back());
+    }
+    template <Record T> void read(T& r) {
+        In s = sub();
+        fields(s, r);
+    }
+    void read(std::optional<Value>& v) {
+        In x = sub();
+        bool has = x.get<bool>();
+        Value value;
+        x.read(value);
+        v = has ? std::optional(std::move(value)) : std::nullopt;
+    }
     std::string bin() {
         auto& o = next();
         if (o.type != msgpack::type::BIN) malformed("expected bytes");
         return std::string(o.via.bin.ptr, o.via.bin.size);
     }
-    Value value() {
-        In v(next(), arrays);
+    void read(Value& out) {
+        In v = sub();
         int kind = v.get<int>();
         switch (kind) {
         case 0:
             v.next();
-            return std::monostate{};
+            out = std::monostate{};
+            return;
         case 1:
-            return v.get<bool>();
+            out = v.get<bool>();
+            return;
         case 2:
-            return v.get<std::int64_t>();
+            out = v.get<std::int64_t>();
+            return;
         case 3:
-            return v.get<double>();
+            out = v.get<double>();
+            return;
         case 4:
-            return v.get<std::string>();
+            out = v.get<std::string>();
+            return;
         case 5:
-            return Bytes{v.bin()};
+            out = Bytes{v.bin()};
+            return;
         case 6:
-            return Pickled{v.bin()};
+            out = Pickled{v.bin()};
+            return;
         case 7: {
-            In a(v.next(), arrays);
+            In a = v.sub();
             Array arr;
-            arr.dtype = a.get<std::string>();
-            arr.shape = a.get<std::vector<std::int64_t>>();
-            auto frame = a.get<std::uint32_t>();
+            std::uint32_t frame = 0;
+            a(arr.dtype, arr.shape, frame);
             if (frame >= arrays->size()) malformed("array frame missing");
             auto& msg = (*arrays)[frame];
             arr.data = msg->data();
             arr.nbytes = msg->size();
             arr.owner = std::shared_ptr<const void>(msg, msg->data());
             if (arr.itemsize() == 0 || arr.size() * arr.itemsize() != arr.nbytes) malformed("array size mismatch");
-            return arr;
+            out = std::move(arr);
+            return;
         }
         }
         malformed(fmt::format("unknown value kind {}", kind));
     }
-    Params params() {
-        In list(next(), arrays);
-        Params p;
+    void read(Params& p) {
+        In list = sub();
         while (list.i < list.n) {
-            In kv(list.next(), arrays);
-            auto k = kv.get<std::string>();
-            p.set(std::move(k), kv.value());
+            In kv = list.sub();
+            std::string k;
+            Value v;
+            kv(k, v);
+            p.set(std::move(k), std::move(v));
         }
-        return p;
-    }
-    ServerStats stats() {
-        In s(next(), arrays);
-        ServerStats st;
-        st.jobs_done = s.get<std::uint64_t>();
-        st.busy_time = s.get<double>();
-        st.last_completion = s.get<double>();
-        st.in_flight = s.get<unsigned>();
-        return st;
-    }
-    Result result() {
-        In x(next(), arrays);
-        Result r;
-        r.job_id = x.get<std::string>();
-        int st = x.get<int>();
-        if (st < 0 || st > int(Status::lost)) malformed("bad status");
-        r.status = Status(st);
-        r.value = x.value();
-        r.error_type = x.get<std::string>();
-        r.message = x.get<std::string>();
-        r.traceback = x.get<std::string>();
-        r.owner = x.get<std::string>();
-        r.service = x.get<std::string>();
-        r.server = x.get<std::string>();
-        r.submit_time = x.get<double>();
-        r.start_time = x.get<double>();
-        r.end_time = x.get<double>();
-        r.attempts = x.get<int>();
-        r.location = x.get<std::string>();
-        return r;
-    }
-    ServiceDef service() {
-        In x(next(), arrays);
-        ServiceDef d;
-        d.name = x.get<std::string>();
-        d.doc = x.get<std::string>();
-        In ps(x.next(), arrays);
-        while (ps.i < ps.n) {
-            In p(ps.next(), arrays);
-            ParamSpec spec;
-            spec.name = p.get<std::string>();
-            int t = p.get<int>();
-            if (t < 0 || t > int(ValueType::array)) malformed("bad parameter type");
-            spec.type = ValueType(t);
-            bool has_default = p.get<bool>();
-            auto v = p.value();
-            if (has_default) spec.default_value = std::move(v);
-            spec.doc = p.get<std::string>();
-            d.params.push_back(std::move(spec));
-        }
-        return d;
-    }
-    ServerInfo server_info() {
-        In x(next(), arrays);
-        ServerInfo s;
-        s.id = x.get<std::string>();
-        s.host = x.get<std::string>();
-        s.pid = x.get<int>();
-        s.lease_expiry = x.get<double>();
-        s.services = x.get<std::vector<std::string>>();
-        s.stats = x.stats();
-        return s;
     }
 };
 
@@ -274,6 +237,19 @@ struct Body {
     In& operator*() { return *in; }
 };
 
+template <class M> Frames encode_as(Type t, const M& m) {
+    Out o;
+    fields(o, const_cast<M&>(m));
+    return o.finish(t);
+}
+
+template <class M> M decode_as(Frames& frames) {
+    Body b(frames);
+    M m;
+    fields(*b, m);
+    return m;
+}
+
 } // namespace
 
 Type type_of(const Frames& frames) {
@@ -283,177 +259,42 @@ Type type_of(const Frames& frames) {
 
 Frames encode(Type type) {
     Out o;
-    o.pk.pack_array(0);
+    o();
     return o.finish(type);
 }
 
-Frames encode(const HelloServer& m, Type type) {
-    Out o;
-    o.pk.pack_array(4);
-    o.put(m.host);
-    o.put(m.pid);
-    o.put(m.slots);
-    o.pk.pack_array(std::uint32_t(m.services.size()));
-    for (auto& s : m.services) o.put(s);
-    return o.finish(type);
-}
-template <> HelloServer decode(Frames& f) {
-    Body b(f);
-    HelloServer m;
-    m.host = (*b).get<std::string>();
-    m.pid = (*b).get<int>();
-    m.slots = (*b).get<unsigned>();
-    In list((*b).next(), &b.arrays);
-    while (list.i < list.n) m.services.push_back(list.service());
-    return m;
-}
+Frames encode(const HelloServer& m, Type type) { return encode_as(type, m); }
+Frames encode(const Welcome& m) { return encode_as(Type::welcome, m); }
+Frames encode(const Renew& m) { return encode_as(Type::renew, m); }
+Frames encode(const ResultMsg& m) { return encode_as(Type::result, m); }
+Frames encode(const HelloClient& m) { return encode_as(Type::hello_client, m); }
+Frames encode(Type type, const Request& m) { return encode_as(type, m); }
+Frames encode(const Submit& m) { return encode_as(Type::submit, m); }
+Frames encode(const Reply& m) { return encode_as(Type::reply, m); }
+Frames encode(const Results& m) { return encode_as(Type::results, m); }
 
-Frames encode(const Welcome& m) {
-    Out o;
-    o.pk.pack_array(3);
-    o.put(m.id);
-    o.put(m.lease_seconds);
-    o.put(m.renew_seconds);
-    return o.finish(Type::welcome);
-}
-template <> Welcome decode(Frames& f) {
-    Body b(f);
-    Welcome m;
-    m.id = (*b).get<std::string>();
-    m.lease_seconds = (*b).get<double>();
-    m.renew_seconds = (*b).get<double>();
-    return m;
-}
+template <> HelloServer decode(Frames& f) { return decode_as<HelloServer>(f); }
+template <> Welcome decode(Frames& f) { return decode_as<Welcome>(f); }
+template <> Renew decode(Frames& f) { return decode_as<Renew>(f); }
+template <> ResultMsg decode(Frames& f) { return decode_as<ResultMsg>(f); }
+template <> HelloClient decode(Frames& f) { return decode_as<HelloClient>(f); }
+template <> Request decode(Frames& f) { return decode_as<Request>(f); }
+template <> Submit decode(Frames& f) { return decode_as<Submit>(f); }
+template <> Reply decode(Frames& f) { return decode_as<Reply>(f); }
+template <> Results decode(Frames& f) { return decode_as<Results>(f); }
 
-Frames encode(const Renew& m) {
-    Out o;
-    o.pk.pack_array(1);
-    o.put(m.stats);
-    return o.finish(Type::renew);
-}
-template <> Renew decode(Frames& f) {
-    Body b(f);
-    return {(*b).stats()};
-}
-
+// A job is shared state (its dispatch word), not a plain record: its fields are listed here.
 Frames encode(const JobMsg& m) {
     Out o;
-    o.pk.pack_array(6);
-    o.put(m.job->id);
-    o.put(m.job->service);
-    o.put(m.job->params);
-    o.put(m.job->owner);
-    o.put(m.job->submit_time);
-    o.put(m.attempt);
+    o(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.attempt);
     return o.finish(Type::job);
 }
 template <> JobMsg decode(Frames& f) {
     Body b(f);
     JobMsg m;
     m.job = std::make_shared<Job>();
-    m.job->id = (*b).get<std::string>();
-    m.job->service = (*b).get<std::string>();
-    m.job->params = (*b).params();
-    m.job->owner = (*b).get<std::string>();
-    m.job->submit_time = (*b).get<double>();
-    m.attempt = (*b).get<int>();
+    (*b)(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.attempt);
     m.job->requeue(m.attempt);
-    return m;
-}
-
-Frames encode(const ResultMsg& m) {
-    Out o;
-    o.pk.pack_array(2);
-    o.put(m.result);
-    o.put(m.attempt);
-    return o.finish(Type::result);
-}
-template <> ResultMsg decode(Frames& f) {
-    Body b(f);
-    ResultMsg m;
-    m.result = (*b).result();
-    m.attempt = (*b).get<int>();
-    return m;
-}
-
-Frames encode(const HelloClient& m) {
-    Out o;
-    o.pk.pack_array(1);
-    o.put(m.owner);
-    return o.finish(Type::hello_client);
-}
-template <> HelloClient decode(Frames& f) {
-    Body b(f);
-    return {(*b).get<std::string>()};
-}
-
-Frames encode(Type type, const Request& m) {
-    Out o;
-    o.pk.pack_array(2);
-    o.put(m.id);
-    o.put(m.job_id);
-    return o.finish(type);
-}
-template <> Request decode(Frames& f) {
-    Body b(f);
-    Request m;
-    m.id = (*b).get<std::uint64_t>();
-    m.job_id = (*b).get<std::string>();
-    return m;
-}
-
-Frames encode(const Submit& m) {
-    Out o;
-    o.pk.pack_array(4);
-    o.put(m.id);
-    o.put(m.service);
-    o.put(m.params);
-    o.put(m.owner);
-    return o.finish(Type::submit);
-}
-template <> Submit decode(Frames& f) {
-    Body b(f);
-    Submit m;
-    m.id = (*b).get<std::uint64_t>();
-    m.service = (*b).get<std::string>();
-    m.params = (*b).params();
-    m.owner = (*b).get<std::string>();
-    return m;
-}
-
-Frames encode(const Reply& m) {
-    Out o;
-    o.pk.pack_array(5);
-    o.put(m.id);
-    o.put(m.error_type);
-    o.put(m.message);
-    o.put(m.flag);
-    o.pk.pack_array(std::uint32_t(m.servers.size()));
-    for (auto& s : m.servers) o.put(s);
-    return o.finish(Type::reply);
-}
-template <> Reply decode(Frames& f) {
-    Body b(f);
-    Reply m;
-    m.id = (*b).get<std::uint64_t>();
-    m.error_type = (*b).get<std::string>();
-    m.message = (*b).get<std::string>();
-    m.flag = (*b).get<bool>();
-    In list((*b).next(), &b.arrays);
-    while (list.i < list.n) m.servers.push_back(list.server_info());
-    return m;
-}
-
-Frames encode(const Results& m) {
-    Out o;
-    o.pk.pack_array(std::uint32_t(m.results.size()));
-    for (auto& r : m.results) o.put(r);
-    return o.finish(Type::results);
-}
-template <> Results decode(Frames& f) {
-    Body b(f);
-    Results m;
-    while ((*b).i < (*b).n) m.results.push_back((*b).result());
     return m;
 }
 
