@@ -72,6 +72,8 @@ struct Engine::Impl {
         results = ResultsManager::open(options.archive, session.session(),
                                        [this](std::vector<Result>&& batch) { on_archived(std::move(batch)); });
         manager = std::make_unique<ExecutionManager>(registry, session.session(), [this] { start_balancer(); });
+        // What this process can run, servers elsewhere run too: jobs for it wait for a server to join.
+        manager->know(ServiceCatalog::process().all());
         // The reaper's period bounds how late an expired lease is noticed.
         reaper = std::make_unique<LeaseReaper>(registry, std::min(lease / 10, Duration(std::chrono::milliseconds(5))));
         if (options.listen) {

@@ -24,6 +24,11 @@ ExecutionManager::ExecutionManager(LookupRegistry& registry, std::string session
 
 ExecutionManager::~ExecutionManager() { registry_.unsubscribe(subscription_); }
 
+void ExecutionManager::know(const std::vector<ServicePtr>& services) {
+    std::lock_guard lk(mu_);
+    for (auto& s : services) known_.try_emplace(s->name, s);
+}
+
 ServicePtr ExecutionManager::service(const std::string& name) {
     if (auto s = registry_.find_service(name)) return s;
     std::lock_guard lk(mu_);

@@ -28,6 +28,9 @@ public:
     // Cancels a job that has not started yet.
     bool cancel(const JobId& id);
 
+    // Services to accept jobs for even before a server offering them has registered (they wait for one).
+    void know(const std::vector<ServicePtr>& services);
+
     const std::string& session() const { return ids_.session(); }
     std::uint64_t submitted() const { return submitted_; }
 

@@ -70,6 +70,13 @@ TEST_F(ManagerTest, BadInputIsRefusedWithItsNameAndQueuesNothing) {
     EXPECT_EQ(manager.submitted(), 0u);
 }
 
+TEST_F(ManagerTest, KnownServiceIsAcceptedBeforeAnyServerOffersIt) {
+    manager.know({test_service("later.service")});
+    manager.submit("later.service", {}, "me");
+    EXPECT_EQ(lb->jobs.size(), 1u);
+    EXPECT_THROW(manager.submit("never.heard.of", {}, "me"), UnknownService);
+}
+
 TEST_F(ManagerTest, ServiceStaysKnownWhileNoServerOffersItForAMoment) {
     manager.submit("test.echo", {}, "me");
     clock.advance(3s);

@@ -36,7 +36,8 @@ void Client::run() {
     zmq::pollitem_t items[] = {{sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out_->fd(), ZMQ_POLLIN, 0}};
     auto last_heard = std::chrono::steady_clock::now();
     auto last_ping = last_heard;
-    auto patience = std::chrono::duration<double>(options_.timeout);
+    // A head silent this long (pings unanswered) is gone.
+    auto patience = std::chrono::duration<double>(std::clamp(options_.timeout, 2.0, 10.0));
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(50));
         auto now = std::chrono::steady_clock::now();
@@ -94,9 +95,9 @@ void Client::head_lost() {
         r.job_id = id;
         r.status = Status::lost;
         r.error_type = "ServerLostError";
-        r.message = fmt::format("the dynexec head at {} stopped answering for {} s; job {} may have been lost with it "
+        r.message = fmt::format("the dynexec head at {} stopped answering; job {} may have been lost with it "
                                 "(its result may still be in the archive)",
-                                options_.endpoint, options_.timeout, id);
+                                options_.endpoint, id);
         done_.push_back(std::move(r));
         ++delivered_;
     }
