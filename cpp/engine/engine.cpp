@@ -4,6 +4,7 @@
 #include "archive/results_manager.hpp"
 #include "balancer/load_balancer.hpp"
 #include "common/errors.hpp"
+#include "common/host.hpp"
 #include "manager/execution_manager.hpp"
 #include "registry/lease_drivers.hpp"
 #include "server/compute_server.hpp"
@@ -19,12 +20,6 @@
 
 namespace dynexec {
 namespace {
-
-std::string hostname() {
-    char buf[256] = {};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
-}
 
 // A component of this process registered on a lease, with the thread that renews it.
 template <class T> struct Registered {

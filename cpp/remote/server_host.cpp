@@ -1,5 +1,6 @@
 #include "remote/server_host.hpp"
 
+#include "common/host.hpp"
 #include "remote/outbox.hpp"
 #include "server/compute_server.hpp"
 
@@ -13,12 +14,6 @@ namespace dynexec::remote {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string hostname() {
-    char buf[256] = {};
-    gethostname(buf, sizeof buf - 1);
-    return buf;
-}
 
 // Finished jobs go back to the head through the socket's thread.
 struct SendBack final : CompletionSink {
