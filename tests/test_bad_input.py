@@ -84,3 +84,13 @@ def test_submit_after_shutdown(archive):
     ex.shutdown()
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(add, 1, 2)
+
+
+def test_server_processes_that_cannot_start_fail_fast(monkeypatch, archive):
+    import sys
+    import time
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every server process exits at once
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="only 0 of 2 compute-server processes registered; exited"):
+        dynexec.Executor(max_workers=2, archive=archive)
+    assert time.monotonic() - t < 10

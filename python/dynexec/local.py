@@ -34,12 +34,19 @@ class LocalServers:
         return new
 
     def wait_registered(self, engine, n: int, timeout: float) -> None:
-        have = engine.wait_for_servers(n, timeout)
+        deadline = time.monotonic() + timeout
+        have = 0
+        while time.monotonic() < deadline:
+            have = engine.wait_for_servers(n, 0.1)
+            # A server that cannot start (a broken environment) fails fast, not after the timeout.
+            if have >= n or sum(p.poll() is None for p in self.procs) < n:
+                break
         if have < n:
             dead = {p.pid: p.poll() for p in self.procs if p.poll() is not None}
             self.stop()
-            raise RuntimeError(f"only {have} of {n} compute-server processes registered within {timeout:g} s"
-                               + (f"; exited (pid: code): {dead}" if dead else ""))
+            why = f"exited (pid: exit code): {dead}" if dead else f"none registered within {timeout:g} s"
+            raise RuntimeError(f"only {have} of {n} compute-server processes registered; {why} "
+                               f"(their error output is above)")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Waits for the processes the head has told to leave; kills any still there after `timeout`."""
