@@ -94,3 +94,25 @@ def test_killed_server_process_loses_its_jobs_to_the_others_exactly_once(archive
         session = ex.session
     counts, statuses = archived_ids(archive, session)
     assert len(counts) == n and set(counts.values()) == {1} and set(statuses.values()) == {"ok"}
+
+
+@pytest.mark.parametrize("second_registered", [True, False])
+def test_jobs_of_a_balancer_whose_lease_runs_out_go_through_another(archive, second_registered):
+    n = 30
+    with dynexec.Executor(max_workers=2, archive=archive, lease_seconds=0.3, renew_seconds=0.05) as ex:
+        futures = [ex.submit(nap, i, 0.02) for i in range(n)]
+        first = ex._engine.balancers()
+        assert len(first) == 1
+        if second_registered:
+            second = ex._engine.add_balancer()  # registers itself; the manager still uses the first
+            assert ex._engine.balancers() == first + [second]
+        ex._engine.stop_renewing(first[0])  # the balancer hangs: the manager must find another or start one
+        assert sorted(f.result(timeout=30) for f in futures) == list(range(n))
+        now = ex._engine.balancers()
+        assert first[0] not in now and len(now) == 1
+        if second_registered:
+            assert now == [second]
+        assert ex.submit(nap, 99, 0).result(timeout=10) == 99
+        session = ex.session
+    counts, statuses = archived_ids(archive, session)
+    assert len(counts) == n + 1 and set(counts.values()) == {1} and set(statuses.values()) == {"ok"}

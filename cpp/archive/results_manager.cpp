@@ -177,7 +177,7 @@ ResultsManager::~ResultsManager() {
             std::lock_guard lk(core_->mu);
             core_->stopping = true;
         }
-        writer_.detach();
+        if (writer_.joinable()) writer_.detach(); // never throw from a destructor
         return;
     }
     close();

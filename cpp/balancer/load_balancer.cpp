@@ -28,20 +28,33 @@ void LoadBalancer::dispatch(JobPtr job) {
     std::vector<Result> out;
     {
         std::lock_guard lk(mu_);
+        if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
         jobs_[job->id] = {job, "", {}};
-        assign_locked(job, 1, out);
+        // A job handed over from another balancer continues its attempt count: older dispatches die.
+        assign_locked(job, job->attempt() + 1, out);
     }
     deliver(out);
 }
 
+std::vector<JobPtr> LoadBalancer::abandon() {
+    std::lock_guard lk(mu_);
+    abandoned_ = true;
+    std::vector<JobPtr> jobs;
+    for (auto& [id, a] : jobs_) jobs.push_back(a.job);
+    jobs_.clear();
+    outstanding_.clear();
+    waiting_.clear();
+    return jobs;
+}
+
 void LoadBalancer::assign_locked(const JobPtr& job, int attempt, std::vector<Result>& out) {
     auto& a = jobs_.at(job->id);
-    if (attempt > options_.max_attempts) {
+    if (int(a.vanished.size()) >= options_.max_attempts) {
         out.push_back(result_without_run(
             *job, Status::lost, "ServerLostError",
             fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
                         job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
-        out.back().attempts = attempt - 1;
+        out.back().attempts = attempt - 1; // dispatches made
         jobs_.erase(job->id);
         ++stats_.lost;
         return;
@@ -72,6 +85,7 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
     std::vector<Result> out;
     {
         std::lock_guard lk(mu_);
+        if (abandoned_) return;
         if (ev.what == RegistryEvent::What::joined) {
             // A new server gets the jobs that were waiting for one at once.
             std::deque<JobPtr> waiting;

@@ -42,6 +42,7 @@ public:
     bool cancel(const JobId& id) override;
     std::size_t outstanding() const override;
     void complete(Result result, int attempt) override;
+    std::vector<JobPtr> abandon() override;
 
     // Cancels every job that has not started; returns how many.
     std::size_t cancel_all();
@@ -72,6 +73,7 @@ private:
     std::unordered_map<std::string, std::uint32_t> outstanding_; // per server
     std::deque<JobPtr> waiting_;
     BalancerStats stats_;
+    bool abandoned_ = false;
 };
 
 } // namespace dynexec

@@ -155,3 +155,29 @@ TEST_F(BalancerTest, PolicyDecidesWithServerStatistics) {
     EXPECT_THROW(balancer("nope"), std::invalid_argument);
     EXPECT_THROW(balancer("round_robin", 0), std::invalid_argument);
 }
+
+TEST_F(BalancerTest, AnotherBalancerTakesOverAbandonedJobsAndOlderDispatchesDie) {
+    auto lb1 = balancer();
+    auto [a, aid] = server();
+    lb1->dispatch(make_job("started"));
+    lb1->dispatch(make_job("queued"));
+    ASSERT_TRUE(a->runs[0].job->try_start(1)); // running when its balancer goes
+    auto jobs = lb1->abandon();
+    ASSERT_EQ(jobs.size(), 2u);
+    EXPECT_EQ(lb1->outstanding(), 0u);
+    EXPECT_THROW(lb1->dispatch(make_job("late")), std::logic_error);
+
+    auto lb2 = balancer();
+    for (auto& j : jobs) lb2->dispatch(j);
+    ASSERT_EQ(a->runs.size(), 4u);
+    EXPECT_EQ(a->runs[2].attempt, 2);
+    EXPECT_FALSE(a->finish(1)); // the first balancer's dispatch of "queued" can no longer start
+    Result late;
+    late.job_id = "started";
+    a->runs[0].sink->complete(late, 1); // the first balancer's running job reports: nobody keeps it
+    EXPECT_TRUE(results->results.empty());
+    EXPECT_TRUE(a->finish(2));
+    EXPECT_TRUE(a->finish(3));
+    ASSERT_EQ(results->results.size(), 2u);
+    EXPECT_EQ(results->results[0].attempts, 2);
+}

@@ -37,7 +37,7 @@ struct Engine::Impl {
 
     mutable std::mutex mu;
     std::map<std::string, Registered<ComputeServer>> servers;
-    std::vector<Registered<LoadBalancer>> balancers;
+    std::map<std::string, Registered<LoadBalancer>> balancers;
     bool closed = false;   // no more jobs taken
     bool finished = false; // shut down completely
 
@@ -106,6 +106,10 @@ struct Engine::Impl {
     void start_balancer() {
         std::lock_guard lk(mu);
         if (!registry.lookup(Kind::load_balancer).empty()) return; // another thread started one
+        add_balancer_locked();
+    }
+
+    std::string add_balancer_locked() {
         auto lb = LoadBalancer::create(registry, results, {options.policy, options.max_attempts, options.seed + balancers.size()});
         Registration reg;
         reg.kind = Kind::load_balancer;
@@ -114,7 +118,8 @@ struct Engine::Impl {
         reg.balancer = lb;
         auto entry = registry.join(std::move(reg), lease);
         auto renewer = std::make_unique<LeaseRenewer>(registry, entry.id, renew, [] { return std::nullopt; });
-        balancers.push_back({lb, std::move(renewer)});
+        balancers[entry.id] = {lb, std::move(renewer)};
+        return entry.id;
     }
 
     std::string add_server(unsigned slots, unsigned threads) {
@@ -203,9 +208,22 @@ bool Engine::wait_shutdown_request(std::chrono::milliseconds timeout) {
 
 std::string Engine::add_server(unsigned slots, unsigned threads) { return impl_->add_server(slots, threads); }
 
-void Engine::stop_renewing(const std::string& server_id) {
+void Engine::stop_renewing(const std::string& id) {
     std::lock_guard lk(impl_->mu);
-    impl_->server(server_id).renewer->pause();
+    if (auto it = impl_->balancers.find(id); it != impl_->balancers.end()) return it->second.renewer->pause();
+    impl_->server(id).renewer->pause();
+}
+
+std::string Engine::add_balancer() {
+    std::lock_guard lk(impl_->mu);
+    if (impl_->closed) throw ShutDown("the engine is shut down");
+    return impl_->add_balancer_locked();
+}
+
+std::vector<std::string> Engine::balancers() const {
+    std::vector<std::string> ids;
+    for (auto& e : impl_->registry.lookup(Kind::load_balancer)) ids.push_back(e.id);
+    return ids;
 }
 
 void Engine::remove_server(const std::string& server_id) {
@@ -252,7 +270,7 @@ std::optional<Result> Engine::find(const JobId& id) const {
 }
 
 void Engine::shutdown(bool wait, bool cancel_pending) {
-    std::vector<Registered<LoadBalancer>> balancers;
+    std::map<std::string, Registered<LoadBalancer>> balancers;
     {
         std::lock_guard lk(impl_->mu);
         if (impl_->finished) return;
@@ -275,7 +293,7 @@ void Engine::shutdown(bool wait, bool cancel_pending) {
     }
     impl_->hub.reset(); // remote compute servers are told to leave
     for (auto& [id, s] : servers) s.renewer->stop();
-    for (auto& b : balancers) b.renewer->stop();
+    for (auto& [id, b] : balancers) b.renewer->stop();
     for (auto& [id, s] : servers) s.component->wait_idle();
     impl_->reaper->stop();
     impl_->results->close();
@@ -289,7 +307,7 @@ EngineStats Engine::stats() const {
         s.delivered = impl_->delivered;
     }
     std::lock_guard lk(impl_->mu);
-    for (auto& b : impl_->balancers) {
+    for (auto& [id, b] : impl_->balancers) {
         auto bs = b.component->stats();
         s.dispatched += bs.dispatched;
         s.redispatched += bs.redispatched;

@@ -51,8 +51,11 @@ public:
 
     std::vector<ServerInfo> servers() const;
     std::string add_server(unsigned slots = 1, unsigned threads = 0);
-    // Fault injection: the server goes on running but stops renewing its lease, like a hung host.
-    void stop_renewing(const std::string& server_id);
+    // Fault injection: the server or balancer goes on running but stops renewing its lease, like a hung host.
+    void stop_renewing(const std::string& id);
+    // Registers one more load balancer; the execution manager uses the first available. Returns its ID.
+    std::string add_balancer();
+    std::vector<std::string> balancers() const; // live ones, in the order the manager prefers them
     // Leaves the registry at once (cancels its lease); its queued jobs run elsewhere.
     void remove_server(const std::string& server_id);
     // Servers offer what the process's service catalog holds now (after a plugin was loaded).

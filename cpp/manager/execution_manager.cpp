@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <iostream>
 
 namespace dynexec {
 
@@ -16,13 +17,33 @@ ExecutionManager::ExecutionManager(LookupRegistry& registry, std::string session
         std::lock_guard lk(mu_);
         for (auto& s : e.services) known_.try_emplace(s->name, s);
     };
-    subscription_ = registry_.subscribe([remember](const RegistryEvent& ev) {
+    subscription_ = registry_.subscribe([this, remember](const RegistryEvent& ev) {
         if (ev.what == RegistryEvent::What::joined) remember(ev.entry);
+        else if (ev.entry.kind == Kind::load_balancer) {
+            std::lock_guard lk(mu_);
+            takeovers_.emplace_back([this, gone = ev.entry.balancer] { take_over(gone); });
+        }
     });
     for (auto& e : registry_.lookup(Kind::compute_server)) remember(e);
 }
 
-ExecutionManager::~ExecutionManager() { registry_.unsubscribe(subscription_); }
+ExecutionManager::~ExecutionManager() {
+    registry_.unsubscribe(subscription_);
+    std::vector<std::thread> threads;
+    {
+        std::lock_guard lk(mu_);
+        threads.swap(takeovers_);
+    }
+    for (auto& t : threads) t.join();
+}
+
+void ExecutionManager::take_over(std::shared_ptr<LoadBalancerProxy> gone) {
+    try {
+        for (auto& job : gone->abandon()) balancer()->dispatch(std::move(job));
+    } catch (const std::exception& e) { // on a thread of its own: report, never terminate the process
+        std::cerr << "dynexec: could not hand over the jobs of a load balancer that left: " << e.what() << std::endl;
+    }
+}
 
 void ExecutionManager::know(const std::vector<ServicePtr>& services) {
     std::lock_guard lk(mu_);

@@ -1,7 +1,8 @@
 // The execution manager: the single entry point for jobs. It validates a job
 // against the service's declared parameters, gives it a job ID, finds a load
 // balancer through the lookup registry (starting one if none is registered,
-// seed Fig. 2 block 450) and hands the job over. Thread-safe.
+// seed Fig. 2 block 450) and hands the job over. When a balancer's lease runs
+// out, it sends that balancer's unfinished jobs through another. Thread-safe.
 #pragma once
 
 #include "common/job.hpp"
@@ -9,6 +10,7 @@
 
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 namespace dynexec {
@@ -37,6 +39,7 @@ public:
 private:
     std::shared_ptr<LoadBalancerProxy> balancer();
     ServicePtr service(const std::string& name);
+    void take_over(std::shared_ptr<LoadBalancerProxy> gone);
 
     LookupRegistry& registry_;
     JobIdGenerator ids_;
@@ -48,6 +51,9 @@ private:
     // Every service a compute server has offered this session: a job for one
     // of them waits in the balancer while no server offers it, instead of failing.
     std::unordered_map<std::string, ServicePtr> known_;
+    // Take-overs run on their own threads: a registry listener may not start a balancer (it would join
+    // the registry from inside its notification).
+    std::vector<std::thread> takeovers_;
 };
 
 } // namespace dynexec

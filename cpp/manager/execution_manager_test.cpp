@@ -10,33 +10,46 @@ using namespace std::chrono_literals;
 
 namespace {
 struct RecordingBalancer final : LoadBalancerProxy {
+    std::mutex mu;
     std::vector<JobPtr> jobs;
-    void dispatch(JobPtr j) override { jobs.push_back(std::move(j)); }
+    void dispatch(JobPtr j) override {
+        std::lock_guard lk(mu);
+        jobs.push_back(std::move(j));
+    }
     bool cancel(const JobId&) override { return false; }
     std::size_t outstanding() const override { return jobs.size(); }
+    std::vector<JobPtr> abandon() override {
+        std::lock_guard lk(mu);
+        return std::exchange(jobs, {});
+    }
+    std::size_t count() {
+        std::lock_guard lk(mu);
+        return jobs.size();
+    }
 };
 } // namespace
 
 struct ManagerTest : ::testing::Test {
     FakeClock clock;
     LookupRegistry registry{clock};
-    std::shared_ptr<RecordingBalancer> lb = std::make_shared<RecordingBalancer>();
-    int started = 0;
+    std::vector<std::shared_ptr<RecordingBalancer>> started;
+    std::shared_ptr<RecordingBalancer> lb; // the latest started
     JobIdGenerator gen;
-    ExecutionManager manager{registry, gen.session(), [this] {
-                                 ++started;
-                                 Registration r;
-                                 r.kind = Kind::load_balancer;
-                                 r.balancer = lb;
-                                 registry.join(r, 2s);
-                             }};
+    ExecutionManager manager{registry, gen.session(), [this] { start(5s); }};
+    void start(Duration lease) {
+        lb = started.emplace_back(std::make_shared<RecordingBalancer>());
+        Registration r;
+        r.kind = Kind::load_balancer;
+        r.balancer = lb;
+        registry.join(r, lease);
+    }
     void SetUp() override { registry.join(server_registration(std::make_shared<FakeServer>()), 2s); }
 };
 
 TEST_F(ManagerTest, StartsABalancerOnlyWhenNoneIsRegistered) {
     manager.submit("test.echo", {{"x", 2.0}}, "me");
     manager.submit("test.echo", {}, "me");
-    EXPECT_EQ(started, 1);
+    EXPECT_EQ(started.size(), 1u);
     ASSERT_EQ(lb->jobs.size(), 2u);
     EXPECT_EQ(lb->jobs[0]->owner, "me");
     EXPECT_EQ(lb->jobs[1]->params.get<double>("x"), 0.0); // default filled in
@@ -66,7 +79,7 @@ TEST_F(ManagerTest, BadInputIsRefusedWithItsNameAndQueuesNothing) {
         EXPECT_NE(std::string(e.what()).find("'x' must be float, not str"), std::string::npos);
     }
     EXPECT_THROW(manager.submit("test.echo", {{"y", 1.0}}, "me"), InvalidJob);
-    EXPECT_TRUE(lb->jobs.empty());
+    EXPECT_TRUE(!lb || lb->jobs.empty());
     EXPECT_EQ(manager.submitted(), 0u);
 }
 
@@ -80,7 +93,27 @@ TEST_F(ManagerTest, KnownServiceIsAcceptedBeforeAnyServerOffersIt) {
 TEST_F(ManagerTest, ServiceStaysKnownWhileNoServerOffersItForAMoment) {
     manager.submit("test.echo", {}, "me");
     clock.advance(3s);
-    registry.expire_due(); // every server gone; the balancer lease too
+    registry.expire_due(); // every server gone (the balancer's lease is longer)
     manager.submit("test.echo", {}, "me"); // waits for a server instead of failing
-    EXPECT_EQ(lb->jobs.size(), 2u);
+    EXPECT_EQ(lb->count(), 2u);
+}
+
+TEST_F(ManagerTest, JobsOfABalancerWhoseLeaseRanOutGoThroughTheNextOne) {
+    start(1s);                 // the first registered: the manager uses it
+    auto first = lb;
+    start(10s);                // a second one registers itself
+    auto second = lb;
+    manager.submit("test.echo", {}, "me");
+    manager.submit("test.echo", {}, "me");
+    ASSERT_EQ(first->count(), 2u);
+    EXPECT_EQ(second->count(), 0u);
+    clock.advance(2s);
+    registry.expire_due();     // the first one is gone: its jobs move on
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (second->count() < 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(second->count(), 2u);
+    EXPECT_EQ(first->count(), 0u);
+    manager.submit("test.echo", {}, "me");
+    EXPECT_EQ(second->count(), 3u);
+    EXPECT_EQ(started.size(), 2u); // no need to start a third
 }

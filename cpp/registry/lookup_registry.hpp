@@ -57,6 +57,8 @@ public:
     using Listener = std::function<void(const RegistryEvent&)>;
 
     explicit LookupRegistry(const Clock& clock = SteadyClock::instance()) : clock_(clock) {}
+    // Drops the entries first: a proxy released here may unsubscribe from this registry on its way out.
+    ~LookupRegistry() { std::exchange(entries_, {}).clear(); }
 
     // Registers an entity on a lease of `lease` and returns its entry. Joined listeners hear at once.
     Entry join(Registration reg, Duration lease);

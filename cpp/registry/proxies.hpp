@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace dynexec {
 
@@ -41,6 +42,9 @@ public:
     // Cancels a job that has not started; false if it started, finished or is unknown.
     virtual bool cancel(const JobId& id) = 0;
     virtual std::size_t outstanding() const = 0;
+    // Called once this balancer has left the registry (its lease ran out): hands back every unfinished
+    // job, for the execution manager to send through another balancer; later results for them are dropped.
+    virtual std::vector<JobPtr> abandon() = 0;
 };
 
 // The results manager, as seen by a load balancer.

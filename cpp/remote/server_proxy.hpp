@@ -33,14 +33,15 @@ public:
         std::shared_ptr<CompletionSink> sink;
         {
             std::lock_guard lk(mu_);
+            auto it = pending_.find(m.result.job_id);
+            // The same job may be here twice (handed to another balancer): only the current dispatch counts.
+            if (it == pending_.end() || it->second.first != m.attempt) return;
+            sink = std::move(it->second.second);
+            pending_.erase(it);
             // Statistics as of this result: fresher than the last renewal, which the balancer also reads.
             ++last_.jobs_done;
             last_.busy_time += std::max(0.0, m.result.end_time - m.result.start_time);
             last_.last_completion = std::max(last_.last_completion, m.result.end_time);
-            auto it = pending_.find(m.result.job_id);
-            if (it == pending_.end()) return;
-            sink = std::move(it->second.second);
-            pending_.erase(it);
         }
         sink->complete(std::move(m.result), m.attempt);
     }

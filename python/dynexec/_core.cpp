@@ -224,6 +224,8 @@ PYBIND11_MODULE(_core, m) {
         .def("add_server", &Engine::add_server, py::arg("slots") = 1, py::arg("threads") = 0,
              py::call_guard<py::gil_scoped_release>())
         .def("stop_renewing", &Engine::stop_renewing, py::call_guard<py::gil_scoped_release>())
+        .def("add_balancer", &Engine::add_balancer, py::call_guard<py::gil_scoped_release>())
+        .def("balancers", &Engine::balancers, py::call_guard<py::gil_scoped_release>())
         .def("remove_server", &Engine::remove_server, py::call_guard<py::gil_scoped_release>())
         .def("refresh_services", &Engine::refresh_services, py::call_guard<py::gil_scoped_release>())
         .def("load_plugin", &Engine::load_plugin, py::arg("path"), py::arg("names"), py::arg("timeout"),
