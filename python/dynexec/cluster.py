@@ -163,8 +163,9 @@ class _Head:
         connection.write(self.connection_file, self.endpoint, self.keys, session=engine.session,
                          archive=str(self.archive) if self.archive else None, policy=a.policy,
                          lease_seconds=a.lease_seconds, mpi_size=n_servers + 1)
-        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}",
-              flush=True)
+        published = self._publish()
+        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}"
+              + (f", published as {a.publish!r}" if published else ""), flush=True)
         try:
             while not signals.event.is_set():
                 if engine.wait_shutdown_request(0.2):
@@ -172,6 +173,23 @@ class _Head:
             return self.stop(signals)
         finally:
             self.connection_file.unlink(missing_ok=True)
+            if published:
+                self._publish(unpublish=True)
+
+    def _publish(self, unpublish=False) -> bool:
+        """--publish NAME: the endpoint and the head's public key (never the secret) in the MPI name service."""
+        if not self.args.publish or self.comm is None:
+            return False
+        from mpi4py import MPI
+
+        value = f"{self.endpoint} {self.keys['server_public_key']}"
+        try:
+            (MPI.Unpublish_name if unpublish else MPI.Publish_name)(self.args.publish, value)
+            return True
+        except MPI.Exception as e:
+            print(f"dynexec cluster: cannot {'un' if unpublish else ''}publish {self.args.publish!r} in the MPI "
+                  f"name service (start mpirun with --ompi-server): {e}", file=sys.stderr, flush=True)
+            return False
 
     def stop(self, signals: _Signals) -> int:
         """Finishes what was submitted, tells every server to leave and closes the archive.
@@ -225,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
                         "among its ranks)")
     p.add_argument("--plugin", action="append", default=[], metavar="PATH",
                    help="native service plugin every server loads (repeatable)")
+    p.add_argument("--publish", default="", metavar="NAME",
+                   help="also publish the endpoint under NAME in the MPI name service (mpirun --ompi-server); "
+                        "servers then join with --name NAME, still taking the secret from the connection file")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
                                               "rank is on this host, else all interfaces)")

@@ -47,12 +47,27 @@ def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, hea
     return outcome["code"]
 
 
+def lookup(name: str) -> dict:
+    """The head's endpoint and public key, from the MPI name service."""
+    from mpi4py import MPI
+
+    try:
+        endpoint, server_public_key = MPI.Lookup_name(name).split()
+    except MPI.Exception as e:
+        sys.exit(f"dynexec server: no cluster published as {name!r} in the MPI name service "
+                 f"(is mpirun started with --ompi-server?): {e}")
+    return {"endpoint": endpoint, "server_public_key": server_public_key}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m dynexec.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--join", required=True, metavar="FILE", help="the cluster's connection file")
     p.add_argument("--slots", type=int, default=1, help="jobs this server runs at once (default 1)")
     p.add_argument("--threads", type=int, default=0, help="oneTBB threads for native services (default: all cores)")
+    p.add_argument("--name", default="", metavar="NAME",
+                   help="find the head through the MPI name service (mpirun --ompi-server) under NAME, as published "
+                        "by `dynexec.cluster --publish NAME`; the secret still comes from --join FILE")
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--head-timeout", type=float, default=10.0,
                    help="leave after this many seconds without a word from the head (default 10)")
@@ -63,6 +78,8 @@ def main(argv=None):
         info = connection.read(a.join)
     except (OSError, ValueError) as e:
         p.error(str(e))
+    if a.name:
+        info = {**info, **lookup(a.name)}
     if not a.parent_pid:
         from .cluster import supervise_server, under_mpirun
 
