@@ -146,6 +146,35 @@ py::list server_list(const std::vector<ServerInfo>& infos) {
     return out;
 }
 
+// The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
+template <class E> void def_job_calls(py::class_<E>& cls) {
+    cls.def("submit",
+            [](E& e, const std::string& service, const py::dict& kwargs, const std::string& owner) {
+                auto params = to_params(kwargs);
+                py::gil_scoped_release nogil;
+                return e.submit(service, params, owner);
+            })
+        .def("submit_python",
+             [](E& e, const py::bytes& payload, const std::string& owner) {
+                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+                 py::gil_scoped_release nogil;
+                 return e.submit("python", params, owner);
+             })
+        .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
+        .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+        .def("servers",
+             [](E& e) {
+                 std::vector<ServerInfo> infos;
+                 {
+                     py::gil_scoped_release nogil;
+                     infos = e.servers();
+                 }
+                 return server_list(infos);
+             })
+        .def("shutdown", &E::shutdown, py::arg("wait"), py::arg("cancel_pending"),
+             py::call_guard<py::gil_scoped_release>());
+}
+
 } // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -178,7 +207,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("attempts", &Result::attempts)
         .def_readonly("location", &Result::location);
 
-    py::class_<Engine>(m, "Engine")
+    py::class_<Engine> engine(m, "Engine");
+    def_job_calls(engine);
+    engine
         .def(py::init([](int servers, unsigned slots, unsigned threads, std::string policy,
                          std::optional<std::filesystem::path> archive, double lease, double renew, int max_attempts,
                          std::uint64_t seed, std::optional<py::dict> listen) {
@@ -198,29 +229,6 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("endpoint", &Engine::endpoint)
         .def("wait_for_servers", &Engine::wait_for_servers, py::call_guard<py::gil_scoped_release>())
         .def("wait_shutdown_request", &Engine::wait_shutdown_request, py::call_guard<py::gil_scoped_release>())
-        .def("submit",
-             [](Engine& e, const std::string& service, const py::dict& kwargs, const std::string& owner) {
-                 auto params = to_params(kwargs);
-                 py::gil_scoped_release nogil;
-                 return e.submit(service, params, owner);
-             })
-        .def("submit_python",
-             [](Engine& e, const py::bytes& payload, const std::string& owner) {
-                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
-                 py::gil_scoped_release nogil;
-                 return e.submit("python", params, owner);
-             })
-        .def("cancel", &Engine::cancel, py::call_guard<py::gil_scoped_release>())
-        .def("poll", &Engine::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
-        .def("servers",
-             [](const Engine& e) {
-                 std::vector<ServerInfo> infos;
-                 {
-                     py::gil_scoped_release nogil;
-                     infos = e.servers();
-                 }
-                 return server_list(infos);
-             })
         .def("add_server", &Engine::add_server, py::arg("slots") = 1, py::arg("threads") = 0,
              py::call_guard<py::gil_scoped_release>())
         .def("stop_renewing", &Engine::stop_renewing, py::call_guard<py::gil_scoped_release>())
@@ -231,8 +239,6 @@ PYBIND11_MODULE(_core, m) {
         .def("load_plugin", &Engine::load_plugin, py::arg("path"), py::arg("names"), py::arg("timeout"),
              py::call_guard<py::gil_scoped_release>())
         .def("find", &Engine::find, py::call_guard<py::gil_scoped_release>())
-        .def("shutdown", &Engine::shutdown, py::arg("wait"), py::arg("cancel_pending"),
-             py::call_guard<py::gil_scoped_release>())
         .def("stats",
              [](const Engine& e) {
                  auto s = e.stats();
@@ -244,7 +250,9 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("session", &Engine::session)
         .def_property_readonly("archive", &Engine::archive);
 
-    py::class_<remote::Client>(m, "Client")
+    py::class_<remote::Client> client(m, "Client");
+    def_job_calls(client);
+    client
         .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
                          std::string client_secret, double timeout) {
                  py::gil_scoped_release nogil;
@@ -253,31 +261,6 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
              py::arg("client_secret_key"), py::arg("timeout") = 10.0)
-        .def("submit",
-             [](remote::Client& c, const std::string& service, const py::dict& kwargs, const std::string& owner) {
-                 auto params = to_params(kwargs);
-                 py::gil_scoped_release nogil;
-                 return c.submit(service, params, owner);
-             })
-        .def("submit_python",
-             [](remote::Client& c, const py::bytes& payload, const std::string& owner) {
-                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
-                 py::gil_scoped_release nogil;
-                 return c.submit("python", params, owner);
-             })
-        .def("cancel", &remote::Client::cancel, py::call_guard<py::gil_scoped_release>())
-        .def("poll", &remote::Client::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
-        .def("servers",
-             [](remote::Client& c) {
-                 std::vector<ServerInfo> infos;
-                 {
-                     py::gil_scoped_release nogil;
-                     infos = c.servers();
-                 }
-                 return server_list(infos);
-             })
-        .def("shutdown", &remote::Client::shutdown, py::arg("wait"), py::arg("cancel_pending"),
-             py::call_guard<py::gil_scoped_release>())
         .def("shutdown_cluster", &remote::Client::shutdown_cluster, py::call_guard<py::gil_scoped_release>())
         .def("stats", [](const remote::Client& c) {
             return py::dict("submitted"_a = c.submitted(), "delivered"_a = c.delivered());
