@@ -37,7 +37,6 @@ public:
     const std::string& endpoint() const { return endpoint_; } // as bound, with its real port
     // Takes out of `batch` the results of jobs submitted by remote clients and sends them there.
     void route(std::vector<Result>& batch);
-    std::uint64_t refused() const { return zap_.refused(); }
     void stop_servers(); // asks every remote compute server to leave
     // Asks one remote compute server to leave; false if `server_id` is not one of them.
     bool stop_server(const std::string& server_id);

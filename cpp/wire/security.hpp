@@ -22,13 +22,11 @@ class ZapAuthenticator {
 public:
     ZapAuthenticator(zmq::context_t& ctx, const std::string& allowed_client_key);
     ~ZapAuthenticator();
-    std::uint64_t refused() const { return refused_; }
 
 private:
     void run(zmq::socket_t sock);
     std::string allowed_; // 32 raw bytes
     std::atomic<bool> stop_{false};
-    std::atomic<std::uint64_t> refused_{0};
     std::thread thread_;
 };
 
