@@ -5,6 +5,8 @@
 
 namespace dynexec {
 
+std::uint32_t LoadBalancer::Server::capacity() const { return Capacity::of(slots, run_seconds); }
+
 std::shared_ptr<LoadBalancer> LoadBalancer::create(LookupRegistry& registry, std::shared_ptr<ResultsSink> results,
                                                    Options options) {
     std::shared_ptr<LoadBalancer> lb(new LoadBalancer(registry, std::move(results), std::move(options)));
@@ -28,12 +30,32 @@ void LoadBalancer::dispatch(JobPtr job) {
     std::vector<Result> out;
     {
         std::lock_guard lk(mu_);
-        if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
-        jobs_[job->id] = {job, "", {}};
-        // A job handed over from another balancer continues its attempt count: older dispatches die.
-        assign_locked(job, job->attempt() + 1, out);
+        dispatch_locked(std::move(job), out);
     }
     deliver(out);
+}
+
+void LoadBalancer::dispatch(std::vector<JobPtr> jobs) {
+    std::vector<Result> out;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& job : jobs) dispatch_locked(std::move(job), out);
+    }
+    deliver(out);
+}
+
+void LoadBalancer::dispatch_locked(JobPtr job, std::vector<Result>& out) {
+    if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
+    auto& a = jobs_[job->id];
+    a = {job, "", {}};
+    // A job handed over from another balancer continues its attempt count: older dispatches die.
+    int attempt = job->attempt() + 1;
+    if (give_up_locked(job, attempt, out)) return;
+    auto& queue = waiting_[job->service];
+    if (queue.empty() && place_locked(job, attempt)) return;
+    job->requeue(attempt);
+    queue.push_back(std::move(job)); // behind those of its service already waiting
+    ++waiting_count_;
 }
 
 std::vector<JobPtr> LoadBalancer::abandon() {
@@ -42,42 +64,79 @@ std::vector<JobPtr> LoadBalancer::abandon() {
     std::vector<JobPtr> jobs;
     for (auto& [id, a] : jobs_) jobs.push_back(a.job);
     jobs_.clear();
-    outstanding_.clear();
+    servers_.clear();
+    offers_.clear();
     waiting_.clear();
+    waiting_count_ = 0;
     return jobs;
 }
 
-void LoadBalancer::assign_locked(const JobPtr& job, int attempt, std::vector<Result>& out) {
-    auto& a = jobs_.at(job->id);
-    if (int(a.vanished.size()) >= options_.max_attempts) {
-        out.push_back(result_without_run(
-            *job, Status::lost, "ServerLostError",
-            fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
-                        job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
-        out.back().attempts = attempt - 1; // dispatches made
-        jobs_.erase(job->id);
-        ++stats_.lost;
-        return;
+const LoadBalancer::Offers& LoadBalancer::offers_locked(const std::string& service) {
+    auto& o = offers_[service];
+    auto generation = registry_.generation();
+    if (o.generation == generation && registry_.clock().now() < o.valid_until) return o;
+    // The registry changed, or a lease we saw may have run out: look again (renewals move valid_until on).
+    o.servers.clear();
+    o.generation = generation;
+    o.valid_until = TimePoint::max();
+    for (auto& e : registry_.lookup(Kind::compute_server, service)) {
+        auto [it, fresh] = servers_.try_emplace(e.id);
+        if (fresh) it->second.proxy = e.server;
+        it->second.slots = std::max(1u, e.server->slots());
+        o.servers.emplace_back(e.id, &it->second);
+        o.valid_until = std::min(o.valid_until, e.expiry);
     }
-    auto servers = registry_.lookup(Kind::compute_server, job->service);
-    if (servers.empty()) {
-        job->requeue(attempt);
-        a.server.clear();
-        waiting_.push_back(job);
-        return;
+    return o;
+}
+
+bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out) {
+    auto it = jobs_.find(job->id);
+    auto& a = it->second;
+    if (int(a.vanished.size()) < options_.max_attempts) return false;
+    out.push_back(result_without_run(
+        *job, Status::lost, "ServerLostError",
+        fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
+                    job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
+    out.back().attempts = attempt - 1; // dispatches made
+    jobs_.erase(it);
+    ++stats_.lost;
+    return true;
+}
+
+bool LoadBalancer::place_locked(const JobPtr& job, int attempt) {
+    auto& offers = offers_locked(job->service);
+    candidates_.clear();
+    chosen_.clear();
+    for (auto& [id, s] : offers.servers) {
+        if (s->outstanding >= s->capacity()) continue;
+        candidates_.push_back({id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots});
+        chosen_.push_back(s);
     }
-    std::vector<Candidate> candidates;
-    candidates.reserve(servers.size());
-    for (auto& s : servers) {
-        auto it = outstanding_.find(s.id);
-        candidates.push_back({s.id, s.server->stats(), it == outstanding_.end() ? 0u : it->second, s.server->slots()});
-    }
-    auto& chosen = servers[policy_->choose(candidates)];
+    if (candidates_.empty()) return false;
+    std::size_t i = candidates_.size() == 1 ? 0 : policy_->choose(candidates_);
+    auto& server = *chosen_[i];
     job->requeue(attempt);
-    a.server = chosen.id;
-    ++outstanding_[chosen.id];
+    jobs_.at(job->id).server = candidates_[i].id;
+    ++server.outstanding;
     ++stats_.dispatched;
-    chosen.server->run(job, attempt, shared_from_this());
+    server.proxy->run(job, attempt, shared_from_this());
+    return true;
+}
+
+void LoadBalancer::pump_locked() {
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        auto& queue = it->second;
+        while (!queue.empty()) {
+            auto& job = queue.front();
+            // Cancelled while waiting (cancel() counted it out already), or placed: either way it leaves.
+            if (job->state() != JobState::cancelled) {
+                if (!place_locked(job, job->attempt())) break;
+                --waiting_count_;
+            }
+            queue.pop_front();
+        }
+        it = queue.empty() ? waiting_.erase(it) : std::next(it);
+    }
 }
 
 void LoadBalancer::on_event(const RegistryEvent& ev) {
@@ -86,22 +145,28 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
     {
         std::lock_guard lk(mu_);
         if (abandoned_) return;
-        if (ev.what == RegistryEvent::What::joined) {
-            // A new server gets the jobs that were waiting for one at once.
-            std::deque<JobPtr> waiting;
-            waiting.swap(waiting_);
-            for (auto& job : waiting) assign_locked(job, job->attempt(), out);
-        } else {
+        if (ev.what == RegistryEvent::What::left) {
             std::vector<JobPtr> orphans;
             for (auto& [id, a] : jobs_)
                 if (a.server == ev.entry.id) orphans.push_back(a.job);
-            outstanding_.erase(ev.entry.id);
+            servers_.erase(ev.entry.id);
+            offers_.clear(); // they point into servers_
+            // Orphans go first: they were submitted before anything still waiting.
+            std::sort(orphans.begin(), orphans.end(), [](auto& x, auto& y) { return x->submit_time > y->submit_time; });
             for (auto& job : orphans) {
-                jobs_.at(job->id).vanished.push_back(ev.entry.id);
+                auto& a = jobs_.at(job->id);
+                a.vanished.push_back(ev.entry.id);
+                a.server.clear();
                 ++stats_.redispatched;
-                assign_locked(job, job->attempt() + 1, out);
+                int attempt = job->attempt() + 1;
+                if (give_up_locked(job, attempt, out)) continue;
+                job->requeue(attempt); // the vanished server's dispatch can no longer start or report
+                waiting_[job->service].push_front(job);
+                ++waiting_count_;
             }
         }
+        // A join, a leave or new services: waiting jobs may have somewhere to go now.
+        pump_locked();
     }
     deliver(out);
 }
@@ -111,13 +176,18 @@ void LoadBalancer::complete(Result result, int attempt) {
         std::lock_guard lk(mu_);
         auto it = jobs_.find(result.job_id);
         // (job, attempt) names one dispatch: any other is from a server given up on.
-        if (it == jobs_.end() || it->second.job->attempt() != attempt) {
+        if (it == jobs_.end() || it->second.job->attempt() != attempt || it->second.server.empty()) {
             ++stats_.stale; // the job was re-dispatched: this server's result is not the one we keep
             return;
         }
-        if (auto c = outstanding_.find(it->second.server); c != outstanding_.end() && c->second > 0) --c->second;
-        result.server = it->second.server;
+        if (auto s = servers_.find(it->second.server); s != servers_.end()) {
+            if (s->second.outstanding > 0) --s->second.outstanding;
+            if (result.start_time > 0 && result.end_time >= result.start_time)
+                s->second.run_seconds = Capacity::average(s->second.run_seconds, result.end_time - result.start_time);
+        }
+        result.server = std::move(it->second.server);
         jobs_.erase(it);
+        if (waiting_count_) pump_locked();
     }
     result.attempts = attempt;
     results_->accept(std::move(result));
@@ -129,10 +199,15 @@ bool LoadBalancer::cancel(const JobId& id) {
         std::lock_guard lk(mu_);
         auto it = jobs_.find(id);
         if (it == jobs_.end() || !it->second.job->try_cancel()) return false;
-        if (auto c = outstanding_.find(it->second.server); c != outstanding_.end() && c->second > 0) --c->second;
-        std::erase(waiting_, it->second.job);
-        r = result_without_run(*it->second.job, Status::cancelled, "CancelledError", "cancelled before it started");
+        auto& a = it->second;
+        if (a.server.empty()) {
+            --waiting_count_; // its queue drops it when it reaches the front
+        } else if (auto s = servers_.find(a.server); s != servers_.end() && s->second.outstanding > 0) {
+            --s->second.outstanding;
+        }
+        r = result_without_run(*a.job, Status::cancelled, "CancelledError", "cancelled before it started");
         jobs_.erase(it);
+        if (waiting_count_) pump_locked();
     }
     results_->accept(std::move(r));
     return true;
@@ -157,7 +232,7 @@ std::size_t LoadBalancer::outstanding() const {
 BalancerStats LoadBalancer::stats() const {
     std::lock_guard lk(mu_);
     auto s = stats_;
-    s.waiting = waiting_.size();
+    s.waiting = waiting_count_;
     return s;
 }
 

@@ -2,9 +2,12 @@
 // servers offer the job's service at that moment and sends the job to the most
 // eligible one by its policy. It owns the table of jobs in flight, so when a
 // server's lease ends it re-dispatches that server's jobs, failing a job that
-// has been on `max_attempts` vanished servers. Thread-safe.
+// has been on `max_attempts` vanished servers. Each server holds at most its
+// Capacity; the rest wait here, so a server that joins or frees a slot takes
+// them and none sits idle while another has a queue. Thread-safe.
 #pragma once
 
+#include "balancer/capacity.hpp"
 #include "balancer/policies.hpp"
 #include "registry/lookup_registry.hpp"
 
@@ -39,6 +42,7 @@ public:
     ~LoadBalancer() override;
 
     void dispatch(JobPtr job) override;
+    void dispatch(std::vector<JobPtr> jobs) override;
     bool cancel(const JobId& id) override;
     std::size_t outstanding() const override;
     void complete(Result result, int attempt) override;
@@ -50,17 +54,37 @@ public:
     std::string_view policy() const { return policy_->name(); }
 
 private:
-    LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink> results, Options options);
-    void on_event(const RegistryEvent& ev);
-    // Sends `job` to a server, or parks it; returns results to deliver (a job given up on). Needs mu_.
-    void assign_locked(const JobPtr& job, int attempt, std::vector<Result>& out);
-    void deliver(std::vector<Result>& results);
-
+    // This balancer's view of one compute server.
+    struct Server {
+        std::shared_ptr<ComputeServerProxy> proxy;
+        unsigned slots = 1;
+        std::uint32_t outstanding = 0; // jobs it holds from this balancer
+        double run_seconds = -1;       // moving average of its jobs' run time; negative until measured
+        std::uint32_t capacity() const;
+    };
+    // Who offers one service: a cached lookup, valid until the registry changes or a lease it saw runs out.
+    struct Offers {
+        std::uint64_t generation = 0;
+        TimePoint valid_until;
+        std::vector<std::pair<std::string, Server*>> servers;
+    };
     struct Assignment {
         JobPtr job;
-        std::string server;
+        std::string server;                // empty while it waits in the balancer
         std::vector<std::string> vanished; // servers it was on that left
     };
+
+    LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink> results, Options options);
+    void on_event(const RegistryEvent& ev);
+    void dispatch_locked(JobPtr job, std::vector<Result>& out);
+    // Sends `job` to the most eligible server with room; false if none has (it must wait). Needs mu_.
+    bool place_locked(const JobPtr& job, int attempt);
+    // A job given up on after max_attempts vanished servers; true if it was. Needs mu_.
+    bool give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out);
+    // Sends waiting jobs to servers with room. Needs mu_.
+    void pump_locked();
+    const Offers& offers_locked(const std::string& service);
+    void deliver(std::vector<Result>& results);
 
     LookupRegistry& registry_;
     std::shared_ptr<ResultsSink> results_;
@@ -70,8 +94,12 @@ private:
     mutable std::mutex mu_;
     std::unique_ptr<Policy> policy_;
     std::unordered_map<JobId, Assignment> jobs_;
-    std::unordered_map<std::string, std::uint32_t> outstanding_; // per server
-    std::deque<JobPtr> waiting_;
+    std::unordered_map<std::string, Server> servers_;      // by registry id; node addresses are stable
+    std::unordered_map<std::string, Offers> offers_;       // by service
+    std::unordered_map<std::string, std::deque<JobPtr>> waiting_; // by service, oldest first
+    std::size_t waiting_count_ = 0;
+    std::vector<Candidate> candidates_; // scratch
+    std::vector<Server*> chosen_;       // scratch, beside candidates_
     BalancerStats stats_;
     bool abandoned_ = false;
 };

@@ -25,6 +25,7 @@ TEST_F(BalancerTest, SpreadsJobsAndArchivesEachResultOnce) {
     auto lb = balancer();
     auto [a, aid] = server();
     auto [b, bid] = server();
+    a->n_slots = b->n_slots = 4; // room for 5 each
     for (int i = 0; i < 10; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
     EXPECT_EQ(a->runs.size(), 5u);
     EXPECT_EQ(b->runs.size(), 5u);
@@ -55,6 +56,7 @@ TEST_F(BalancerTest, ServerPastItsLeaseNeverGetsAJob) {
     auto lb = balancer("round_robin");
     auto [a, aid] = server(1s);
     auto [b, bid] = server(10s);
+    b->n_slots = 3;
     clock.advance(1500ms); // a has not renewed; the reaper has not run yet
     for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
     EXPECT_TRUE(a->runs.empty());
@@ -180,4 +182,73 @@ TEST_F(BalancerTest, AnotherBalancerTakesOverAbandonedJobsAndOlderDispatchesDie)
     EXPECT_TRUE(a->finish(3));
     ASSERT_EQ(results->results.size(), 2u);
     EXPECT_EQ(results->results[0].attempts, 2);
+}
+
+TEST_F(BalancerTest, ServerHoldsItsCapacityAndTheRestWaitInTheBalancer) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    for (int i = 0; i < 5; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    ASSERT_EQ(a->runs.size(), 2u); // one slot and one spare, before any run time is known
+    EXPECT_EQ(lb->stats().waiting, 3u);
+    EXPECT_EQ(lb->outstanding(), 5u);
+    ASSERT_TRUE(a->finish(0));
+    ASSERT_EQ(a->runs.size(), 3u); // a freed slot takes the oldest waiting job
+    EXPECT_EQ(a->runs[2].job->id, "j2");
+    for (std::size_t i = 1; i < 5; ++i) {
+        ASSERT_LT(i, a->runs.size());
+        ASSERT_TRUE(a->finish(i));
+    }
+    EXPECT_EQ(results->results.size(), 5u);
+    EXPECT_EQ(lb->stats().waiting, 0u);
+}
+
+TEST_F(BalancerTest, ServerThatJoinsUnderABacklogTakesWaitingJobsAtOnce) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    for (int i = 0; i < 10; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    ASSERT_EQ(a->runs.size(), 2u);
+    auto [b, bid] = server(); // nothing finished meanwhile: the join alone hands it work
+    ASSERT_EQ(b->runs.size(), 2u);
+    EXPECT_EQ(b->runs[0].job->id, "j2");
+    EXPECT_EQ(lb->stats().waiting, 6u);
+}
+
+TEST_F(BalancerTest, CancelledWaitingJobNeverRuns) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    EXPECT_TRUE(lb->cancel("j2"));
+    EXPECT_EQ(lb->stats().waiting, 1u);
+    ASSERT_TRUE(a->finish(0));
+    ASSERT_EQ(a->runs.size(), 3u);
+    EXPECT_EQ(a->runs[2].job->id, "j3"); // j2 was skipped
+    ASSERT_EQ(results->results.size(), 2u);
+    EXPECT_EQ(results->results[0].status, Status::cancelled);
+    EXPECT_EQ(lb->cancel_all(), 2u);
+    EXPECT_EQ(lb->stats().waiting, 0u);
+}
+
+TEST_F(BalancerTest, OrphansOfAVanishedServerGoAheadOfWaitingJobs) {
+    auto lb = balancer();
+    auto [a, aid] = server(1s);
+    auto [b, bid] = server(10s);
+    for (int i = 0; i < 6; ++i) lb->dispatch(make_job("j" + std::to_string(i), "test.echo"));
+    ASSERT_EQ(a->runs.size() + b->runs.size(), 4u);
+    clock.advance(2s);
+    registry.expire_due(); // a's two jobs wait again, ahead of j4 and j5
+    EXPECT_EQ(lb->stats().waiting, 4u);
+    ASSERT_TRUE(b->finish(0));
+    ASSERT_EQ(b->runs.size(), 3u);
+    EXPECT_EQ(b->runs[2].job->id, a->runs[0].job->id);
+    EXPECT_EQ(b->runs[2].attempt, 2);
+}
+
+TEST(Capacity, HoldsAboutAMillisecondOfWorkAheadOfEachServer) {
+    EXPECT_EQ(Capacity::of(1, -1), 2u);     // unmeasured: one spare
+    EXPECT_EQ(Capacity::of(1, 5e-3), 2u);   // long jobs: still one spare, so no slot waits for a round trip
+    EXPECT_EQ(Capacity::of(4, 5e-3), 5u);
+    EXPECT_EQ(Capacity::of(1, 1e-5), 101u); // 10 us jobs: 100 queued
+    EXPECT_EQ(Capacity::of(2, 0.0), 2u + Capacity::kMaxPrefetch);
+    EXPECT_DOUBLE_EQ(Capacity::average(-1, 3.0), 3.0);
+    EXPECT_DOUBLE_EQ(Capacity::average(1.0, 2.0), 1.0 + Capacity::kWeight);
 }

@@ -40,12 +40,14 @@ public:
         return argmin(c, [](const Candidate&) { return 0; });
     }
     std::string_view name() const override { return "fewest_outstanding"; }
+    bool needs_stats() const override { return false; }
 };
 
 class RoundRobin final : public Policy {
 public:
     std::size_t choose(std::span<const Candidate> c) override { return next_++ % c.size(); }
     std::string_view name() const override { return "round_robin"; }
+    bool needs_stats() const override { return false; }
 
 private:
     std::uint64_t next_ = 0;
@@ -64,6 +66,7 @@ public:
         return c[b].load() < c[a].load() ? b : a;
     }
     std::string_view name() const override { return "power_of_two"; }
+    bool needs_stats() const override { return false; }
 
 private:
     std::mt19937_64 rng_;

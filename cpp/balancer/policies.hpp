@@ -28,6 +28,8 @@ public:
     // Index of the most eligible candidate; `candidates` is never empty.
     virtual std::size_t choose(std::span<const Candidate> candidates) = 0;
     virtual std::string_view name() const = 0;
+    // False if choose() reads only outstanding and slots: the balancer then skips asking servers for stats.
+    virtual bool needs_stats() const { return true; }
 };
 
 // "least_busy_time", "least_recent_completion", "power_of_two", "round_robin",

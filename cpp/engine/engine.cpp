@@ -175,6 +175,15 @@ JobId Engine::submit(const std::string& service, const Params& params, const std
     return impl_->manager->submit(service, params, owner, on_id);
 }
 
+std::vector<JobId> Engine::submit_many(const std::string& service, const std::vector<Params>& params,
+                                  const std::string& owner) {
+    {
+        std::lock_guard lk(impl_->mu);
+        if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
+    }
+    return impl_->manager->submit_many(service, params, owner);
+}
+
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
 
 std::vector<Result> Engine::poll(std::size_t max, std::chrono::milliseconds timeout) {

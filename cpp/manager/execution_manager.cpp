@@ -15,10 +15,10 @@ ExecutionManager::ExecutionManager(LookupRegistry& registry, std::string session
     : registry_(registry), ids_(std::move(session)), start_balancer_(std::move(start_balancer)) {
     auto remember = [this](const Entry& e) {
         std::lock_guard lk(mu_);
-        for (auto& s : e.services) known_.try_emplace(s->name, s);
+        for (auto& s : e.services) known_.insert_or_assign(s->name, s); // the newest declaration
     };
     subscription_ = registry_.subscribe([this, remember](const RegistryEvent& ev) {
-        if (ev.what == RegistryEvent::What::joined) remember(ev.entry);
+        if (ev.what != RegistryEvent::What::left) remember(ev.entry);
         else if (ev.entry.kind == Kind::load_balancer) {
             std::lock_guard lk(mu_);
             takeovers_.emplace_back([this, gone = ev.entry.balancer] { take_over(gone); });
@@ -51,7 +51,6 @@ void ExecutionManager::know(const std::vector<ServicePtr>& services) {
 }
 
 ServicePtr ExecutionManager::service(const std::string& name) {
-    if (auto s = registry_.find_service(name)) return s;
     std::lock_guard lk(mu_);
     if (auto it = known_.find(name); it != known_.end()) return it->second;
     std::vector<std::string> names;
@@ -63,27 +62,62 @@ ServicePtr ExecutionManager::service(const std::string& name) {
 
 std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
     for (int tries = 0; tries < 2; ++tries) {
-        auto found = registry_.lookup(Kind::load_balancer);
-        if (!found.empty()) return found.front().balancer; // the first available, as the seed says
+        {
+            std::lock_guard lk(mu_);
+            auto generation = registry_.generation();
+            if (balancer_ && balancer_generation_ == generation && registry_.clock().now() < balancer_valid_until_)
+                return balancer_;
+            auto found = registry_.lookup(Kind::load_balancer);
+            if (!found.empty()) { // the first available, as the seed says
+                balancer_ = found.front().balancer;
+                balancer_generation_ = generation;
+                balancer_valid_until_ = found.front().expiry;
+                return balancer_;
+            }
+            balancer_.reset();
+        }
         start_balancer_();
     }
     throw std::runtime_error("no load balancer is registered and none could be started");
 }
 
-JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner,
-                               const std::function<void(const JobId&)>& on_id) {
-    auto def = service(service_name);
+JobPtr ExecutionManager::make(const ServiceDef& def, const std::string& service, const Params& params,
+                              const std::string& owner) {
     auto job = std::make_shared<Job>();
-    job->params = validate_params(*def, params);
-    job->service = service_name;
+    job->params = validate_params(def, params);
+    job->service = service;
     job->owner = owner;
     job->submit_time = wall_time();
+    return job;
+}
+
+JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner,
+                               const std::function<void(const JobId&)>& on_id) {
+    auto job = make(*service(service_name), service_name, params, owner);
     job->id = ids_.next();
     auto id = job->id;
     if (on_id) on_id(id);
     balancer()->dispatch(std::move(job));
     ++submitted_;
     return id;
+}
+
+std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name, const std::vector<Params>& params,
+                                            const std::string& owner) {
+    auto def = service(service_name);
+    std::vector<JobPtr> jobs;
+    jobs.reserve(params.size());
+    for (auto& p : params) try {
+            jobs.push_back(make(*def, service_name, p, owner));
+        } catch (const InvalidJob& e) { // none is queued: say which one was wrong
+            throw InvalidJob(fmt::format("job {} of {}: {}", jobs.size() + 1, params.size(), e.what()));
+        }
+    std::vector<JobId> ids;
+    ids.reserve(jobs.size());
+    for (auto& job : jobs) ids.push_back(job->id = ids_.next());
+    balancer()->dispatch(std::move(jobs));
+    submitted_ += ids.size();
+    return ids;
 }
 
 bool ExecutionManager::cancel(const JobId& id) {

@@ -27,6 +27,8 @@ public:
     // `on_id` runs with the new ID before the job can run (to route its result).
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
                  const std::function<void(const JobId&)>& on_id = {});
+    // Many jobs of one service in one hand-over to the balancer; all are validated before any is queued.
+    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner);
     // Cancels a job that has not started yet.
     bool cancel(const JobId& id);
 
@@ -39,6 +41,7 @@ public:
 private:
     std::shared_ptr<LoadBalancerProxy> balancer();
     ServicePtr service(const std::string& name);
+    JobPtr make(const ServiceDef& def, const std::string& service, const Params& params, const std::string& owner);
     void take_over(std::shared_ptr<LoadBalancerProxy> gone);
 
     LookupRegistry& registry_;
@@ -51,6 +54,10 @@ private:
     // Every service a compute server has offered this session: a job for one
     // of them waits in the balancer while no server offers it, instead of failing.
     std::unordered_map<std::string, ServicePtr> known_;
+    // The registry's answer to "which balancer?", kept until the registry changes or that lease may have ended.
+    std::shared_ptr<LoadBalancerProxy> balancer_;
+    std::uint64_t balancer_generation_ = 0;
+    TimePoint balancer_valid_until_;
     // Take-overs run on their own threads: a registry listener may not start a balancer (it would join
     // the registry from inside its notification).
     std::vector<std::thread> takeovers_;

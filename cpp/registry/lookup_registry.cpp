@@ -19,6 +19,7 @@ Entry LookupRegistry::join(Registration reg, Duration lease) {
         e.expiry = leases_.grant(e.id, lease, clock_.now());
         entries_[e.id] = e;
         order_.push_back(e.id);
+        ++generation_;
     }
     notify({{RegistryEvent::What::joined, e, ""}});
     return e;
@@ -42,6 +43,7 @@ bool LookupRegistry::cancel(const std::string& id) {
         events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "cancelled"});
         entries_.erase(id);
         std::erase(order_, id);
+        ++generation_;
     }
     notify(events);
     return true;
@@ -55,15 +57,23 @@ void LookupRegistry::expire_due() {
             events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "lease expired"});
             entries_.erase(id);
             std::erase(order_, id);
+            ++generation_;
         }
     }
     if (!events.empty()) notify(events);
 }
 
 void LookupRegistry::set_services(const std::string& id, std::vector<ServicePtr> services) {
-    std::lock_guard lk(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) it->second.services = std::move(services);
+    Entry changed;
+    {
+        std::lock_guard lk(mu_);
+        auto it = entries_.find(id);
+        if (it == entries_.end()) return;
+        it->second.services = std::move(services);
+        changed = it->second;
+        ++generation_;
+    }
+    notify({{RegistryEvent::What::changed, std::move(changed), ""}});
 }
 
 std::vector<Entry> LookupRegistry::lookup(Kind kind, std::optional<std::string_view> service) const {

@@ -9,6 +9,7 @@
 #include "registry/proxies.hpp"
 #include "services/catalog.hpp"
 
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -47,7 +48,7 @@ struct ServerInfo {
 };
 
 struct RegistryEvent {
-    enum class What { joined, left } what;
+    enum class What { joined, left, changed } what; // changed: what a server offers
     Entry entry;
     std::string reason; // for a leave: "lease expired" or "cancelled"
 };
@@ -81,6 +82,8 @@ public:
     void unsubscribe(int token);
 
     const Clock& clock() const { return clock_; }
+    // Changes on every join, leave and change of services (not on renewals): lets callers cache lookups.
+    std::uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
 private:
     void notify(const std::vector<RegistryEvent>& events);
@@ -91,6 +94,7 @@ private:
     std::unordered_map<std::string, Entry> entries_;
     std::vector<std::string> order_; // registration order
     std::uint64_t next_id_ = 0;
+    std::atomic<std::uint64_t> generation_{0};
 
     std::mutex listeners_mu_; // held while notifying: events reach each listener in order
     std::vector<std::pair<int, Listener>> listeners_;

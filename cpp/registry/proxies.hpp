@@ -39,6 +39,9 @@ class LoadBalancerProxy {
 public:
     virtual ~LoadBalancerProxy() = default;
     virtual void dispatch(JobPtr job) = 0;
+    virtual void dispatch(std::vector<JobPtr> jobs) {
+        for (auto& j : jobs) dispatch(std::move(j));
+    }
     // Cancels a job that has not started; false if it started, finished or is unknown.
     virtual bool cancel(const JobId& id) = 0;
     virtual std::size_t outstanding() const = 0;

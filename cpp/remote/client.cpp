@@ -138,6 +138,14 @@ JobId Client::submit(const std::string& service, const Params& params, const std
     return r.message;
 }
 
+std::vector<JobId> Client::submit_many(const std::string& service, const std::vector<Params>& params,
+                                  const std::string& owner) {
+    std::vector<JobId> ids;
+    ids.reserve(params.size());
+    for (auto& p : params) ids.push_back(submit(service, p, owner));
+    return ids;
+}
+
 bool Client::cancel(const JobId& job) {
     auto id = next_id_++;
     return request(wire::encode(wire::Type::cancel, wire::Request{id, job}), id).flag;

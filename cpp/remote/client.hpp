@@ -26,6 +26,7 @@ public:
     ~Client();
 
     JobId submit(const std::string& service, const Params& params, const std::string& owner);
+    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner);
     bool cancel(const JobId& id);
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<ServerInfo> servers();

@@ -160,6 +160,22 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
                  py::gil_scoped_release nogil;
                  return e.submit("python", params, owner);
              })
+        .def("submit_many",
+             [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner) {
+                 std::vector<Params> params;
+                 params.reserve(kwargs_list.size());
+                 for (auto& kw : kwargs_list) params.push_back(to_params(kw.cast<py::dict>()));
+                 py::gil_scoped_release nogil;
+                 return e.submit_many(service, params, owner);
+             })
+        .def("submit_python_many",
+             [](E& e, const py::list& payloads, const std::string& owner) {
+                 std::vector<Params> params;
+                 params.reserve(payloads.size());
+                 for (auto& p : payloads) params.push_back(Params{{"payload", Pickled{p.cast<std::string>()}}});
+                 py::gil_scoped_release nogil;
+                 return e.submit_many("python", params, owner);
+             })
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
         .def("servers",
