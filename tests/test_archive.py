@@ -1,11 +1,16 @@
 """The archive is plain HDF5: h5py reads it without dynexec, and later processes find results by job ID."""
 import numpy as np
+import pytest
 
 import dynexec
 
 
 def make(n):
     return np.arange(n, dtype=np.int32).reshape(2, -1)
+
+
+def fail(message):
+    raise ValueError(message)
 
 
 def test_h5py_alone_reads_an_archived_result(executor, archive, run_python):
@@ -16,22 +21,69 @@ def test_h5py_alone_reads_an_archived_result(executor, archive, run_python):
         f.result(timeout=10)
     executor.shutdown()
     location = dynexec.find(f_arr.job_id, archive).location
-    path, group = location.split(":", 1)
+    path, where = location.split(":", 1)
+    assert where == f"/results[{int(f_arr.job_id.rsplit('-', 1)[1]) - 1}]"
+    # The layout as the README documents it, read with h5py and numpy only.
     out = run_python(f"""
-        import h5py, pickle, sys
+        import h5py, numpy as np, pickle, sys
         assert not any(m.startswith("dynexec") for m in sys.modules)
         with h5py.File({path!r}, "r") as f:
-            g = f[{group!r}]
-            print(g.attrs["status"], g.attrs["service"], g.attrs["value_kind"], g["value"].dtype, g["value"][()].tolist())
-            o = f["jobs/{f_obj.job_id}"]
-            print(o.attrs["value_kind"], pickle.loads(o["value"][()].tobytes()))
-            print(f["jobs/{f_pi.job_id}/value"][()])
+            results, heap = f["results"], f["heap"]
+            status = {{v: k for k, v in h5py.check_enum_dtype(results.dtype["status"]).items()}}
+            kind = {{v: k for k, v in h5py.check_enum_dtype(results.dtype["value_kind"]).items()}}
+            def row(job_id):
+                return results[int(job_id.rsplit("-", 1)[1]) - 1]
+            def heap_bytes(ref):
+                return heap[ref[0]:ref[0] + ref[1]].tobytes()
+            r = row({f_arr.job_id!r})
+            a = np.frombuffer(heap_bytes(r["value"]), dtype=r["dtype"].decode()).reshape(r["shape"][:r["ndim"]])
+            print(status[r["status"]], heap_bytes(r["service"]).decode(), kind[r["value_kind"]], a.dtype, a.tolist())
+            o = row({f_obj.job_id!r})
+            print(kind[o["value_kind"]], pickle.loads(heap_bytes(o["value"])))
+            print(row({f_pi.job_id!r})["float_value"])
             assert not any(m.startswith("dynexec") for m in sys.modules)
     """)
     lines = out.splitlines()
     assert lines[0] == "ok python array int32 [[0, 1, 2], [3, 4, 5]]"
     assert lines[1] == "pickle {'a': 1, 'b': 'two'}"
     assert abs(float(lines[2]) - 3.14) < 0.2
+
+
+def test_read_archive_decodes_every_kind_as_find_does(executor, archive):
+    services = {kind: executor.submit_service("noop", x=v)
+                for kind, v in (("none", None), ("bool", True), ("int", -7), ("float", 2.5), ("str", "héllo"),
+                                ("bytes", b"\0raw"))}
+    big = np.linspace(0, 1, 100_000)  # 800 kB: a dataset of its own
+    jobs = {"small": executor.submit(make, 6), "big": executor.submit(np.copy, big),
+            "bits": executor.submit(np.greater, big, 0.5), "dict": executor.submit(dict, a=1),
+            "error": executor.submit(fail, "no good"), **services}
+    for f in jobs.values():
+        f.exception(timeout=30)
+    executor.shutdown()
+    records = dynexec.read_archive(archive / f"{executor.session}.h5")
+    assert set(records) == {f.job_id for f in jobs.values()}
+    for name, f in jobs.items():
+        rec, found = records[f.job_id], dynexec.find(f.job_id, archive)
+        for field in ("status", "error_type", "message", "traceback", "owner", "service", "server", "submit_time",
+                      "start_time", "end_time", "attempts"):
+            assert rec[field] == getattr(found, field), (name, field)
+        if name == "error":
+            assert rec["value_kind"] == "pickle" and isinstance(rec["value"], ValueError)
+            assert rec["error_type"] == "ValueError" and rec["message"] == "no good"
+        elif isinstance(found.value, np.ndarray):
+            assert rec["value_kind"] == "array"
+            assert rec["value"].dtype == found.value.dtype and rec["value"].shape == found.value.shape
+            assert np.array_equal(rec["value"], found.value), name
+        else:
+            assert rec["value"] == found.value and type(rec["value"]) is type(found.value), name
+    assert records[jobs["bits"].job_id]["value"].dtype == np.bool_
+    assert all(records[f.job_id]["value_kind"] == kind for kind, f in services.items())
+
+    some = dynexec.read_archive(archive / f"{executor.session}.h5", [jobs["big"].job_id, jobs["dict"].job_id])
+    assert list(some) == sorted([jobs["big"].job_id, jobs["dict"].job_id])
+    assert some[jobs["dict"].job_id]["value"] == {"a": 1}
+    with pytest.raises(ValueError, match="is not of session"):
+        dynexec.read_archive(archive / f"{executor.session}.h5", ["0123456789ABCDEF-0000000001"])
 
 
 def test_result_found_by_a_later_process(archive, run_python):
@@ -46,18 +98,18 @@ def test_result_found_by_a_later_process(archive, run_python):
     assert out.split() == ["ok", "6", "alice@lab", "python", "server-1", "1", "True"]
 
 
-def test_find_while_running_and_location_names_the_job(executor, archive):
+def test_find_while_running_and_location_names_the_row(executor, archive):
     f = executor.submit(pow, 3, 4)
     f.result(timeout=10)
     r = executor.find(f.job_id)
     assert r.value == 81
-    assert r.location == f"{archive}/{executor.session}.h5:/jobs/{f.job_id}"
+    assert r.location == f"{archive}/{executor.session}.h5:/results[{int(f.job_id.rsplit('-', 1)[1]) - 1}]"
 
 
 def test_every_result_is_archived_exactly_once(executor, archive):
-    import h5py
     futures = [executor.submit(abs, -i) for i in range(300)]
     [f.result(timeout=30) for f in futures]
     executor.shutdown()
-    with h5py.File(archive / f"{executor.session}.h5", "r") as h:
-        assert sorted(h["jobs"].keys()) == sorted(f.job_id for f in futures)
+    records = dynexec.read_archive(archive / f"{executor.session}.h5")
+    assert sorted(records) == sorted(f.job_id for f in futures)
+    assert sorted(r["value"] for r in records.values()) == list(range(300))

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import h5py
 import pytest
 
 import dynexec
@@ -203,10 +202,9 @@ def start(tmp_path):
 
 
 def archived(archive: Path, session: str):
-    """job id -> (status, server, attempts, start_time), read with plain h5py."""
-    with h5py.File(archive / f"{session}.h5", "r") as f:
-        return {k: (g.attrs["status"], g.attrs["server"], int(g.attrs["attempts"]), float(g.attrs["start_time"]))
-                for k, g in f["jobs"].items()}
+    """job id -> (status, server, attempts, start_time), read with dynexec.read_archive (plain h5py)."""
+    return {k: (r["status"], r["server"], r["attempts"], r["start_time"])
+            for k, r in dynexec.read_archive(archive / f"{session}.h5").items()}
 
 
 def server_ids(ex):

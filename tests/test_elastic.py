@@ -2,7 +2,6 @@
 import time
 from collections import Counter
 
-import h5py
 import pytest
 
 import dynexec
@@ -14,8 +13,8 @@ def nap(i, seconds):
 
 
 def archived_ids(archive, session):
-    with h5py.File(archive / f"{session}.h5", "r") as f:
-        return Counter(f["jobs"].keys()), {k: f["jobs"][k].attrs["status"] for k in f["jobs"]}
+    records = dynexec.read_archive(archive / f"{session}.h5")
+    return Counter(list(records)), {k: r["status"] for k, r in records.items()}
 
 
 @pytest.mark.parametrize("processes", [True, False])

@@ -1,7 +1,9 @@
+#include "archive/hdf5.hpp"
 #include "archive/results_archive.hpp"
 #include "archive/results_finder.hpp"
 #include "archive/results_manager.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -157,10 +159,11 @@ TEST_F(ArchiveTest, KeepsErrorFields) {
     EXPECT_TRUE(std::holds_alternative<std::monostate>(got_lost->value));
 }
 
-TEST_F(ArchiveTest, LocationNamesAbsoluteFileAndGroup) {
+TEST_F(ArchiveTest, LocationNamesAbsoluteFileAndRow) {
     ResultsArchive archive(dir / "sub" / ".." / "sub" / "", ids.session());
+    ids.next();
     JobId id = ids.next();
-    std::string want = (dir / "sub").string() + "/" + ids.session() + ".h5:/jobs/" + id;
+    std::string want = (dir / "sub").string() + "/" + ids.session() + ".h5:/results[1]";
     EXPECT_EQ(archive.location_of(id), want);
     EXPECT_EQ(archive.file(), dir / "sub" / (ids.session() + ".h5"));
     archive.write({ok_result(id, 1.0)});
@@ -215,7 +218,7 @@ TEST_F(ArchiveTest, DuplicateIsRejectedAndTheRestWritten) {
     EXPECT_EQ(std::get<std::int64_t>(archive.read(c)->value), 3);
 }
 
-TEST_F(ArchiveTest, BadValueIsRejectedWithoutAHalfWrittenGroup) {
+TEST_F(ArchiveTest, BadValueIsRejectedWithoutAHalfWrittenRow) {
     Array bad = make_array<double>({3}, {1, 2, 3});
     bad.nbytes = 8; // shape says 24
     JobId a = ids.next(), b = ids.next();
@@ -223,6 +226,10 @@ TEST_F(ArchiveTest, BadValueIsRejectedWithoutAHalfWrittenGroup) {
     EXPECT_THROW(archive.write({ok_result(a, bad), ok_result(b, true)}), ArchiveWriteError);
     EXPECT_FALSE(archive.contains(a));
     EXPECT_TRUE(archive.contains(b));
+    EXPECT_EQ(archive.count(), 1u);
+    EXPECT_FALSE(archive.read(a));
+    archive.write({ok_result(a, 2.5)}); // nothing of the failed attempt is in the way
+    EXPECT_EQ(std::get<double>(archive.read(a)->value), 2.5);
 }
 
 TEST_F(ArchiveTest, UnwritablePathThrowsNamingIt) {
@@ -257,6 +264,217 @@ TEST_F(ArchiveTest, ReadFromMissingOrCorrupt) {
     EXPECT_THROW(ResultsArchive::read_from(dir, "not-a-job-id"), InvalidJob);
 }
 
+JobId id_at(const std::string& session, std::uint64_t seq) { return fmt::format("{}-{:010}", session, seq); }
+
+TEST_F(ArchiveTest, SequenceOfJobIds) {
+    EXPECT_EQ(JobIdGenerator::sequence_of(ids.next()), 1u);
+    EXPECT_EQ(JobIdGenerator::sequence_of(ids.next()), 2u);
+    EXPECT_EQ(JobIdGenerator::sequence_of(id_at(ids.session(), 9999999999)), 9999999999u);
+    EXPECT_THROW(JobIdGenerator::sequence_of(id_at(ids.session(), 0)), InvalidJob);
+    EXPECT_THROW(JobIdGenerator::sequence_of(ids.session() + "-12"), InvalidJob);
+    EXPECT_THROW(JobIdGenerator::sequence_of("x"), InvalidJob);
+}
+
+TEST_F(ArchiveTest, IdsOfAnotherSessionOrNoIdAreRejected) {
+    JobIdGenerator other;
+    JobId mine = ids.next(), theirs = other.next();
+    ResultsArchive archive(dir, ids.session());
+    try {
+        archive.write({ok_result(theirs, 1.0), ok_result(mine, 2.0), ok_result("not-a-job", 3.0)});
+        FAIL() << "expected ArchiveWriteError";
+    } catch (const ArchiveWriteError& e) {
+        EXPECT_EQ(e.failed, (std::vector<JobId>{theirs, "not-a-job"}));
+        std::string what = e.what();
+        EXPECT_NE(what.find("job " + theirs + " is not of session " + ids.session()), std::string::npos) << what;
+        EXPECT_NE(what.find("'not-a-job' is not a dynexec job ID"), std::string::npos) << what;
+    }
+    EXPECT_EQ(archive.count(), 1u);
+    for (auto id : {theirs, "not-a-job"s, id_at(ids.session(), 0)}) {
+        SCOPED_TRACE(id);
+        EXPECT_THROW(archive.read(id), InvalidJob);
+        EXPECT_THROW(archive.contains(id), InvalidJob);
+        EXPECT_THROW(archive.location_of(id), InvalidJob);
+    }
+    try {
+        archive.read(theirs);
+    } catch (const InvalidJob& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find(theirs), std::string::npos) << what;
+        EXPECT_NE(what.find(archive.file().string()), std::string::npos) << what;
+    }
+    EXPECT_THROW(ResultsArchive::read_from(dir, id_at(ids.session(), 0)), InvalidJob);
+    EXPECT_THROW(ResultsArchive(dir, "not-a-session"), ArchiveError);
+}
+
+TEST_F(ArchiveTest, SparseRowsInAnyOrder) {
+    const std::string s = ids.session();
+    std::vector<std::uint64_t> first = {5, 2, 9, 100, 3000, 7};
+    std::vector<Result> batch;
+    for (auto seq : first) batch.push_back(ok_result(id_at(s, seq), std::int64_t(seq)));
+    {
+        ResultsArchive archive(dir, s);
+        archive.write(batch);
+        EXPECT_EQ(archive.count(), first.size());
+        for (auto seq : first) EXPECT_EQ(std::get<std::int64_t>(archive.read(id_at(s, seq))->value), std::int64_t(seq));
+        for (std::uint64_t seq : {1, 3, 4, 6, 8, 99, 101, 2999, 3001, 5000}) {
+            EXPECT_FALSE(archive.read(id_at(s, seq))) << seq;
+            EXPECT_FALSE(archive.contains(id_at(s, seq))) << seq;
+        }
+        // The gaps, later and out of order: no row of the first batch is touched.
+        archive.write({ok_result(id_at(s, 8), std::int64_t{8}), ok_result(id_at(s, 1), std::int64_t{1}),
+                       ok_result(id_at(s, 6), std::int64_t{6})});
+    }
+    EXPECT_FALSE(ResultsArchive::read_from(dir, id_at(s, 4)));
+    EXPECT_FALSE(ResultsArchive::read_from(dir, id_at(s, 5000))); // past the last row
+    ResultsArchive reopened(dir, s);
+    EXPECT_EQ(reopened.count(), first.size() + 3);
+    for (std::uint64_t seq : {1, 2, 5, 6, 7, 8, 9, 100, 3000}) {
+        SCOPED_TRACE(seq);
+        EXPECT_TRUE(reopened.contains(id_at(s, seq)));
+        EXPECT_EQ(std::get<std::int64_t>(ResultsArchive::read_from(dir, id_at(s, seq))->value), std::int64_t(seq));
+    }
+    EXPECT_FALSE(reopened.contains(id_at(s, 3)));
+}
+
+TEST_F(ArchiveTest, BatchSpanningChunks) {
+    const std::string s = ids.session();
+    std::vector<Result> batch;
+    for (std::uint64_t seq = 1000; seq < 4200; ++seq) {
+        Result r = ok_result(id_at(s, seq), std::string(seq % 7, 'x') + std::to_string(seq));
+        r.server = "server-" + std::to_string(seq % 3); // interned
+        r.message = seq % 2 ? "" : "m" + std::to_string(seq);
+        batch.push_back(std::move(r));
+    }
+    std::swap(batch[0], batch[2000]); // not in order
+    ResultsArchive archive(dir, s);
+    archive.write(batch);
+    archive.write({ok_result(id_at(s, 1), std::int64_t{1})});
+    EXPECT_EQ(archive.count(), batch.size() + 1);
+    archive.close();
+    for (std::uint64_t seq : {1000, 1023, 1024, 1025, 2047, 2048, 3071, 3072, 4199}) {
+        SCOPED_TRACE(seq);
+        auto r = ResultsArchive::read_from(dir, id_at(s, seq));
+        ASSERT_TRUE(r);
+        EXPECT_EQ(std::get<std::string>(r->value), std::string(seq % 7, 'x') + std::to_string(seq));
+        EXPECT_EQ(r->server, "server-" + std::to_string(seq % 3));
+        EXPECT_EQ(r->message, seq % 2 ? "" : "m" + std::to_string(seq));
+        EXPECT_EQ(r->owner, "alice");
+    }
+    EXPECT_FALSE(ResultsArchive::read_from(dir, id_at(s, 999)));
+    EXPECT_EQ(std::get<std::int64_t>(ResultsArchive::read_from(dir, id_at(s, 1))->value), 1);
+}
+
+TEST_F(ArchiveTest, ReopenThenAppend) {
+    std::vector<JobId> before;
+    {
+        ResultsArchive archive(dir, ids.session());
+        for (int b = 0; b < 3; ++b) {
+            std::vector<Result> batch;
+            for (int i = 0; i < 700; ++i) batch.push_back(ok_result(ids.next(), std::int64_t(before.size() + i)));
+            for (auto& r : batch) before.push_back(r.job_id);
+            archive.write(batch);
+        }
+    } // closed by the destructor
+    ResultsArchive archive(dir, ids.session());
+    EXPECT_EQ(archive.count(), before.size());
+    JobId next = ids.next();
+    try {
+        archive.write({ok_result(before[5], std::int64_t{-1}), ok_result(next, std::string("after"))});
+        FAIL() << "expected ArchiveWriteError";
+    } catch (const ArchiveWriteError& e) {
+        EXPECT_EQ(e.failed, std::vector<JobId>{before[5]});
+    }
+    EXPECT_EQ(std::get<std::int64_t>(archive.read(before[5])->value), 5);
+    EXPECT_EQ(std::get<std::int64_t>(archive.read(before.back())->value), std::int64_t(before.size() - 1));
+    auto r = archive.read(next);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(std::get<std::string>(r->value), "after");
+    EXPECT_EQ(r->owner, "alice"); // interned before the reopen, written again after
+    EXPECT_EQ(r->server, "server-1");
+    EXPECT_EQ(archive.count(), before.size() + 1);
+}
+
+TEST_F(ArchiveTest, LargeValuesHaveDatasetsOfTheirOwn) {
+    std::vector<std::int16_t> ints(40 * 30 * 50);
+    for (std::size_t i = 0; i < ints.size(); ++i) ints[i] = std::int16_t(i * 7);
+    std::vector<bool> bits(100000);
+    for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = i % 3 == 0;
+    std::vector<Value> values = {
+        make_array<double>({1 << 20}, std::vector<double>(1 << 20, 0.5)), // 8 MiB
+        make_array<std::int16_t>({40, 30, 50}, ints),
+        make_array<bool>({100000}, std::vector<bool>(bits.begin(), bits.end())),
+        make_array<float>({1, 1, 1, 1, 1, 1, 1, 1, 1, 2}, {1.5f, 2.5f}), // more dimensions than a row holds
+        std::string(100000, 'z'),
+        Bytes{std::string(70000, '\xfe')},
+        Pickled{std::string(200000, '\x80')},
+        make_array<double>({8192}, std::vector<double>(8192, 1.0)), // 64 KiB: still in /heap
+    };
+    std::vector<Result> batch;
+    for (auto& v : values) batch.push_back(ok_result(ids.next(), v));
+    {
+        ResultsArchive archive(dir, ids.session());
+        archive.write(batch);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            SCOPED_TRACE(i);
+            expect_same(archive.read(batch[i].job_id)->value, values[i]);
+        }
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        SCOPED_TRACE(i);
+        auto r = ResultsArchive::read_from(dir, batch[i].job_id);
+        ASSERT_TRUE(r);
+        expect_same(r->value, values[i]);
+    }
+    // Plain datasets with the array's dtype and shape.
+    h5::PList fapl = h5::file_access();
+    h5::File f = h5::open_file((dir / (ids.session() + ".h5")).string(), false, fapl.id());
+    h5::Dataset ints_ds = h5::open_dataset(f.id(), "values/" + batch[1].job_id);
+    h5::Space space = h5::dataset_space(ints_ds.id());
+    EXPECT_EQ(h5::dims(space.id()), (std::vector<hsize_t>{40, 30, 50}));
+    h5::Type type = h5::dataset_type(ints_ds.id());
+    EXPECT_EQ(h5::type_class(type.id()), H5T_INTEGER);
+    EXPECT_EQ(h5::type_size(type.id()), 2u);
+    EXPECT_FALSE(h5::exists(f.id(), "values/" + batch.back().job_id));
+}
+
+TEST_F(ArchiveTest, ALeftoverValueDatasetIsReplaced) {
+    JobId id = ids.next();
+    { ResultsArchive archive(dir, ids.session()); }
+    {
+        // As a crash between writing the value and its row would leave it.
+        h5::PList fapl = h5::file_access();
+        h5::File f = h5::open_file((dir / (ids.session() + ".h5")).string(), true, fapl.id());
+        hsize_t n = 3;
+        h5::Space space = h5::simple_space(std::span(&n, 1));
+        h5::PList dcpl = h5::contiguous_creation();
+        h5::create_dataset(f.id(), "values/" + id, H5T_NATIVE_UINT8, space.id(), dcpl.id());
+    }
+    ResultsArchive archive(dir, ids.session());
+    EXPECT_FALSE(archive.contains(id));
+    Array big = make_array<double>({100000}, std::vector<double>(100000, 3.0));
+    archive.write({ok_result(id, big)});
+    expect_same(archive.read(id)->value, big);
+}
+
+TEST_F(ArchiveTest, AnArchiveOfTheOldLayoutIsRefusedClearly) {
+    fs::create_directories(dir);
+    fs::path file = dir / (ids.session() + ".h5");
+    {
+        h5::PList fapl = h5::file_access();
+        h5::File f = h5::create_file(file.string(), fapl.id());
+        h5::create_group(f.id(), "jobs");
+    }
+    try {
+        ResultsArchive archive(dir, ids.session());
+        FAIL() << "expected ArchiveError";
+    } catch (const ArchiveError& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find(file.string()), std::string::npos) << what;
+        EXPECT_NE(what.find("older dynexec"), std::string::npos) << what;
+    }
+    EXPECT_THROW(ResultsArchive::read_from(dir, ids.next()), ArchiveError);
+}
+
 TEST_F(ArchiveTest, ManagerDeliversOnlyAfterTheWrite) {
     std::mutex mu;
     std::vector<Result> seen;
@@ -267,7 +485,8 @@ TEST_F(ArchiveTest, ManagerDeliversOnlyAfterTheWrite) {
             auto stored = ResultsArchive::read_from(dir, r.job_id);
             std::lock_guard lk(mu);
             if (!stored) problems.push_back("not archived at delivery: " + r.job_id);
-            if (r.location != (dir / (ids.session() + ".h5")).string() + ":/jobs/" + r.job_id)
+            if (r.location != (dir / (ids.session() + ".h5")).string() + ":/results[" +
+                                  std::to_string(JobIdGenerator::sequence_of(r.job_id) - 1) + "]")
                 problems.push_back("bad location: " + r.location);
             seen.push_back(std::move(r));
         }

@@ -97,17 +97,34 @@ PList file_access() {
 PList group_creation() {
     Quiet q;
     PList p(check(H5Pcreate(H5P_GROUP_CREATE), "H5Pcreate(group create)", "<plist>"));
-    // A result has 12 attributes; the default (8) would give every group its own dense attribute heap.
-    check(H5Pset_attr_phase_change(p.id(), 32, 24), "H5Pset_attr_phase_change", "<plist>");
     check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
     return p;
 }
 
-PList dataset_creation(bool compact) {
+PList contiguous_creation() {
     Quiet q;
     PList p(check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)", "<plist>"));
-    check(H5Pset_layout(p.id(), compact ? H5D_COMPACT : H5D_CONTIGUOUS), "H5Pset_layout", "<plist>");
+    check(H5Pset_layout(p.id(), H5D_CONTIGUOUS), "H5Pset_layout", "<plist>");
+    // Filling first would write every byte twice.
+    check(H5Pset_fill_time(p.id(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time", "<plist>");
     check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
+    return p;
+}
+
+PList chunked_creation(hsize_t chunk, hid_t type, const void* fill) {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)", "<plist>"));
+    check(H5Pset_chunk(p.id(), 1, &chunk), "H5Pset_chunk", "<plist>");
+    check(H5Pset_fill_value(p.id(), type, fill), "H5Pset_fill_value", "<plist>");
+    check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
+    return p;
+}
+
+PList dataset_access(std::size_t bytes) {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_DATASET_ACCESS), "H5Pcreate(dataset access)", "<plist>"));
+    // 521 slots (a prime, HDF5's default) is plenty for the few chunks a batch touches.
+    check(H5Pset_chunk_cache(p.id(), 521, bytes, 1.0), "H5Pset_chunk_cache", "<plist>");
     return p;
 }
 
@@ -150,13 +167,6 @@ Group open_group(hid_t loc, const std::string& name) {
     return Group(check(H5Gopen2(loc, name.c_str(), H5P_DEFAULT), "H5Gopen2", loc, name));
 }
 
-std::size_t link_count(hid_t group) {
-    Quiet q;
-    H5G_info_t info;
-    check(H5Gget_info(group, &info), "H5Gget_info", group);
-    return static_cast<std::size_t>(info.nlinks);
-}
-
 // --- dataspaces -------------------------------------------------------------
 
 Space scalar_space() {
@@ -168,6 +178,12 @@ Space simple_space(std::span<const hsize_t> dims) {
     Quiet q;
     return Space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), "H5Screate_simple",
                        fmt::format("<dataspace of rank {}>", dims.size())));
+}
+
+Space extendible_space(hsize_t size) {
+    Quiet q;
+    hsize_t max = H5S_UNLIMITED;
+    return Space(check(H5Screate_simple(1, &size, &max), "H5Screate_simple", "<extendible dataspace>"));
 }
 
 Space dataset_space(hid_t dataset) {
@@ -200,6 +216,40 @@ Type bool_type() {
     check(H5Tenum_insert(t.id(), "FALSE", &no), "H5Tenum_insert(FALSE)", "<datatype>");
     check(H5Tenum_insert(t.id(), "TRUE", &yes), "H5Tenum_insert(TRUE)", "<datatype>");
     return t;
+}
+
+Type fixed_string_type(std::size_t size) {
+    Quiet q;
+    Type t(check(H5Tcopy(H5T_C_S1), "H5Tcopy(H5T_C_S1)", "<datatype>"));
+    check(H5Tset_size(t.id(), size), "H5Tset_size", "<datatype>");
+    check(H5Tset_strpad(t.id(), H5T_STR_NULLPAD), "H5Tset_strpad", "<datatype>");
+    return t;
+}
+
+Type enum_type(std::span<const char* const> names) {
+    Quiet q;
+    Type t(check(H5Tenum_create(H5T_NATIVE_UINT8), "H5Tenum_create", "<datatype>"));
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        auto v = static_cast<std::uint8_t>(i);
+        check(H5Tenum_insert(t.id(), names[i], &v), "H5Tenum_insert", fmt::format("<enum member {}>", names[i]));
+    }
+    return t;
+}
+
+Type array_type(hid_t base, std::span<const hsize_t> dims) {
+    Quiet q;
+    return Type(check(H5Tarray_create2(base, static_cast<unsigned>(dims.size()), dims.data()), "H5Tarray_create2",
+                      "<datatype>"));
+}
+
+Type compound_type(std::size_t size) {
+    Quiet q;
+    return Type(check(H5Tcreate(H5T_COMPOUND, size), "H5Tcreate(compound)", "<datatype>"));
+}
+
+void insert_member(hid_t compound, const char* name, std::size_t offset, hid_t member) {
+    Quiet q;
+    check(H5Tinsert(compound, name, offset, member), "H5Tinsert", fmt::format("<compound member {}>", name));
 }
 
 Type dataset_type(hid_t dataset) {
@@ -236,15 +286,15 @@ bool is_variable_string(hid_t type) {
 
 // --- datasets ---------------------------------------------------------------
 
-Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl) {
+Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl, hid_t dapl) {
     Quiet q;
     return Dataset(
-        check(H5Dcreate2(loc, name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), "H5Dcreate2", loc, name));
+        check(H5Dcreate2(loc, name.c_str(), type, space, H5P_DEFAULT, dcpl, dapl), "H5Dcreate2", loc, name));
 }
 
-Dataset open_dataset(hid_t loc, const std::string& name) {
+Dataset open_dataset(hid_t loc, const std::string& name, hid_t dapl) {
     Quiet q;
-    return Dataset(check(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), "H5Dopen2", loc, name));
+    return Dataset(check(H5Dopen2(loc, name.c_str(), dapl), "H5Dopen2", loc, name));
 }
 
 void write(hid_t dataset, hid_t mem_type, const void* buf) {
@@ -255,6 +305,35 @@ void write(hid_t dataset, hid_t mem_type, const void* buf) {
 void read(hid_t dataset, hid_t mem_type, void* buf) {
     Quiet q;
     check(H5Dread(dataset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), "H5Dread", dataset);
+}
+
+void set_extent(hid_t dataset, hsize_t size) {
+    Quiet q;
+    check(H5Dset_extent(dataset, &size), "H5Dset_extent", dataset);
+}
+
+namespace {
+
+// The file and memory dataspaces of elements [start, start + count) of a 1-D dataset.
+std::pair<Space, Space> range_spaces(hid_t dataset, hsize_t start, hsize_t count) {
+    Space file = dataset_space(dataset);
+    check(H5Sselect_hyperslab(file.id(), H5S_SELECT_SET, &start, nullptr, &count, nullptr), "H5Sselect_hyperslab",
+          dataset);
+    return {std::move(file), simple_space(std::span(&count, 1))};
+}
+
+} // namespace
+
+void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf) {
+    Quiet q;
+    auto [file, mem] = range_spaces(dataset, start, count);
+    check(H5Dwrite(dataset, mem_type, mem.id(), file.id(), H5P_DEFAULT, buf), "H5Dwrite", dataset);
+}
+
+void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf) {
+    Quiet q;
+    auto [file, mem] = range_spaces(dataset, start, count);
+    check(H5Dread(dataset, mem_type, mem.id(), file.id(), H5P_DEFAULT, buf), "H5Dread", dataset);
 }
 
 // --- attributes -------------------------------------------------------------
@@ -297,11 +376,6 @@ void set_attribute(hid_t loc, const std::string& name, std::string_view value, h
     write_attribute(a.id(), str_type, &p);
 }
 
-void set_attribute(hid_t loc, const std::string& name, double value, hid_t scalar) {
-    Attribute a = create_attribute(loc, name, H5T_NATIVE_DOUBLE, scalar);
-    write_attribute(a.id(), H5T_NATIVE_DOUBLE, &value);
-}
-
 void set_attribute(hid_t loc, const std::string& name, int value, hid_t scalar) {
     static_assert(sizeof(int) == 4);
     Attribute a = create_attribute(loc, name, H5T_NATIVE_INT32, scalar);
@@ -336,34 +410,11 @@ std::string string_attribute(hid_t loc, const std::string& name, hid_t str_type)
     return s;
 }
 
-double double_attribute(hid_t loc, const std::string& name) {
-    Attribute a = open_attribute(loc, name);
-    double v = 0;
-    read_attribute(a.id(), H5T_NATIVE_DOUBLE, &v);
-    return v;
-}
-
 int int_attribute(hid_t loc, const std::string& name) {
     Attribute a = open_attribute(loc, name);
     int v = 0;
     read_attribute(a.id(), H5T_NATIVE_INT32, &v);
     return v;
-}
-
-std::string read_string(hid_t dataset, hid_t str_type) {
-    Type t = dataset_type(dataset);
-    if (type_class(t.id()) != H5T_STRING)
-        throw ArchiveError(fmt::format("dataset '{}' is not a string", describe(dataset)));
-    if (!is_variable_string(t.id())) {
-        std::string s(type_size(t.id()), '\0');
-        read(dataset, t.id(), s.data());
-        return trim_fixed(std::move(s));
-    }
-    char* p = nullptr;
-    read(dataset, str_type, &p);
-    std::string s = p ? p : "";
-    free_memory(p);
-    return s;
 }
 
 } // namespace dynexec::h5

@@ -82,8 +82,13 @@ using PList = Handle<H5Pclose>;
 
 // Property lists.
 PList file_access();                    // new-style groups (libver v18..latest), no file locking
-PList group_creation();                 // attributes kept compact in the header, no timestamps
-PList dataset_creation(bool compact);   // compact (small, in the object header) or contiguous
+PList group_creation();                 // no timestamps
+// Contiguous, allocated on the first write and never filled: one write of the data, nothing else.
+PList contiguous_creation();
+// 1-D chunks of `chunk` elements, no filters; unwritten elements read as `fill` (one element of `type`).
+PList chunked_creation(hsize_t chunk, hid_t type, const void* fill);
+// A chunk cache of `bytes` for one dataset.
+PList dataset_access(std::size_t bytes);
 
 // Files.
 File create_file(const std::string& path, hid_t fapl); // truncates
@@ -95,17 +100,22 @@ bool exists(hid_t loc, const std::string& name);
 void unlink(hid_t loc, const std::string& name);
 Group create_group(hid_t loc, const std::string& name, hid_t gcpl = H5P_DEFAULT);
 Group open_group(hid_t loc, const std::string& name);
-std::size_t link_count(hid_t group);
 
 // Dataspaces.
 Space scalar_space();
 Space simple_space(std::span<const hsize_t> dims);
+Space extendible_space(hsize_t size); // 1-D, size elements, unlimited
 Space dataset_space(hid_t dataset);
 std::vector<hsize_t> dims(hid_t space); // empty for a scalar
 
 // Datatypes. Predefined ones (H5T_NATIVE_*) are used directly, never wrapped.
 Type utf8_string_type();                // variable-length UTF-8, as h5py writes str
 Type bool_type();                       // enum int8 {FALSE=0, TRUE=1}, as h5py writes numpy bool
+Type fixed_string_type(std::size_t size); // ASCII, NUL-padded
+Type enum_type(std::span<const char* const> names); // uint8: names[i] = i
+Type array_type(hid_t base, std::span<const hsize_t> dims);
+Type compound_type(std::size_t size);
+void insert_member(hid_t compound, const char* name, std::size_t offset, hid_t member);
 Type dataset_type(hid_t dataset);
 Type attribute_type(hid_t attribute);
 H5T_class_t type_class(hid_t type);
@@ -114,10 +124,15 @@ bool is_signed(hid_t type);
 bool is_variable_string(hid_t type);
 
 // Datasets.
-Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl);
-Dataset open_dataset(hid_t loc, const std::string& name);
+Dataset create_dataset(hid_t loc, const std::string& name, hid_t type, hid_t space, hid_t dcpl,
+                       hid_t dapl = H5P_DEFAULT);
+Dataset open_dataset(hid_t loc, const std::string& name, hid_t dapl = H5P_DEFAULT);
 void write(hid_t dataset, hid_t mem_type, const void* buf);
 void read(hid_t dataset, hid_t mem_type, void* buf);
+void set_extent(hid_t dataset, hsize_t size); // of a 1-D dataset
+// Elements [start, start + count) of a 1-D dataset, from or to `count` contiguous elements at `buf`.
+void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf);
+void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf);
 
 // Attributes.
 Attribute create_attribute(hid_t loc, const std::string& name, hid_t type, hid_t space);
@@ -130,12 +145,8 @@ void free_memory(void* p);
 
 // Typed helpers built on the above.
 void set_attribute(hid_t loc, const std::string& name, std::string_view value, hid_t str_type, hid_t scalar);
-void set_attribute(hid_t loc, const std::string& name, double value, hid_t scalar);
 void set_attribute(hid_t loc, const std::string& name, int value, hid_t scalar);
 std::string string_attribute(hid_t loc, const std::string& name, hid_t str_type);
-double double_attribute(hid_t loc, const std::string& name);
 int int_attribute(hid_t loc, const std::string& name);
-// A scalar string dataset (variable or fixed length) as std::string.
-std::string read_string(hid_t dataset, hid_t str_type);
 
 } // namespace dynexec::h5

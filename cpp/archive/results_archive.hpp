@@ -1,13 +1,29 @@
-// The results archive: one HDF5 file per session, `<dir>/<session>.h5`, each
-// result a group `/jobs/<job_id>` in plain HDF5 that h5py, h5dump and HDFView
-// read without dynexec:
-//   attributes  status, error_type, message, traceback, owner, service, server,
-//               value_kind (variable-length UTF-8 strings); submit_time,
-//               start_time, end_time (float64, Unix seconds); attempts (int32)
-//   dataset     "value", by value_kind: "bool" scalar enum-bool, "int" scalar
-//               int64, "float" scalar float64, "str" scalar variable-length
-//               UTF-8, "bytes"/"pickle" 1-D uint8, "array" the array's own
-//               dtype and shape (b1 as enum-bool); "none" has no dataset.
+// The results archive: one HDF5 file per session, `<dir>/<session>.h5`, in
+// plain HDF5 that h5py, h5dump and HDFView read without dynexec
+// (dynexec.read_archive is such a reader, h5py and numpy only). Job
+// "<session>-<seq>" (seq from 1) is row seq-1 of /results.
+//   root attributes  format = "dynexec results archive", version = 2 (int32),
+//                    session (the session whose jobs the file holds)
+//   /results  1-D compound dataset, chunked (256 rows), extended as rows come;
+//             rows no result was written to are all zeros (status "absent"):
+//     status       enum uint8 {absent=0, ok, error, cancelled, lost}
+//     value_kind   enum uint8 {none=0, bool, int, float, str, bytes, pickle, array}
+//     external     uint8: 1 if the value is the dataset /values/<job_id>
+//     ndim         uint8, dtype char[8] (numpy's "f8", "i4", "b1", ...), shape
+//                  uint64[8] (the first ndim used): an array value's
+//     attempts     int32; submit_time, start_time, end_time float64 (Unix s)
+//     int_value    int64: a bool or int value; float_value float64: a float
+//     value, owner, service, server, error_type, message, traceback
+//                  uint64[2] = (offset, size) of the bytes in /heap; (0, 0) is
+//                  empty. Texts are UTF-8; a value is a str's UTF-8, the bytes,
+//                  the pickle, or an array's elements (C order, native =
+//                  little-endian). Repeated owner/service/server/error_type
+//                  texts share their bytes.
+//   /heap     1-D uint8, chunked, extended by each batch's bytes
+//   /values/<job_id>  a value over 64 KiB (or an array of over 8 dimensions):
+//             contiguous, the array's own dtype and shape (b1 as h5py's enum
+//             bool), or 1-D uint8 for str, bytes and pickle
+// A row is written once: a job already archived is never overwritten.
 #pragma once
 
 #include "common/errors.hpp"
@@ -34,14 +50,16 @@ struct ArchiveWriteError : ArchiveError {
 class ResultsArchive {
 public:
     // Creates `dir` and `<dir>/<session>.h5`, or reopens that file read-write
-    // so that a session can be resumed. Throws ArchiveError naming the path and the reason.
+    // so that a session can be resumed. Throws ArchiveError naming the path and
+    // the reason (also for a `session` that is not a JobIdGenerator session).
     ResultsArchive(std::filesystem::path dir, std::string session);
     ~ResultsArchive(); // closes, ignoring errors: call close() to see them
     ResultsArchive(const ResultsArchive&) = delete;
     ResultsArchive& operator=(const ResultsArchive&) = delete;
 
-    // Writes every result it can, then throws ArchiveWriteError naming the rest;
-    // a result whose job ID is already in the file is never overwritten.
+    // Writes every result it can, then throws ArchiveWriteError naming the rest:
+    // a job already in the file (never overwritten), an ID of another session
+    // or not a job ID, a value that cannot be stored, a failed write.
     void write(const std::vector<Result>& batch);
     // Hands everything written to the OS: it survives a crash of this process
     // and is visible to readers that open the file afterwards (no fsync).
@@ -53,7 +71,8 @@ public:
     bool contains(const JobId& id) const;
     std::size_t count() const;
 
-    // "<absolute dir>/<session>.h5:/jobs/<job_id>"
+    // "<absolute dir>/<session>.h5:/results[<row>]"; InvalidJob if `id` is not
+    // a job ID of this session (as for read() and contains()).
     std::string location_of(const JobId& id) const;
     const std::filesystem::path& dir() const;  // absolute
     const std::filesystem::path& file() const; // absolute

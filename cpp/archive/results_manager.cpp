@@ -68,28 +68,28 @@ struct ResultsManager::Core {
         }
     }
 
-    // Archives the batch and sets each location; clears the location of whatever did not make it to the file.
+    // Archives the batch and sets the location of each result that made it to the file.
     void archive_batch(std::vector<Result>& batch) {
         if (!archive) return;
-        for (auto& r : batch) r.location = archive->location_of(r.job_id);
+        for (auto& r : batch) r.location.clear();
+        std::unordered_set<JobId> failed;
         try {
             archive->write(batch);
         } catch (const ArchiveWriteError& e) {
             record(e.what());
-            std::unordered_set<JobId> failed(e.failed.begin(), e.failed.end());
-            for (auto& r : batch)
-                if (failed.count(r.job_id)) r.location.clear();
+            failed.insert(e.failed.begin(), e.failed.end());
         } catch (const std::exception& e) {
             record(e.what());
-            for (auto& r : batch) r.location.clear();
             return;
         }
         try {
             archive->flush(); // once per batch: the group commit
         } catch (const std::exception& e) {
             record(e.what());
-            for (auto& r : batch) r.location.clear();
+            return;
         }
+        for (auto& r : batch)
+            if (!failed.count(r.job_id)) r.location = archive->location_of(r.job_id); // written, so a valid ID
     }
 
     void run() {

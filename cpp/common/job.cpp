@@ -46,7 +46,10 @@ JobIdGenerator::JobIdGenerator(std::string session) : session_(std::move(session
 
 JobId JobIdGenerator::next() { return fmt::format("{}-{:0{}}", session_, ++seq_, kSeqDigits); }
 
-std::string JobIdGenerator::session_of(const JobId& id) {
+namespace {
+
+// Throws InvalidJob unless `id` is "<session>-<sequence>".
+void check_job_id(const JobId& id) {
     auto dash = id.find('-');
     bool ok = dash == kSessionChars && id.size() == kSessionChars + 1 + kSeqDigits &&
               is_session(std::string_view(id).substr(0, dash)) &&
@@ -54,7 +57,21 @@ std::string JobIdGenerator::session_of(const JobId& id) {
     if (!ok)
         throw InvalidJob(fmt::format("'{}' is not a dynexec job ID (expected {} base-32 characters, '-', {} digits)",
                                      id, kSessionChars, kSeqDigits));
-    return id.substr(0, dash);
+}
+
+} // namespace
+
+std::string JobIdGenerator::session_of(const JobId& id) {
+    check_job_id(id);
+    return id.substr(0, kSessionChars);
+}
+
+std::uint64_t JobIdGenerator::sequence_of(const JobId& id) {
+    check_job_id(id);
+    std::uint64_t seq = 0;
+    for (char c : std::string_view(id).substr(kSessionChars + 1)) seq = seq * 10 + std::uint64_t(c - '0');
+    if (seq == 0) throw InvalidJob(fmt::format("'{}' is not a dynexec job ID (sequence numbers start at 1)", id));
+    return seq;
 }
 
 std::string_view status_name(Status s) {

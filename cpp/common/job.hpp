@@ -27,6 +27,8 @@ public:
 
     // The session part of a job ID; throws InvalidJob if `id` is not a job ID.
     static std::string session_of(const JobId& id);
+    // The sequence part of a job ID, counted from 1; throws InvalidJob if `id` is not a job ID.
+    static std::uint64_t sequence_of(const JobId& id);
 
 private:
     std::string session_;

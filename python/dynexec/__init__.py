@@ -16,14 +16,14 @@ from . import _core
 from .errors import (ArchiveError, InvalidJobError, RemoteError, ResultNotFoundError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
-from .results import Result, default_archive, find
+from .results import Result, default_archive, find, read_archive
 
 __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES", "ArchiveError", "Executor", "InvalidJobError", "JobFuture", "RemoteError", "Result",
     "ResultNotFoundError", "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
-    "get_include", "load_services", "services",
+    "get_include", "load_services", "read_archive", "services",
 ]
 
 

@@ -1,0 +1,200 @@
+// Micro-benchmarks of the results archive (Google Benchmark):
+//   build-archive/bench/archive_bench [--benchmark_filter=...]
+// Archives go to $DYNEXEC_BENCH_DIR (default: the temp directory), so that
+// the large-array figures can be compared with dd on the same disk.
+#include "archive/results_archive.hpp"
+
+#include <benchmark/benchmark.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+namespace fs = std::filesystem;
+using namespace dynexec;
+
+// A fresh directory per benchmark, removed with it.
+struct Scratch {
+    fs::path dir;
+    Scratch() {
+        const char* base = std::getenv("DYNEXEC_BENCH_DIR");
+        static int n = 0;
+        dir = fs::path(base && *base ? base : fs::temp_directory_path().string()) /
+              ("dynexec-archive-bench-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+        fs::remove_all(dir);
+    }
+    ~Scratch() { fs::remove_all(dir); }
+};
+
+Result make_result(const JobId& id, Value v) {
+    Result r;
+    r.job_id = id;
+    r.value = std::move(v);
+    r.owner = "alice@lab";
+    r.service = "python";
+    r.server = "server-1";
+    r.submit_time = 1700000000.0;
+    r.start_time = 1700000000.5;
+    r.end_time = 1700000001.0;
+    r.attempts = 1;
+    return r;
+}
+
+std::vector<Result> small_batch(JobIdGenerator& ids, std::size_t n) {
+    std::vector<Result> batch;
+    batch.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) batch.push_back(make_result(ids.next(), std::int64_t(i)));
+    return batch;
+}
+
+// One group commit of `range(0)` small int results: write, then flush, as the results manager does.
+void BM_WriteSmallInts(benchmark::State& state) {
+    Scratch s;
+    JobIdGenerator ids;
+    ResultsArchive archive(s.dir, ids.session());
+    const auto n = static_cast<std::size_t>(state.range(0));
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto batch = small_batch(ids, n);
+        state.ResumeTiming();
+        archive.write(batch);
+        archive.flush();
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_WriteSmallInts)->Arg(1)->Arg(16)->Arg(1024)->Arg(4096)->UseRealTime();
+
+// One float64 array of range(0) MiB per result, each written and flushed (as the results manager
+// does), into a file that keeps growing.
+void BM_WriteLargeArray(benchmark::State& state) {
+    Scratch s;
+    JobIdGenerator ids;
+    ResultsArchive archive(s.dir, ids.session());
+    const std::size_t bytes = static_cast<std::size_t>(state.range(0)) << 20;
+    auto [array, span] = Array::allocate<double>({static_cast<std::int64_t>(bytes / sizeof(double))});
+    for (std::size_t i = 0; i < span.size(); ++i) span[i] = double(i);
+    for (auto _ : state) {
+        archive.write({make_result(ids.next(), array)});
+        archive.flush();
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes));
+}
+BENCHMARK(BM_WriteLargeArray)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// What `dd if=/dev/zero of=FILE bs=16M count=32 conv=fdatasync; rm FILE` does, as an archive: a new
+// session's file, 32 results of a 16 MiB float64 array (each written and flushed), fdatasync; the
+// file is removed outside the timing.
+void BM_LikeDdArchive(benchmark::State& state) {
+    Scratch s;
+    constexpr std::size_t bytes = 16 << 20, count = 32;
+    auto [array, span] = Array::allocate<double>({static_cast<std::int64_t>(bytes / sizeof(double))});
+    for (std::size_t i = 0; i < span.size(); ++i) span[i] = double(i);
+    for (auto _ : state) {
+        JobIdGenerator ids;
+        {
+            ResultsArchive archive(s.dir, ids.session());
+            for (std::size_t i = 0; i < count; ++i) {
+                archive.write({make_result(ids.next(), array)});
+                archive.flush();
+            }
+            int fd = ::open(archive.file().c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd < 0 || ::fdatasync(fd) != 0) state.SkipWithError("fdatasync of the archive failed");
+            if (fd >= 0) ::close(fd);
+            archive.close();
+        }
+        state.PauseTiming();
+        fs::remove_all(s.dir);
+        state.ResumeTiming();
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes * count));
+}
+BENCHMARK(BM_LikeDdArchive)->Iterations(4)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// The same with write(2) to a plain file from one 16 MiB buffer: dd in-process, for comparison.
+void BM_LikeDdPosix(benchmark::State& state) {
+    Scratch s;
+    fs::create_directories(s.dir);
+    constexpr std::size_t bytes = 16 << 20, count = 32;
+    std::vector<char> data(bytes, 0);
+    for (auto _ : state) {
+        int fd = ::open((s.dir / "plain").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) state.SkipWithError("cannot create the reference file");
+        for (std::size_t i = 0; i < count && fd >= 0; ++i)
+            if (::write(fd, data.data(), bytes) != static_cast<ssize_t>(bytes)) state.SkipWithError("write failed");
+        if (fd >= 0 && ::fdatasync(fd) != 0) state.SkipWithError("fdatasync failed");
+        if (fd >= 0) ::close(fd);
+        state.PauseTiming();
+        fs::remove(s.dir / "plain");
+        state.ResumeTiming();
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes * count));
+}
+BENCHMARK(BM_LikeDdPosix)->Iterations(4)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// An archive of 100k small results and a few arrays, read back by ID.
+struct Filled {
+    Scratch s;
+    JobIdGenerator ids;
+    std::vector<JobId> small, arrays;
+    Filled() {
+        ResultsArchive archive(s.dir, ids.session());
+        for (int b = 0; b < 100; ++b) {
+            auto batch = small_batch(ids, 1000);
+            for (auto& r : batch) small.push_back(r.job_id);
+            archive.write(batch);
+        }
+        for (int i = 0; i < 8; ++i) {
+            auto [a, span] = Array::allocate<double>({256, 256}); // 512 KiB
+            std::fill(span.begin(), span.end(), double(i));
+            arrays.push_back(ids.next());
+            archive.write({make_result(arrays.back(), a)});
+        }
+        archive.close();
+    }
+};
+
+void BM_ReadFromSmall(benchmark::State& state) {
+    Filled f;
+    std::mt19937 rng(42);
+    for (auto _ : state) {
+        auto r = ResultsArchive::read_from(f.s.dir, f.small[rng() % f.small.size()]);
+        if (!r) state.SkipWithError("result not found");
+        benchmark::DoNotOptimize(r);
+    }
+}
+BENCHMARK(BM_ReadFromSmall)->Unit(benchmark::kMicrosecond);
+
+void BM_ReadFromArray(benchmark::State& state) {
+    Filled f;
+    std::mt19937 rng(42);
+    for (auto _ : state) {
+        auto r = ResultsArchive::read_from(f.s.dir, f.arrays[rng() % f.arrays.size()]);
+        if (!r) state.SkipWithError("result not found");
+        benchmark::DoNotOptimize(r);
+    }
+}
+BENCHMARK(BM_ReadFromArray)->Unit(benchmark::kMicrosecond);
+
+// read() on the open archive, as the results finder does while the session is live.
+void BM_ReadLive(benchmark::State& state) {
+    Filled f;
+    ResultsArchive archive(f.s.dir, f.ids.session());
+    std::mt19937 rng(42);
+    for (auto _ : state) {
+        auto r = archive.read(f.small[rng() % f.small.size()]);
+        if (!r) state.SkipWithError("result not found");
+        benchmark::DoNotOptimize(r);
+    }
+}
+BENCHMARK(BM_ReadLive)->Unit(benchmark::kMicrosecond);
+
+} // namespace
+
+BENCHMARK_MAIN();
