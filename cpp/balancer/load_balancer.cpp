@@ -107,13 +107,15 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt) {
     auto& offers = offers_locked(job->service);
     candidates_.clear();
     chosen_.clear();
-    for (auto& [id, s] : offers.servers) {
+    for (std::size_t order = 0; order < offers.servers.size(); ++order) {
+        auto& [id, s] = offers.servers[order];
         if (s->outstanding >= s->capacity()) continue;
-        candidates_.push_back({id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots});
+        candidates_.push_back(
+            {id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots, order});
         chosen_.push_back(s);
     }
     if (candidates_.empty()) return false;
-    std::size_t i = candidates_.size() == 1 ? 0 : policy_->choose(candidates_);
+    std::size_t i = policy_->choose(candidates_);
     auto& server = *chosen_[i];
     job->requeue(attempt);
     jobs_.at(job->id).server = candidates_[i].id;

@@ -146,10 +146,14 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
     case wire::Type::result: {
         auto m = wire::decode<wire::ResultMsg>(frames);
         std::shared_ptr<RemoteServerProxy> proxy;
+        std::string id;
         {
             std::lock_guard lk(mu_);
             if (auto it = by_routing_.find(from); it != by_routing_.end()) proxy = it->second;
+            if (auto it = server_id_.find(from); it != server_id_.end()) id = it->second;
         }
+        // A result is proof of life: its renewals may be queued behind large results on the same connection.
+        if (!id.empty()) registry_.renew(id);
         if (proxy) proxy->on_result(std::move(m)); // else: a server given up on; its jobs run elsewhere
         break;
     }
