@@ -188,8 +188,9 @@ void ResultsManager::accept(Result result) {
         std::lock_guard lk(core_->mu);
         ++core_->accepted;
         if (!core_->exited) {
+            // The writer sleeps only on an empty queue: wake it once, not for every result.
+            if (core_->queue.empty()) core_->work_cv.notify_one();
             core_->queue.push_back(std::move(result));
-            core_->work_cv.notify_one();
             return;
         }
     }

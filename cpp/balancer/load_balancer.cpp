@@ -50,11 +50,10 @@ void LoadBalancer::dispatch_locked(JobPtr job, std::vector<Result>& out) {
     a = {job, "", {}};
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
-    if (give_up_locked(job, attempt, out)) return;
     auto& queue = waiting_[job->service];
-    if (queue.empty() && place_locked(job, attempt)) return;
+    if (queue.empty() && place_locked(job, attempt, a)) return;
     job->requeue(attempt);
-    queue.push_back(std::move(job)); // behind those of its service already waiting
+    queue.emplace_back(std::move(job), &a); // behind those of its service already waiting
     ++waiting_count_;
 }
 
@@ -89,21 +88,19 @@ const LoadBalancer::Offers& LoadBalancer::offers_locked(const std::string& servi
     return o;
 }
 
-bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out) {
-    auto it = jobs_.find(job->id);
-    auto& a = it->second;
+bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out) {
     if (int(a.vanished.size()) < options_.max_attempts) return false;
     out.push_back(result_without_run(
         *job, Status::lost, "ServerLostError",
         fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
                     job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
     out.back().attempts = attempt - 1; // dispatches made
-    jobs_.erase(it);
+    jobs_.erase(job->id);
     ++stats_.lost;
     return true;
 }
 
-bool LoadBalancer::place_locked(const JobPtr& job, int attempt) {
+bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     auto& offers = offers_locked(job->service);
     candidates_.clear();
     chosen_.clear();
@@ -118,7 +115,7 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt) {
     std::size_t i = policy_->choose(candidates_);
     auto& server = *chosen_[i];
     job->requeue(attempt);
-    jobs_.at(job->id).server = candidates_[i].id;
+    a.server = candidates_[i].id;
     ++server.outstanding;
     ++stats_.dispatched;
     server.proxy->run(job, attempt, shared_from_this());
@@ -129,10 +126,10 @@ void LoadBalancer::pump_locked() {
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         auto& queue = it->second;
         while (!queue.empty()) {
-            auto& job = queue.front();
+            auto& [job, a] = queue.front();
             // Cancelled while waiting (cancel() counted it out already), or placed: either way it leaves.
             if (job->state() != JobState::cancelled) {
-                if (!place_locked(job, job->attempt())) break;
+                if (!place_locked(job, job->attempt(), *a)) break;
                 --waiting_count_;
             }
             queue.pop_front();
@@ -161,9 +158,9 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
                 a.server.clear();
                 ++stats_.redispatched;
                 int attempt = job->attempt() + 1;
-                if (give_up_locked(job, attempt, out)) continue;
+                if (give_up_locked(job, attempt, a, out)) continue;
                 job->requeue(attempt); // the vanished server's dispatch can no longer start or report
-                waiting_[job->service].push_front(job);
+                waiting_[job->service].emplace_front(job, &a);
                 ++waiting_count_;
             }
         }

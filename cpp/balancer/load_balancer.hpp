@@ -78,9 +78,9 @@ private:
     void on_event(const RegistryEvent& ev);
     void dispatch_locked(JobPtr job, std::vector<Result>& out);
     // Sends `job` to the most eligible server with room; false if none has (it must wait). Needs mu_.
-    bool place_locked(const JobPtr& job, int attempt);
-    // A job given up on after max_attempts vanished servers; true if it was. Needs mu_.
-    bool give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out);
+    bool place_locked(const JobPtr& job, int attempt, Assignment& a);
+    // A job given up on after max_attempts vanished servers; true if it was (its entry is gone). Needs mu_.
+    bool give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out);
     // Sends waiting jobs to servers with room. Needs mu_.
     void pump_locked();
     const Offers& offers_locked(const std::string& service);
@@ -96,7 +96,9 @@ private:
     std::unordered_map<JobId, Assignment> jobs_;
     std::unordered_map<std::string, Server> servers_;      // by registry id; node addresses are stable
     std::unordered_map<std::string, Offers> offers_;       // by service
-    std::unordered_map<std::string, std::deque<JobPtr>> waiting_; // by service, oldest first
+    // By service, oldest first. An entry's Assignment lives in jobs_ (node addresses are stable) unless the
+    // job was cancelled, which its state says before the pointer is touched.
+    std::unordered_map<std::string, std::deque<std::pair<JobPtr, Assignment*>>> waiting_;
     std::size_t waiting_count_ = 0;
     std::vector<Candidate> candidates_; // scratch
     std::vector<Server*> chosen_;       // scratch, beside candidates_
