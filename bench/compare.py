@@ -80,11 +80,13 @@ SIZES = {
     "full": dict(tiny=20_000, latency=2_000, map=100_000, map_dask_cs1=5_000, chunksizes=(10, 100, 1000),
                  cpu_jobs=400, cpu_seconds=0.005, skewed_jobs=200, native=20_000, find=200,
                  large_jobs=16, large_mib=64, dd_mib=1024, backlog=200_000,
-                 new_server_jobs=2_000, kill_jobs=100, timeout=600),
+                 new_server_jobs=2_000, kill_jobs=100, timeout=600,
+                 cpp_jobs=1_000_000, cpp_backlog=1_000_000, cpp_new_server_jobs=500),
     "quick": dict(tiny=500, latency=100, map=2_000, map_dask_cs1=500, chunksizes=(10, 100),
                   cpu_jobs=20, cpu_seconds=0.002, skewed_jobs=20, native=2_000, find=50,
                   large_jobs=2, large_mib=4, dd_mib=32, backlog=5_000,
-                  new_server_jobs=200, kill_jobs=0, timeout=120),
+                  new_server_jobs=200, kill_jobs=0, timeout=120,
+                  cpp_jobs=20_000, cpp_backlog=20_000, cpp_new_server_jobs=50),
 }
 SKEW = dict(alpha=1.5, mean_s=0.010, cap_s=0.200, seed=20240601)  # Pareto job lengths, same for every peer
 WARMUP_PER_WORKER = 20
@@ -673,13 +675,15 @@ def machine_info() -> dict:
     }
 
 
-def run_cpp_bench(tmp: Path, timeout: float) -> dict:
+def run_cpp_bench(tmp: Path, timeout: float, sizes: dict, workers: int) -> dict:
     if not (CPP_BENCH.is_file() and os.access(CPP_BENCH, os.X_OK)):
         return {"status": "not built", "path": str(CPP_BENCH)}
     work = tmp / "cpp-bench"
     work.mkdir()
     try:
-        p = subprocess.run([str(CPP_BENCH), "--json"], capture_output=True, text=True, timeout=timeout, cwd=work,
+        cmd = [str(CPP_BENCH), "--json", "--workers", str(workers), "--jobs", str(sizes["cpp_jobs"]),
+               "--backlog", str(sizes["cpp_backlog"]), "--new-server-jobs", str(sizes["cpp_new_server_jobs"])]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work,
                            env=dict(os.environ, DYNEXEC_ARCHIVE=str(work / "archive")))
     except subprocess.TimeoutExpired:
         return {"status": "failed", "path": str(CPP_BENCH), "reason": f"timed out after {timeout:g} s"}
@@ -793,7 +797,7 @@ def orchestrate(a) -> int:
     try:
         if "dynexec" in peers and set(workloads) & {"native", "backlog", "elasticity"}:
             log(f"C++ bench: {CPP_BENCH.relative_to(ROOT)}")
-            doc["cpp_bench"] = run_cpp_bench(tmp, timeout)
+            doc["cpp_bench"] = run_cpp_bench(tmp, timeout, sizes, a.workers)
         cpp = doc.get("cpp_bench", {}).get("output", {})
         for peer in peers:
             entry = doc["peers"][peer] = {"status": "ok"}

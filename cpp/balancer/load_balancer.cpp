@@ -5,7 +5,9 @@
 
 namespace dynexec {
 
-std::uint32_t LoadBalancer::Server::capacity() const { return Capacity::of(slots, run_seconds); }
+std::uint32_t LoadBalancer::capacity(const Server& s) const {
+    return Capacity::of(s.slots, s.run_seconds >= 0 ? s.run_seconds : run_seconds_);
+}
 
 std::shared_ptr<LoadBalancer> LoadBalancer::create(LookupRegistry& registry, std::shared_ptr<ResultsSink> results,
                                                    Options options) {
@@ -106,7 +108,7 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     chosen_.clear();
     for (std::size_t order = 0; order < offers.servers.size(); ++order) {
         auto& [id, s] = offers.servers[order];
-        if (s->outstanding >= s->capacity()) continue;
+        if (s->outstanding >= capacity(*s)) continue;
         candidates_.push_back(
             {id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots, order});
         chosen_.push_back(s);
@@ -181,8 +183,11 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         if (auto s = servers_.find(it->second.server); s != servers_.end()) {
             if (s->second.outstanding > 0) --s->second.outstanding;
-            if (result.start_time > 0 && result.end_time >= result.start_time)
-                s->second.run_seconds = Capacity::average(s->second.run_seconds, result.end_time - result.start_time);
+            if (result.start_time > 0 && result.end_time >= result.start_time) {
+                double run = result.end_time - result.start_time;
+                s->second.run_seconds = Capacity::average(s->second.run_seconds, run);
+                run_seconds_ = Capacity::average(run_seconds_, run);
+            }
         }
         result.server = std::move(it->second.server);
         jobs_.erase(it);

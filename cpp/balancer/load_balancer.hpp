@@ -60,8 +60,8 @@ private:
         unsigned slots = 1;
         std::uint32_t outstanding = 0; // jobs it holds from this balancer
         double run_seconds = -1;       // moving average of its jobs' run time; negative until measured
-        std::uint32_t capacity() const;
     };
+    std::uint32_t capacity(const Server& s) const;
     // Who offers one service: a cached lookup, valid until the registry changes or a lease it saw runs out.
     struct Offers {
         std::uint64_t generation = 0;
@@ -100,6 +100,7 @@ private:
     // job was cancelled, which its state says before the pointer is touched.
     std::unordered_map<std::string, std::deque<std::pair<JobPtr, Assignment*>>> waiting_;
     std::size_t waiting_count_ = 0;
+    double run_seconds_ = -1; // moving average over every server: a server not measured yet is like the others
     std::vector<Candidate> candidates_; // scratch
     std::vector<Server*> chosen_;       // scratch, beside candidates_
     BalancerStats stats_;

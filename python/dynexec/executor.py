@@ -4,7 +4,9 @@ from __future__ import annotations
 import getpass
 import itertools
 import os
+import pickle
 import socket
+import types
 import threading
 import weakref
 from concurrent.futures import Executor as _Executor
@@ -12,9 +14,8 @@ from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
 from pathlib import Path
 
-import cloudpickle
-
 from . import _core, connection
+from ._runner import dumps
 from .errors import InvalidJobError
 from .local import LocalServers
 from .results import Result, default_archive
@@ -31,6 +32,36 @@ def _default_owner() -> str:
     except Exception:
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
+
+
+_function_blobs: dict = {}  # callable -> its pickle, for those pickled by reference only (never stale)
+
+
+def _function_blob(fn) -> bytes:
+    try:
+        blob = _function_blobs.get(fn)
+    except TypeError:  # unhashable callable
+        return dumps(fn)
+    if blob is not None:
+        return blob
+    # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        try:
+            blob = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            blob = None
+        if blob is not None and b"__main__" not in blob:
+            if len(_function_blobs) >= 1024:
+                _function_blobs.clear()
+            _function_blobs[fn] = blob
+            return blob
+    return dumps(fn)
+
+
+def job_payload(fn, args, kwargs) -> bytes:
+    """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
+    unpickles each callable once, and the arguments."""
+    return dumps((_function_blob(fn), args, kwargs))
 
 
 class JobFuture(Future):
@@ -144,7 +175,7 @@ class Executor(_Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         try:
-            payload = cloudpickle.dumps((fn, args, kwargs))
+            payload = job_payload(fn, args, kwargs)
         except Exception as exc:
             raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
                                   f"the callable or its arguments cannot be pickled ({type(exc).__name__}: {exc})") from exc
