@@ -46,7 +46,7 @@ test-python:
 	  $(PY) -m pytest -q tests
 
 bench: install
-	$(PY) bench/throughput.py
+	$(PY) bench/compare.py
 
 clean:
 	rm -rf $(BUILD) $(VENV) *.egg-info python/*.egg-info
