@@ -11,7 +11,7 @@ namespace dynexec::remote {
 Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration lease, Duration renew)
     : registry_(registry), options_(std::move(options)), hooks_(std::move(hooks)), lease_(lease), renew_(renew),
       zap_(ctx_, options_.client_public_key), router_(ctx_, zmq::socket_type::router) {
-    wire::make_curve_server(router_, options_.server_keys);
+    if (wire::needs_curve(options_.bind)) wire::make_curve_server(router_, options_.server_keys);
     router_.set(zmq::sockopt::linger, 1000);
     router_.set(zmq::sockopt::sndhwm, 0); // never drop a job or a result: the balancer bounds what is in flight
     router_.set(zmq::sockopt::rcvhwm, 0);

@@ -139,11 +139,16 @@ class Executor(_Executor):
         engine_args = (policy, self._archive, float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
         if processes:
             keys = connection.new_keys()
-            self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
-                                        listen={"bind": "tcp://127.0.0.1:*", **keys})
             # Separate processes share the cores: by default each gets its share for native parallelism.
             threads = threads_per_server or max(1, (os.cpu_count() or 1) // max_workers)
-            self._local = LocalServers(self._engine.endpoint, keys, slots_per_server, threads)
+            self._local = LocalServers(slots_per_server, threads)
+            try:
+                self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
+                                            listen={"bind": self._local.bind, **keys})
+            except BaseException:
+                self._local.stop()
+                raise
+            self._local.joined(self._engine.endpoint, keys)
             self._local.start(max_workers)
             try:
                 self._local.wait_registered(self._engine, max_workers, start_timeout)
