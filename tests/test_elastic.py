@@ -20,9 +20,9 @@ def archived_ids(archive, session):
 @pytest.mark.parametrize("processes", [True, False])
 def test_server_that_joins_mid_run_gets_work(archive, processes):
     with dynexec.Executor(max_workers=1, policy="fewest_outstanding", archive=archive, processes=processes) as ex:
-        first = [ex.submit(nap, i, 0.02) for i in range(20)]
+        first = [ex.submit(nap, i, 0.05) for i in range(20)]
         new_id = ex.add_server()
-        later = [ex.submit(nap, i, 0.02) for i in range(20)]
+        later = [ex.submit(nap, i, 0.05) for i in range(20)]
         assert [f.result(timeout=30) for f in first + later] == list(range(20)) * 2
         ran_on = [dynexec.find(f.job_id, archive).server for f in first + later]
         # The newcomer shares the backlog at once: it takes about half of the 20+ jobs left when it joined.

@@ -99,11 +99,11 @@ def test_every_policy_runs_jobs_on_every_server(policy, archive):
     with dynexec.Executor(max_workers=3, policy=policy, archive=archive) as ex:
         assert sum(ex.map(add, range(60))) == sum(range(60))
         # Jobs finish faster than they arrive, so busy-time style policies may favour one server;
-        # round robin and fewest outstanding must spread them.
+        # round robin must reach every one (it skips a server only while that one holds all it can).
         done = [s["statistics"]["jobs_done"] for s in ex.servers()]
         assert sum(done) == 60
         if policy in ("round_robin",):
-            assert done == [20, 20, 20]
+            assert min(done) > 0, done
 
 
 def test_max_workers_and_policy_are_validated(archive):

@@ -5,7 +5,9 @@
 
 namespace dynexec {
 
-std::uint32_t LoadBalancer::Server::capacity() const { return Capacity::of(slots, run_seconds); }
+std::uint32_t LoadBalancer::capacity(const Server& s) const {
+    return Capacity::of(s.slots, s.run_seconds >= 0 ? s.run_seconds : run_seconds_);
+}
 
 std::shared_ptr<LoadBalancer> LoadBalancer::create(LookupRegistry& registry, std::shared_ptr<ResultsSink> results,
                                                    Options options) {
@@ -50,11 +52,10 @@ void LoadBalancer::dispatch_locked(JobPtr job, std::vector<Result>& out) {
     a = {job, "", {}};
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
-    if (give_up_locked(job, attempt, out)) return;
     auto& queue = waiting_[job->service];
-    if (queue.empty() && place_locked(job, attempt)) return;
+    if (queue.empty() && place_locked(job, attempt, a)) return;
     job->requeue(attempt);
-    queue.push_back(std::move(job)); // behind those of its service already waiting
+    queue.emplace_back(std::move(job), &a); // behind those of its service already waiting
     ++waiting_count_;
 }
 
@@ -89,34 +90,34 @@ const LoadBalancer::Offers& LoadBalancer::offers_locked(const std::string& servi
     return o;
 }
 
-bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out) {
-    auto it = jobs_.find(job->id);
-    auto& a = it->second;
+bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out) {
     if (int(a.vanished.size()) < options_.max_attempts) return false;
     out.push_back(result_without_run(
         *job, Status::lost, "ServerLostError",
         fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
                     job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
     out.back().attempts = attempt - 1; // dispatches made
-    jobs_.erase(it);
+    jobs_.erase(job->id);
     ++stats_.lost;
     return true;
 }
 
-bool LoadBalancer::place_locked(const JobPtr& job, int attempt) {
+bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     auto& offers = offers_locked(job->service);
     candidates_.clear();
     chosen_.clear();
-    for (auto& [id, s] : offers.servers) {
-        if (s->outstanding >= s->capacity()) continue;
-        candidates_.push_back({id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots});
+    for (std::size_t order = 0; order < offers.servers.size(); ++order) {
+        auto& [id, s] = offers.servers[order];
+        if (s->outstanding >= capacity(*s)) continue;
+        candidates_.push_back(
+            {id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots, order});
         chosen_.push_back(s);
     }
     if (candidates_.empty()) return false;
-    std::size_t i = candidates_.size() == 1 ? 0 : policy_->choose(candidates_);
+    std::size_t i = policy_->choose(candidates_);
     auto& server = *chosen_[i];
     job->requeue(attempt);
-    jobs_.at(job->id).server = candidates_[i].id;
+    a.server = candidates_[i].id;
     ++server.outstanding;
     ++stats_.dispatched;
     server.proxy->run(job, attempt, shared_from_this());
@@ -127,10 +128,10 @@ void LoadBalancer::pump_locked() {
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         auto& queue = it->second;
         while (!queue.empty()) {
-            auto& job = queue.front();
+            auto& [job, a] = queue.front();
             // Cancelled while waiting (cancel() counted it out already), or placed: either way it leaves.
             if (job->state() != JobState::cancelled) {
-                if (!place_locked(job, job->attempt())) break;
+                if (!place_locked(job, job->attempt(), *a)) break;
                 --waiting_count_;
             }
             queue.pop_front();
@@ -159,9 +160,9 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
                 a.server.clear();
                 ++stats_.redispatched;
                 int attempt = job->attempt() + 1;
-                if (give_up_locked(job, attempt, out)) continue;
+                if (give_up_locked(job, attempt, a, out)) continue;
                 job->requeue(attempt); // the vanished server's dispatch can no longer start or report
-                waiting_[job->service].push_front(job);
+                waiting_[job->service].emplace_front(job, &a);
                 ++waiting_count_;
             }
         }
@@ -182,8 +183,11 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         if (auto s = servers_.find(it->second.server); s != servers_.end()) {
             if (s->second.outstanding > 0) --s->second.outstanding;
-            if (result.start_time > 0 && result.end_time >= result.start_time)
-                s->second.run_seconds = Capacity::average(s->second.run_seconds, result.end_time - result.start_time);
+            if (result.start_time > 0 && result.end_time >= result.start_time) {
+                double run = result.end_time - result.start_time;
+                s->second.run_seconds = Capacity::average(s->second.run_seconds, run);
+                run_seconds_ = Capacity::average(run_seconds_, run);
+            }
         }
         result.server = std::move(it->second.server);
         jobs_.erase(it);

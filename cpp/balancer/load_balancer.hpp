@@ -60,8 +60,8 @@ private:
         unsigned slots = 1;
         std::uint32_t outstanding = 0; // jobs it holds from this balancer
         double run_seconds = -1;       // moving average of its jobs' run time; negative until measured
-        std::uint32_t capacity() const;
     };
+    std::uint32_t capacity(const Server& s) const;
     // Who offers one service: a cached lookup, valid until the registry changes or a lease it saw runs out.
     struct Offers {
         std::uint64_t generation = 0;
@@ -78,9 +78,9 @@ private:
     void on_event(const RegistryEvent& ev);
     void dispatch_locked(JobPtr job, std::vector<Result>& out);
     // Sends `job` to the most eligible server with room; false if none has (it must wait). Needs mu_.
-    bool place_locked(const JobPtr& job, int attempt);
-    // A job given up on after max_attempts vanished servers; true if it was. Needs mu_.
-    bool give_up_locked(const JobPtr& job, int attempt, std::vector<Result>& out);
+    bool place_locked(const JobPtr& job, int attempt, Assignment& a);
+    // A job given up on after max_attempts vanished servers; true if it was (its entry is gone). Needs mu_.
+    bool give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out);
     // Sends waiting jobs to servers with room. Needs mu_.
     void pump_locked();
     const Offers& offers_locked(const std::string& service);
@@ -96,8 +96,11 @@ private:
     std::unordered_map<JobId, Assignment> jobs_;
     std::unordered_map<std::string, Server> servers_;      // by registry id; node addresses are stable
     std::unordered_map<std::string, Offers> offers_;       // by service
-    std::unordered_map<std::string, std::deque<JobPtr>> waiting_; // by service, oldest first
+    // By service, oldest first. An entry's Assignment lives in jobs_ (node addresses are stable) unless the
+    // job was cancelled, which its state says before the pointer is touched.
+    std::unordered_map<std::string, std::deque<std::pair<JobPtr, Assignment*>>> waiting_;
     std::size_t waiting_count_ = 0;
+    double run_seconds_ = -1; // moving average over every server: a server not measured yet is like the others
     std::vector<Candidate> candidates_; // scratch
     std::vector<Server*> chosen_;       // scratch, beside candidates_
     BalancerStats stats_;

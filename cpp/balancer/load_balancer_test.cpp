@@ -243,6 +243,19 @@ TEST_F(BalancerTest, OrphansOfAVanishedServerGoAheadOfWaitingJobs) {
     EXPECT_EQ(b->runs[2].attempt, 2);
 }
 
+TEST_F(BalancerTest, TinyJobsGetADeepQueueOnEveryServerNewcomersIncluded) {
+    auto lb = balancer("round_robin");
+    auto [a, aid] = server();
+    for (int i = 0; i < 3; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    ASSERT_EQ(a->runs.size(), 2u);
+    ASSERT_TRUE(a->finish(0, 1.0, 1e-5)); // 10 us jobs: about 100 fit in a millisecond
+    EXPECT_EQ(a->runs.size(), 3u);
+    auto [b, bid] = server(); // not measured yet: taken to be like the others, not given one spare only
+    for (int i = 0; i < 300; ++i) lb->dispatch(make_job("k" + std::to_string(i)));
+    EXPECT_EQ(a->runs.size(), 1u + Capacity::of(1, 1e-5));
+    EXPECT_EQ(b->runs.size(), Capacity::of(1, 1e-5));
+}
+
 TEST(Capacity, HoldsAboutAMillisecondOfWorkAheadOfEachServer) {
     EXPECT_EQ(Capacity::of(1, -1), 2u);     // unmeasured: one spare
     EXPECT_EQ(Capacity::of(1, 5e-3), 2u);   // long jobs: still one spare, so no slot waits for a round trip

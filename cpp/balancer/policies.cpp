@@ -45,7 +45,17 @@ public:
 
 class RoundRobin final : public Policy {
 public:
-    std::size_t choose(std::span<const Candidate> c) override { return next_++ % c.size(); }
+    // The next server in registration order after the last one chosen, skipping those not offered (full).
+    std::size_t choose(std::span<const Candidate> c) override {
+        std::size_t pick = 0;
+        for (std::size_t i = 0; i < c.size(); ++i)
+            if (c[i].order >= next_) {
+                pick = i;
+                break;
+            }
+        next_ = c[pick].order + 1;
+        return pick;
+    }
     std::string_view name() const override { return "round_robin"; }
     bool needs_stats() const override { return false; }
 

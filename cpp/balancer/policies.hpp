@@ -19,6 +19,7 @@ struct Candidate {
     ServerStats stats;            // as the server reports them
     std::uint32_t outstanding = 0; // jobs this balancer has on it now
     unsigned slots = 1;
+    std::size_t order = 0; // position among every server offering the service, full ones included
     double load() const { return double(outstanding) / double(slots ? slots : 1); }
 };
 

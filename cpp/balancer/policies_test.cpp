@@ -37,9 +37,16 @@ TEST(Policies, FewestOutstandingCountsPerSlot) {
 TEST(Policies, RoundRobinCycles) {
     auto p = make_policy("round_robin", 1);
     std::vector<Candidate> c{cand("a", 0, 0, 9), cand("b", 0, 0, 0), cand("c", 0, 0, 0)};
+    for (std::size_t i = 0; i < c.size(); ++i) c[i].order = i;
     std::vector<std::size_t> got;
     for (int i = 0; i < 6; ++i) got.push_back(p->choose(c));
     EXPECT_EQ(got, (std::vector<std::size_t>{0, 1, 2, 0, 1, 2}));
+    // b is full (not a candidate): the turn passes to c, then back to a, and b's comes again when it has room
+    std::vector<Candidate> without_b{c[0], c[2]};
+    EXPECT_EQ(p->choose(c), 0u);
+    EXPECT_EQ(without_b[p->choose(without_b)].id, "c");
+    EXPECT_EQ(without_b[p->choose(without_b)].id, "a");
+    EXPECT_EQ(c[p->choose(c)].id, "b");
 }
 
 TEST(Policies, PowerOfTwoNeverPicksTheHeavierOfAPairNorTheHeaviestOfAll) {

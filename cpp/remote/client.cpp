@@ -9,7 +9,7 @@ namespace dynexec::remote {
 
 Client::Client(ClientOptions options)
     : options_(std::move(options)), sock_(ctx_, zmq::socket_type::dealer), out_(new Outbox) {
-    wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
+    if (wire::needs_curve(options_.endpoint)) wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
     sock_.set(zmq::sockopt::linger, 0);
     sock_.set(zmq::sockopt::sndtimeo, 1000); // a head that is gone must not hang us
     sock_.set(zmq::sockopt::sndhwm, 0);

@@ -11,7 +11,7 @@ namespace dynexec::remote {
 Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration lease, Duration renew)
     : registry_(registry), options_(std::move(options)), hooks_(std::move(hooks)), lease_(lease), renew_(renew),
       zap_(ctx_, options_.client_public_key), router_(ctx_, zmq::socket_type::router) {
-    wire::make_curve_server(router_, options_.server_keys);
+    if (wire::needs_curve(options_.bind)) wire::make_curve_server(router_, options_.server_keys);
     router_.set(zmq::sockopt::linger, 1000);
     router_.set(zmq::sockopt::sndhwm, 0); // never drop a job or a result: the balancer bounds what is in flight
     router_.set(zmq::sockopt::rcvhwm, 0);
@@ -146,10 +146,14 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
     case wire::Type::result: {
         auto m = wire::decode<wire::ResultMsg>(frames);
         std::shared_ptr<RemoteServerProxy> proxy;
+        std::string id;
         {
             std::lock_guard lk(mu_);
             if (auto it = by_routing_.find(from); it != by_routing_.end()) proxy = it->second;
+            if (auto it = server_id_.find(from); it != server_id_.end()) id = it->second;
         }
+        // A result is proof of life: its renewals may be queued behind large results on the same connection.
+        if (!id.empty()) registry_.renew(id);
         if (proxy) proxy->on_result(std::move(m)); // else: a server given up on; its jobs run elsewhere
         break;
     }

@@ -26,12 +26,16 @@ public:
     Outbox& operator=(const Outbox&) = delete;
 
     void push(std::string to, wire::Frames frames) {
+        bool wake;
         {
             std::lock_guard lk(mu_);
+            wake = items_.empty(); // otherwise the owner is already woken for the items before
             items_.push_back({std::move(to), std::move(frames)});
         }
-        std::uint64_t one = 1;
-        (void)!write(fd_, &one, sizeof one);
+        if (wake) {
+            std::uint64_t one = 1;
+            (void)!write(fd_, &one, sizeof one);
+        }
     }
     std::deque<Item> take() {
         std::uint64_t n;

@@ -38,7 +38,7 @@ std::string ServerHost::id() const {
 int ServerHost::run() {
     zmq::context_t ctx;
     zmq::socket_t sock(ctx, zmq::socket_type::dealer);
-    wire::make_curve_client(sock, options_.server_public_key, options_.client_keys);
+    if (wire::needs_curve(options_.endpoint)) wire::make_curve_client(sock, options_.server_public_key, options_.client_keys);
     sock.set(zmq::sockopt::linger, 2000); // results already queued still reach the head
     sock.set(zmq::sockopt::sndtimeo, 1000); // no head to send to (gone, or it refused us): drop, do not hang
     sock.set(zmq::sockopt::sndhwm, 0);

@@ -26,12 +26,17 @@ struct FakeServer final : ComputeServerProxy {
     unsigned slots() const override { return n_slots; }
 
     // Starts and finishes the i-th job given to this server, as a real server would.
-    bool finish(std::size_t i, Value v = 1.0) {
+    // `run_seconds` >= 0 stamps the result with start and end times that far apart.
+    bool finish(std::size_t i, Value v = 1.0, double run_seconds = -1) {
         auto& r = runs.at(i);
         if (!r.job->try_start(r.attempt)) return false;
         Result res;
         res.job_id = r.job->id;
         res.value = std::move(v);
+        if (run_seconds >= 0) {
+            res.start_time = 1000.0;
+            res.end_time = 1000.0 + run_seconds;
+        }
         r.sink->complete(std::move(res), r.attempt);
         return true;
     }

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace dynexec::wire {
@@ -29,6 +30,11 @@ private:
     std::atomic<bool> stop_{false};
     std::thread thread_;
 };
+
+// A tcp:// endpoint needs CURVE. An ipc:// one does not: its socket file lies in a private (0700)
+// directory, so the file system keeps other users out, as it does for the connection file itself;
+// local compute servers skip the encryption, which costs more than the copy on large results.
+inline bool needs_curve(std::string_view endpoint) { return !endpoint.starts_with("ipc://"); }
 
 void make_curve_server(zmq::socket_t& s, const CurveKeys& server);
 void make_curve_client(zmq::socket_t& s, const std::string& server_public, const CurveKeys& client);

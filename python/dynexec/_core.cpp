@@ -117,6 +117,9 @@ py::object* python_runner = nullptr;
 Value run_python(const Params& p) {
     const auto& payload = p.get<Pickled>("payload");
     py::gil_scoped_acquire gil;
+    // Keep this worker thread's Python thread state: otherwise every job creates and destroys one.
+    thread_local bool kept = false;
+    if (!std::exchange(kept, true)) gil.inc_ref();
     py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
     auto kind = out[0].cast<std::string>();
     if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
@@ -178,6 +181,28 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
              })
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+        // The collector's fast path: (job_id, is_pickle, raw value) for a success, (job_id, None, Result) otherwise.
+        .def(
+            "poll_values",
+            [](E& e, std::size_t max, std::chrono::milliseconds timeout) {
+                std::vector<Result> batch;
+                {
+                    py::gil_scoped_release nogil;
+                    batch = e.poll(max, timeout);
+                }
+                py::list out(batch.size());
+                for (std::size_t i = 0; i < batch.size(); ++i) {
+                    auto& r = batch[i];
+                    if (r.status == Status::ok)
+                        out[i] = py::make_tuple(r.job_id, std::holds_alternative<Pickled>(r.value), from_value(r.value));
+                    else { // the ID first: the Result is moved out after
+                        py::str id(r.job_id);
+                        out[i] = py::make_tuple(id, py::none(), py::cast(std::move(r)));
+                    }
+                }
+                return out;
+            },
+            py::arg("max"), py::arg("timeout"))
         .def("servers",
              [](E& e) {
                  std::vector<ServerInfo> infos;

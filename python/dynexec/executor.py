@@ -1,20 +1,23 @@
 """dynexec.Executor: a concurrent.futures.Executor over the dynexec engine."""
 from __future__ import annotations
 
+import functools
 import getpass
 import itertools
 import os
+import pickle
 import socket
+import types
 import threading
+import time
 import weakref
 from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
 from concurrent.futures._base import PENDING, RUNNING
 from pathlib import Path
 
-import cloudpickle
-
 from . import _core, connection
+from ._runner import dumps
 from .errors import InvalidJobError
 from .local import LocalServers
 from .results import Result, default_archive
@@ -31,6 +34,36 @@ def _default_owner() -> str:
     except Exception:
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
+
+
+_function_blobs: dict = {}  # callable -> its pickle, for those pickled by reference only (never stale)
+
+
+def _function_blob(fn) -> bytes:
+    try:
+        blob = _function_blobs.get(fn)
+    except TypeError:  # unhashable callable
+        return dumps(fn)
+    if blob is not None:
+        return blob
+    # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        try:
+            blob = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            blob = None
+        if blob is not None and b"__main__" not in blob:
+            if len(_function_blobs) >= 1024:
+                _function_blobs.clear()
+            _function_blobs[fn] = blob
+            return blob
+    return dumps(fn)
+
+
+def job_payload(fn, args, kwargs) -> bytes:
+    """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
+    unpickles each callable once, and the arguments."""
+    return dumps((_function_blob(fn), args, kwargs))
 
 
 class JobFuture(Future):
@@ -106,11 +139,16 @@ class Executor(_Executor):
         engine_args = (policy, self._archive, float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
         if processes:
             keys = connection.new_keys()
-            self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
-                                        listen={"bind": "tcp://127.0.0.1:*", **keys})
             # Separate processes share the cores: by default each gets its share for native parallelism.
             threads = threads_per_server or max(1, (os.cpu_count() or 1) // max_workers)
-            self._local = LocalServers(self._engine.endpoint, keys, slots_per_server, threads)
+            self._local = LocalServers(slots_per_server, threads)
+            try:
+                self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
+                                            listen={"bind": self._local.bind, **keys})
+            except BaseException:
+                self._local.stop()
+                raise
+            self._local.joined(self._engine.endpoint, keys)
             self._local.start(max_workers)
             try:
                 self._local.wait_registered(self._engine, max_workers, start_timeout)
@@ -144,7 +182,7 @@ class Executor(_Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         try:
-            payload = cloudpickle.dumps((fn, args, kwargs))
+            payload = job_payload(fn, args, kwargs)
         except Exception as exc:
             raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
                                   f"the callable or its arguments cannot be pickled ({type(exc).__name__}: {exc})") from exc
@@ -164,13 +202,42 @@ class Executor(_Executor):
         return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch."""
+        """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
+
+        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        chunks = super().map(_run_chunk, itertools.repeat(fn), _chunks(zip(*iterables), chunksize), timeout=timeout)
-        return itertools.chain.from_iterable(chunks)
+        end_time = None if timeout is None else timeout + time.monotonic()
+        if chunksize > 1:
+            fn, items = functools.partial(_run_chunk, fn), ((c,) for c in _chunks(zip(*iterables), chunksize))
+        else:
+            items = zip(*iterables)
+        try:
+            blob = _function_blob(fn)
+        except Exception as exc:
+            raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
+                                  f"it cannot be pickled ({type(exc).__name__}: {exc})") from exc
+        futures = []
+        for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
+            try:
+                payloads = [dumps((blob, args, {})) for args in batch]
+            except Exception as exc:
+                for f in futures:
+                    f.cancel()
+                raise InvalidJobError(f"cannot send the arguments of {getattr(fn, '__qualname__', fn)!s} to a "
+                                      f"compute server: they cannot be pickled ({type(exc).__name__}: {exc})") from exc
+            futures += self._submit_many(payloads)
+        results = _in_order(futures, end_time)
+        return itertools.chain.from_iterable(results) if chunksize > 1 else results
+
+    def _submit_many(self, payloads: list[bytes]) -> list[JobFuture]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            ids = self._engine.submit_python_many(payloads, self._owner)  # under the lock, as in _submit
+            futures = [JobFuture(self, job_id) for job_id in ids]
+            self._futures.update(zip(ids, futures))
+        return futures
 
     # -- the cluster ------------------------------------------------------------------------------
     def servers(self) -> list[dict]:
@@ -245,19 +312,24 @@ class Executor(_Executor):
 
 
 def _collect(executor_ref, engine, futures, lock, closing, engine_done):
+    loads = pickle.loads
     while True:
-        batch = engine.poll(4096, 0.05)
-        for r in batch:
-            with lock:
-                future = futures.pop(r.job_id, None)
-            if future is not None:
-                try:
-                    _settle(future, r)
-                except BaseException as exc:  # e.g. a result that cannot be unpickled: fail its future, not this thread
-                    if not future.done():
-                        future.set_exception(exc)
+        batch = engine.poll_values(4096, 0.05)
+        with lock:
+            settle = [(futures.pop(job_id, None), pickled, raw) for job_id, pickled, raw in batch]
+        for future, pickled, raw in settle:
+            if future is None:
+                continue
+            try:
+                if pickled is None:
+                    _settle(future, raw)  # not a success: raw is the whole result
+                elif not future.cancelled():
+                    future.set_result(loads(raw) if pickled else raw)
+            except BaseException as exc:  # e.g. a result that cannot be unpickled: fail its future, not this thread
+                if not future.done():
+                    future.set_exception(exc)
         idle = not batch
-        batch = r = future = None  # hold no result while polling: a user may drop it, and it may be large
+        batch = settle = future = raw = None  # hold no result while polling: a user may drop it, and it may be large
         if idle:
             if engine_done.is_set():
                 return
@@ -279,6 +351,28 @@ def _settle(future: JobFuture, r: _core.Result) -> None:
         future.set_result(result.value)
     else:
         future.set_exception(result.exception())
+
+
+_MAP_BATCH = 1024
+
+
+def _in_order(futures: list[Future], end_time: float | None):
+    """Results in submission order, as concurrent.futures' map yields them; cancels the rest if abandoned.
+    Holds no reference to a future (nor its result) once yielded."""
+    futures.reverse()
+    try:
+        while futures:
+            yield _result_or_cancel(futures.pop(), None if end_time is None else end_time - time.monotonic())
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _result_or_cancel(future: Future, timeout: float | None):
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()  # a no-op once done; stops it after a timeout
 
 
 def _chunks(items, size):

@@ -18,11 +18,21 @@ class LocalServers:
     Each watches this process and leaves when it is gone, so none outlives its Executor.
     """
 
-    def __init__(self, endpoint: str, keys: dict, slots: int, threads: int):
+    def __init__(self, slots: int, threads: int):
         self._dir = Path(tempfile.mkdtemp(prefix="dynexec-"))  # 0700
-        self.connection_file = connection.write(self._dir / "connection.json", endpoint, keys)
+        self.connection_file: Path | None = None
         self._slots, self._threads = slots, threads
         self.procs: list[subprocess.Popen] = []
+
+    @property
+    def bind(self) -> str:
+        """Where the head listens for them: a Unix socket in the private directory, which keeps other users
+        out as CURVE does on TCP, without encrypting every byte of every result."""
+        return f"ipc://{self._dir / 'head'}"
+
+    def joined(self, endpoint: str, keys: dict) -> None:
+        """Writes the connection file the servers read, once the head listens at `endpoint`."""
+        self.connection_file = connection.write(self._dir / "connection.json", endpoint, keys)
 
     def start(self, n: int) -> list[subprocess.Popen]:
         cmd = [sys.executable, "-m", "dynexec.server", "--join", str(self.connection_file),
