@@ -29,24 +29,16 @@ LoadBalancer::LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink
 LoadBalancer::~LoadBalancer() { registry_.unsubscribe(subscription_); }
 
 void LoadBalancer::dispatch(JobPtr job) {
-    std::vector<Result> out;
-    {
-        std::lock_guard lk(mu_);
-        dispatch_locked(std::move(job), out);
-    }
-    deliver(out);
+    std::lock_guard lk(mu_);
+    dispatch_locked(std::move(job));
 }
 
 void LoadBalancer::dispatch(std::vector<JobPtr> jobs) {
-    std::vector<Result> out;
-    {
-        std::lock_guard lk(mu_);
-        for (auto& job : jobs) dispatch_locked(std::move(job), out);
-    }
-    deliver(out);
+    std::lock_guard lk(mu_);
+    for (auto& job : jobs) dispatch_locked(std::move(job));
 }
 
-void LoadBalancer::dispatch_locked(JobPtr job, std::vector<Result>& out) {
+void LoadBalancer::dispatch_locked(JobPtr job) {
     if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
     auto& a = jobs_[job->id];
     a = {job, "", {}};

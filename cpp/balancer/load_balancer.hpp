@@ -76,7 +76,7 @@ private:
 
     LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink> results, Options options);
     void on_event(const RegistryEvent& ev);
-    void dispatch_locked(JobPtr job, std::vector<Result>& out);
+    void dispatch_locked(JobPtr job);
     // Sends `job` to the most eligible server with room; false if none has (it must wait). Needs mu_.
     bool place_locked(const JobPtr& job, int attempt, Assignment& a);
     // A job given up on after max_attempts vanished servers; true if it was (its entry is gone). Needs mu_.
