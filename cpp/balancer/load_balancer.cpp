@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 namespace dynexec {
 
 std::uint32_t LoadBalancer::capacity(const Server& s) const {
@@ -112,8 +114,55 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     a.server = candidates_[i].id;
     ++server.outstanding;
     ++stats_.dispatched;
+    server.sent.emplace_back(job, attempt);
     server.proxy->run(job, attempt, shared_from_this());
     return true;
+}
+
+bool LoadBalancer::current_locked(const std::pair<JobPtr, int>& entry, const std::string& server_id) const {
+    auto& [job, attempt] = entry;
+    if (job->attempt() != attempt || job->state() != JobState::queued) return false;
+    auto it = jobs_.find(job->id);
+    return it != jobs_.end() && it->second.server == server_id;
+}
+
+void LoadBalancer::steal_locked(const std::string& thief_id, Server& thief) {
+    // The victim: the server with the most jobs beyond its slots (queued there, not running).
+    Server* victim = nullptr;
+    const std::string* victim_id = nullptr;
+    for (auto& [id, s] : servers_)
+        if (&s != &thief && s.outstanding > s.slots &&
+            (!victim || s.outstanding - s.slots > victim->outstanding - victim->slots)) {
+            victim = &s;
+            victim_id = &id;
+        }
+    if (!victim) return;
+    // Half of its queue at most, so that two servers never trade the same jobs back and forth.
+    std::uint32_t want = std::min(capacity(thief) - std::min(capacity(thief), thief.outstanding),
+                                  (victim->outstanding - victim->slots + 1) / 2);
+    while (want > 0 && !victim->sent.empty()) {
+        auto entry = std::move(victim->sent.back());
+        victim->sent.pop_back();
+        if (!current_locked(entry, *victim_id)) continue;
+        auto& [job, attempt] = entry;
+        auto& offers = offers_locked(job->service);
+        bool offered = std::any_of(offers.servers.begin(), offers.servers.end(),
+                                   [&](auto& o) { return o.second == &thief; });
+        if (!offered) { // the thief cannot run it: leave it where it is
+            victim->sent.push_back(std::move(entry));
+            break;
+        }
+        --victim->outstanding;
+        victim->proxy->revoke(job->id, attempt);
+        job->requeue(attempt + 1); // the victim's dispatch can no longer start here, nor report
+        jobs_.at(job->id).server = thief_id;
+        ++thief.outstanding;
+        ++stats_.dispatched;
+        ++stats_.stolen;
+        thief.sent.emplace_back(job, attempt + 1);
+        thief.proxy->run(job, attempt + 1, shared_from_this());
+        --want;
+    }
 }
 
 void LoadBalancer::pump_locked() {
@@ -160,6 +209,14 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
         }
         // A join, a leave or new services: waiting jobs may have somewhere to go now.
         pump_locked();
+        // A newcomer with nothing to take from the waiting jobs takes from the longest queue.
+        if (ev.what == RegistryEvent::What::joined && !waiting_count_) {
+            offers_.clear(); // the cached lookups predate it
+            auto [it, fresh] = servers_.try_emplace(ev.entry.id);
+            if (fresh) it->second.proxy = ev.entry.server;
+            it->second.slots = std::max(1u, ev.entry.server->slots());
+            steal_locked(it->first, it->second);
+        }
     }
     deliver(out);
 }
@@ -173,17 +230,25 @@ void LoadBalancer::complete(Result result, int attempt) {
             ++stats_.stale; // the job was re-dispatched: this server's result is not the one we keep
             return;
         }
-        if (auto s = servers_.find(it->second.server); s != servers_.end()) {
+        auto s = servers_.find(it->second.server);
+        if (s != servers_.end()) {
             if (s->second.outstanding > 0) --s->second.outstanding;
+            auto& sent = s->second.sent; // drop what has finished from the front, keep the rest in order
+            while (!sent.empty() && (sent.front().first == it->second.job || !current_locked(sent.front(), s->first)))
+                sent.pop_front();
             if (result.start_time > 0 && result.end_time >= result.start_time) {
                 double run = result.end_time - result.start_time;
                 s->second.run_seconds = Capacity::average(s->second.run_seconds, run);
                 run_seconds_ = Capacity::average(run_seconds_, run);
             }
         }
-        result.server = std::move(it->second.server);
+        result.server = it->second.server;
         jobs_.erase(it);
         if (waiting_count_) pump_locked();
+        // A server about to idle while another has a queue takes some of it (a slot left free costs more
+        // than a move); one that still has work queued steals nothing.
+        if (!waiting_count_ && s != servers_.end() && s->second.outstanding < s->second.slots)
+            steal_locked(s->first, s->second);
     }
     result.attempts = attempt;
     results_->accept(std::move(result));

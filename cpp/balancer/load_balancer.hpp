@@ -23,6 +23,7 @@ struct BalancerStats {
     std::uint64_t redispatched = 0; // after a server vanished
     std::uint64_t lost = 0;         // failed after max_attempts vanished servers
     std::uint64_t stale = 0;        // late results from servers given up on, dropped
+    std::uint64_t stolen = 0;       // queued jobs moved to a server with room
     std::size_t waiting = 0;        // jobs no live server offers a service for, yet
 };
 
@@ -60,6 +61,9 @@ private:
         unsigned slots = 1;
         std::uint32_t outstanding = 0; // jobs it holds from this balancer
         double run_seconds = -1;       // moving average of its jobs' run time; negative until measured
+        // What it was sent, oldest first, with the dispatch (attempt): stealing takes from the back.
+        // Entries of jobs finished or moved since are dropped lazily.
+        std::deque<std::pair<JobPtr, int>> sent;
     };
     std::uint32_t capacity(const Server& s) const;
     // Who offers one service: a cached lookup, valid until the registry changes or a lease it saw runs out.
@@ -83,6 +87,11 @@ private:
     bool give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out);
     // Sends waiting jobs to servers with room. Needs mu_.
     void pump_locked();
+    // `thief` has room and nothing waits: moves to it jobs queued (not started, as far as this balancer
+    // knows) on the server with the longest queue, newest first. Needs mu_.
+    void steal_locked(const std::string& thief_id, Server& thief);
+    // True if `entry` is still the current dispatch of its job to `server_id`. Needs mu_.
+    bool current_locked(const std::pair<JobPtr, int>& entry, const std::string& server_id) const;
     const Offers& offers_locked(const std::string& service);
     void deliver(std::vector<Result>& results);
 

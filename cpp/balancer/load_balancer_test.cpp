@@ -45,11 +45,13 @@ TEST_F(BalancerTest, ServerThatJoinsGetsTheNextJob) {
     auto [a, aid] = server();
     lb->dispatch(make_job("j1"));
     lb->dispatch(make_job("j2"));
-    auto [b, bid] = server(); // joins mid-run: the very next dispatch sees it
-    lb->dispatch(make_job("j3"));
-    EXPECT_EQ(a->runs.size(), 2u);
+    auto [b, bid] = server(); // joins mid-run: it takes j2, queued on a, at once
     ASSERT_EQ(b->runs.size(), 1u);
-    EXPECT_EQ(b->runs[0].job->id, "j3");
+    EXPECT_EQ(b->runs[0].job->id, "j2");
+    EXPECT_EQ(a->revoked, (std::vector<std::pair<JobId, int>>{{"j2", 1}}));
+    lb->dispatch(make_job("j3")); // and the very next dispatch sees it
+    ASSERT_EQ(a->runs.size(), 3u);
+    EXPECT_EQ(a->runs[2].job->id, "j3");
 }
 
 TEST_F(BalancerTest, ServerPastItsLeaseNeverGetsAJob) {
@@ -252,8 +254,46 @@ TEST_F(BalancerTest, TinyJobsGetADeepQueueOnEveryServerNewcomersIncluded) {
     EXPECT_EQ(a->runs.size(), 3u);
     auto [b, bid] = server(); // not measured yet: taken to be like the others, not given one spare only
     for (int i = 0; i < 300; ++i) lb->dispatch(make_job("k" + std::to_string(i)));
-    EXPECT_EQ(a->runs.size(), 1u + Capacity::of(1, 1e-5));
+    // b took j2 from a's queue when it joined, then as much as a
+    EXPECT_EQ(a->runs.size(), 2u + Capacity::of(1, 1e-5));
     EXPECT_EQ(b->runs.size(), Capacity::of(1, 1e-5));
+}
+
+TEST_F(BalancerTest, ServerWithNothingToDoStealsTheNewestQueuedJobs) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    lb->dispatch(make_job("warm"));
+    ASSERT_TRUE(a->finish(0, 1.0, 1e-5)); // tiny jobs: a takes a deep queue
+    for (int i = 0; i < 50; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    ASSERT_EQ(a->runs.size(), 51u);
+    auto [b, bid] = server(); // nothing waits in the balancer: b takes half of a's queue, newest first
+    ASSERT_EQ(b->runs.size(), 25u);
+    EXPECT_EQ(b->runs[0].job->id, "j49");
+    EXPECT_EQ(b->runs[0].attempt, 2);
+    ASSERT_EQ(a->revoked.size(), 25u);
+    EXPECT_EQ(a->revoked[0], (std::pair<JobId, int>{"j49", 1}));
+    EXPECT_FALSE(a->finish(50)); // a's dispatch of j49 can no longer start
+    EXPECT_TRUE(b->finish(0));
+    EXPECT_EQ(lb->stats().stolen, 25u); // b still has work: it steals nothing
+    for (std::size_t i = 1; i <= 25; ++i) EXPECT_TRUE(a->finish(i));
+    EXPECT_EQ(lb->stats().stolen, 37u); // a ran dry and took half of b's 24 queued back
+    EXPECT_EQ(results->results.size(), 27u); // warm, j49 on b, j0..j24 on a
+}
+
+TEST_F(BalancerTest, ServerThatStillHasWorkStealsNothing) {
+    auto lb = balancer("round_robin");
+    auto [a, aid] = server();
+    auto [b, bid] = server();
+    for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i))); // each: one running, one queued
+    ASSERT_EQ(a->runs.size(), 2u);
+    ASSERT_EQ(b->runs.size(), 2u);
+    ASSERT_TRUE(a->finish(0)); // a still has j2 to run
+    EXPECT_EQ(lb->stats().stolen, 0u);
+    ASSERT_TRUE(a->finish(1));  // now a would idle while b has j3 queued behind j1
+    EXPECT_EQ(lb->stats().stolen, 1u);
+    ASSERT_EQ(a->runs.size(), 3u);
+    EXPECT_EQ(a->runs[2].job->id, "j3");
+    EXPECT_FALSE(b->finish(1)); // b skips it
 }
 
 TEST(Capacity, HoldsAboutAMillisecondOfWorkAheadOfEachServer) {

@@ -320,6 +320,7 @@ EngineStats Engine::stats() const {
         auto bs = b.component->stats();
         s.dispatched += bs.dispatched;
         s.redispatched += bs.redispatched;
+        s.stolen += bs.stolen;
         s.lost += bs.lost;
         s.stale += bs.stale;
         s.outstanding += b.component->outstanding();

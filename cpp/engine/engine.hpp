@@ -31,7 +31,7 @@ struct EngineOptions {
 };
 
 struct EngineStats {
-    std::uint64_t submitted = 0, delivered = 0, dispatched = 0, redispatched = 0, lost = 0, stale = 0;
+    std::uint64_t submitted = 0, delivered = 0, dispatched = 0, redispatched = 0, lost = 0, stale = 0, stolen = 0;
     std::size_t outstanding = 0;
     std::string archive_error; // last archive write failure, if any
 };

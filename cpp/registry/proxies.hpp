@@ -33,6 +33,9 @@ public:
     virtual void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) = 0;
     virtual ServerStats stats() const = 0;
     virtual unsigned slots() const = 0; // jobs it runs at once
+    // The balancer moved dispatch `attempt` of `id` elsewhere: do not start it, if not started yet. A server
+    // that shares the Job object needs nothing (its try_start fails); one in another process is told.
+    virtual void revoke(const JobId& /*id*/, int /*attempt*/) {}
 };
 
 class LoadBalancerProxy {

@@ -15,13 +15,24 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Jobs sent here and not finished: the head may revoke one that has not started.
+struct Held {
+    std::mutex mu;
+    std::unordered_map<JobId, JobPtr> jobs;
+};
+
 // Finished jobs go back to the head through the socket's thread.
 struct SendBack final : CompletionSink {
     Outbox& out;
     std::atomic<std::uint64_t>& done;
-    SendBack(Outbox& o, std::atomic<std::uint64_t>& d) : out(o), done(d) {}
+    Held& held;
+    SendBack(Outbox& o, std::atomic<std::uint64_t>& d, Held& h) : out(o), done(d), held(h) {}
     void complete(Result r, int attempt) override {
         ++done;
+        {
+            std::lock_guard lk(held.mu);
+            held.jobs.erase(r.job_id);
+        }
         out.push("", wire::encode(wire::ResultMsg{std::move(r), attempt}));
     }
 };
@@ -49,7 +60,8 @@ int ServerHost::run() {
     auto& catalog = ServiceCatalog::process();
     // Owned by a raw pointer on purpose: leaving must not wait for a job the head will run elsewhere.
     auto* server = new ComputeServer({options_.slots, options_.threads}, catalog);
-    auto sink = std::make_shared<SendBack>(out, jobs_done_);
+    Held held;
+    auto sink = std::make_shared<SendBack>(out, jobs_done_, held);
 
     auto hello = [&](wire::Type type = wire::Type::hello_server) {
         wire::HelloServer h{hostname(), getpid(), options_.slots, {}};
@@ -85,7 +97,20 @@ int ServerHost::run() {
                     }
                     case wire::Type::job: {
                         auto m = wire::decode<wire::JobMsg>(frames);
+                        {
+                            std::lock_guard lk(held.mu);
+                            held.jobs[m.job->id] = m.job;
+                        }
                         server->run(std::move(m.job), m.attempt, sink);
+                        break;
+                    }
+                    case wire::Type::revoke: { // it runs elsewhere now, unless it has started here
+                        auto r = wire::decode<wire::Request>(frames);
+                        std::lock_guard lk(held.mu);
+                        if (auto it = held.jobs.find(r.job_id); it != held.jobs.end() && it->second->attempt() == int(r.id)) {
+                            it->second->try_cancel();
+                            held.jobs.erase(it);
+                        }
                         break;
                     }
                     case wire::Type::expired:

@@ -21,6 +21,15 @@ public:
         }
         out_.push(routing_, std::move(frames));
     }
+    void revoke(const JobId& id, int attempt) override {
+        {
+            std::lock_guard lk(mu_);
+            auto it = pending_.find(id);
+            if (it == pending_.end() || it->second.first != attempt) return;
+            pending_.erase(it);
+        }
+        out_.push(routing_, wire::encode(wire::Type::revoke, wire::Request{std::uint64_t(attempt), id}));
+    }
     ServerStats stats() const override {
         std::lock_guard lk(mu_);
         auto s = last_;

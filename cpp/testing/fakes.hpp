@@ -16,6 +16,7 @@ struct FakeServer final : ComputeServerProxy {
         std::shared_ptr<CompletionSink> sink;
     };
     std::vector<Run> runs;
+    std::vector<std::pair<JobId, int>> revoked;
     ServerStats s;
     unsigned n_slots = 1;
 
@@ -24,6 +25,7 @@ struct FakeServer final : ComputeServerProxy {
     }
     ServerStats stats() const override { return s; }
     unsigned slots() const override { return n_slots; }
+    void revoke(const JobId& id, int attempt) override { revoked.emplace_back(id, attempt); }
 
     // Starts and finishes the i-th job given to this server, as a real server would.
     // `run_seconds` >= 0 stamps the result with start and end times that far apart.

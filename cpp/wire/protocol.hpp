@@ -31,6 +31,7 @@ enum class Type : std::uint8_t {
     stop,         // (empty): leave now
     renewed,      // (empty): the lease was renewed; the head is alive
     load_plugin,  // Request (job_id = the plugin's path): load it, then offer its services
+    revoke,       // Request (id = the attempt): do not start that dispatch of the job; it runs elsewhere
     // client -> head
     hello_client = 32, // HelloClient
     submit,            // Submit

@@ -284,7 +284,7 @@ PYBIND11_MODULE(_core, m) {
              [](const Engine& e) {
                  auto s = e.stats();
                  return py::dict("submitted"_a = s.submitted, "delivered"_a = s.delivered,
-                                 "dispatched"_a = s.dispatched, "redispatched"_a = s.redispatched,
+                                 "dispatched"_a = s.dispatched, "redispatched"_a = s.redispatched, "stolen"_a = s.stolen,
                                  "lost"_a = s.lost, "stale"_a = s.stale, "outstanding"_a = s.outstanding,
                                  "archive_error"_a = s.archive_error);
              })
