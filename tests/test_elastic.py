@@ -29,6 +29,22 @@ def test_server_that_joins_mid_run_gets_work(archive, processes):
         assert ran_on.count(new_id) >= 10
 
 
+@pytest.mark.parametrize("processes", [True, False])
+def test_idle_server_takes_a_job_queued_behind_a_long_one_and_it_runs_once(archive, processes):
+    with dynexec.Executor(max_workers=2, policy="round_robin", archive=archive, processes=processes) as ex:
+        a, b = (s["id"] for s in ex.servers())
+        long = ex.submit(nap, "long", 1.0)                           # -> a
+        short = [ex.submit(nap, i, 0.01) for i in range(3)]          # -> b, a (behind the long one), b
+        # b runs dry while a is busy: it takes the job queued on a, which runs long before a is free
+        assert short[1].result(timeout=0.8) == 1
+        assert long.result(timeout=30) == "long" and [f.result(timeout=30) for f in short] == [0, 1, 2]
+        stats, done = ex.stats(), {s["id"]: s["statistics"]["jobs_done"] for s in ex.servers()}
+        ran_on = dynexec.find(short[1].job_id, archive).server
+    assert stats["stolen"] >= 1, stats
+    assert ran_on == b
+    assert done == {a: 1, b: 3}, done  # a dropped its copy (told so by message when in another process)
+
+
 def test_server_that_stops_renewing_loses_its_jobs_to_the_others_exactly_once(archive):
     n = 40
     with dynexec.Executor(max_workers=2, policy="round_robin", archive=archive, lease_seconds=0.3,
