@@ -97,7 +97,7 @@ void BM_WireResultRoundTrip(benchmark::State& state) {
     state.SetItemsProcessed(state.iterations());
     state.SetBytesProcessed(state.iterations() * state.range(0));
 }
-BENCHMARK(BM_WireResultRoundTrip)->Arg(64)->Arg(1 << 20);
+BENCHMARK(BM_WireResultRoundTrip)->Arg(64)->Arg(256 << 10)->Arg(1 << 20)->Arg(16 << 20);
 
 } // namespace
 

@@ -36,7 +36,10 @@ concept Record = requires(T& t, int& io) {
     fields(io, t);
 };
 
-// Packs fields in order; arrays go to their own frames.
+// Bytes and pickles from this size on travel in frames of their own, like arrays.
+constexpr std::size_t kOwnFrame = 128 * 1024;
+
+// Packs fields in order; arrays (and large bytes) go to their own frames.
 struct Out {
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> pk{buf};
@@ -75,8 +78,15 @@ struct Out {
                 using T = std::decay_t<decltype(x)>;
                 if constexpr (std::is_same_v<T, std::monostate>)
                     pk.pack_nil();
-                else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>)
-                    bin(x.data);
+                else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) {
+                    if (x.data.size() < kOwnFrame) {
+                        bin(x.data);
+                    } else { // one copy into a frame of its own, not several through msgpack's buffer
+                        pk.pack_array(1);
+                        pk.pack(std::uint32_t(arrays.size()));
+                        arrays.emplace_back(x.data.data(), x.data.size());
+                    }
+                }
                 else if constexpr (std::is_same_v<T, Array>) {
                     (*this)(x.dtype, x.shape, std::uint32_t(arrays.size()));
                     // Zero-copy: the frame keeps the array's owner alive until ZeroMQ has sent it.
@@ -159,6 +169,12 @@ struct In {
     }
     std::string bin() {
         auto& o = next();
+        if (o.type == msgpack::type::ARRAY && o.via.array.size == 1) { // in a frame of its own
+            auto frame = In(o, arrays).get<std::uint32_t>();
+            if (!arrays || frame >= arrays->size()) malformed("bytes frame missing");
+            auto& msg = (*arrays)[frame];
+            return std::string(static_cast<const char*>(msg->data()), msg->size());
+        }
         if (o.type != msgpack::type::BIN) malformed("expected bytes");
         return std::string(o.via.bin.ptr, o.via.bin.size);
     }

@@ -51,6 +51,30 @@ TEST(Protocol, JobRoundTripKeepsEveryValueKindAndSendsArraysAsFrames) {
     EXPECT_EQ(a.view<double>()[5], 6.0);
 }
 
+TEST(Protocol, LargeBytesAndPicklesTravelInFramesOfTheirOwn) {
+    std::string big(200 * 1024, 'x');
+    big[12345] = '\0';
+    ResultMsg m;
+    m.result.job_id = "J-2";
+    m.result.value = Pickled{big};
+    auto frames = encode(m);
+    ASSERT_EQ(frames.size(), 3u); // type, body, the pickle
+    EXPECT_LT(frames[1].size(), 1024u);
+    EXPECT_EQ(std::get<Pickled>(decode<ResultMsg>(frames).result.value).data, big);
+
+    auto job = std::make_shared<Job>();
+    job->id = "J-3";
+    job->params.set("small", Bytes{"s"});
+    job->params.set("large", Bytes{big});
+    auto jf = encode(JobMsg{job, 1});
+    ASSERT_EQ(jf.size(), 3u);
+    auto back = decode<JobMsg>(jf);
+    EXPECT_EQ(back.job->params.get<Bytes>("large").data, big);
+    EXPECT_EQ(back.job->params.get<Bytes>("small").data, "s");
+    jf.pop_back(); // its frame lost on the way: refused, not read out of bounds
+    EXPECT_THROW(decode<JobMsg>(jf), std::exception);
+}
+
 TEST(Protocol, ResultsRepliesAndServiceSignaturesRoundTrip) {
     Result r;
     r.job_id = "J-2";
