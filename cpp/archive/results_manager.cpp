@@ -187,8 +187,7 @@ void ResultsManager::accept(Result result) {
     {
         std::lock_guard lk(core_->mu);
         ++core_->accepted;
-        // Without an archive there is nothing to wait for: deliver on this thread, one hand-off fewer.
-        if (!core_->exited && core_->archive) {
+        if (!core_->exited) {
             // The writer sleeps only on an empty queue: wake it once, not for every result.
             if (core_->queue.empty()) core_->work_cv.notify_one();
             core_->queue.push_back(std::move(result));

@@ -22,8 +22,7 @@
 namespace dynexec {
 
 // Thread-safe. on_archived runs on the writer thread, one batch at a time
-// (without an archive, or after close(), on the thread that calls accept(),
-// possibly on several threads at once).
+// (after close(), on the thread that calls accept()).
 class ResultsManager final : public ResultsSink, public std::enable_shared_from_this<ResultsManager> {
 public:
     using Delivery = std::function<void(std::vector<Result>&&)>;

@@ -98,9 +98,12 @@ struct Engine::Impl {
         auto n = batch.size();
         if (hub) hub->route(batch); // results of remote clients' jobs go back to them
         std::lock_guard lk(done_mu);
+        // A poller sleeps only on an empty queue, and shutdown waits for the last result: wake them then only,
+        // not once per result (results come one at a time without an archive).
+        bool wake = done.empty();
         for (auto& r : batch) done.push_back(std::move(r));
         delivered += n;
-        done_cv.notify_all();
+        if (wake || delivered >= manager->submitted()) done_cv.notify_all();
     }
 
     void start_balancer() {
