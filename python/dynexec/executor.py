@@ -66,13 +66,29 @@ def job_payload(fn, args, kwargs) -> bytes:
     return dumps((_function_blob(fn), args, kwargs))
 
 
+_condition_lock = threading.Lock()  # makes each future's Condition exactly once
+
+
 class JobFuture(Future):
     """A Future for one job; `job_id` finds its result in the archive later."""
 
     def __init__(self, executor: Executor, job_id: str = ""):
-        super().__init__()
+        # Future.__init__ but for its Condition, made on first use: a queued job's future is half the size.
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self.job_id = job_id
         self._engine = executor._engine
+
+    @property
+    def _condition(self) -> threading.Condition:
+        try:
+            return self.__dict__["_lazy_condition"]
+        except KeyError:
+            with _condition_lock:
+                return self.__dict__.setdefault("_lazy_condition", threading.Condition())
 
     def cancel(self) -> bool:
         with self._condition:
