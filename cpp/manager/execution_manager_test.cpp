@@ -117,3 +117,30 @@ TEST_F(ManagerTest, JobsOfABalancerWhoseLeaseRanOutGoThroughTheNextOne) {
     EXPECT_EQ(second->count(), 3u);
     EXPECT_EQ(started.size(), 2u); // no need to start a third
 }
+
+TEST_F(ManagerTest, ManyJobsGoOverInOneHandOverOrNoneIfOneIsWrong) {
+    auto ids = manager.submit_many("test.echo", {{{"x", 1.0}}, {}, {{"x", 3.0}}}, "me");
+    ASSERT_EQ(ids.size(), 3u);
+    ASSERT_EQ(lb->count(), 3u);
+    EXPECT_EQ(lb->jobs[2]->id, ids[2]);
+    EXPECT_EQ(lb->jobs[2]->params.get<double>("x"), 3.0);
+    EXPECT_LT(ids[0], ids[1]); // sortable, in submission order
+    EXPECT_EQ(manager.submitted(), 3u);
+    try {
+        manager.submit_many("test.echo", {{{"x", 1.0}}, {{"x", std::string("two")}}, {}}, "me");
+        FAIL() << "a wrong parameter was accepted";
+    } catch (const InvalidJob& e) {
+        EXPECT_NE(std::string(e.what()).find("job 2 of 3"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(lb->count(), 3u); // none of the three was queued
+    EXPECT_EQ(manager.submitted(), 3u);
+}
+
+TEST_F(ManagerTest, ServicesAServerOffersLaterAreAcceptedAtOnce) {
+    auto id = registry.lookup(Kind::compute_server).front().id;
+    auto before = registry.generation();
+    EXPECT_THROW(manager.submit("test.later", {}, "me"), UnknownService);
+    registry.set_services(id, {test_service("test.echo"), test_service("test.later")}); // e.g. a plugin loaded
+    EXPECT_GT(registry.generation(), before); // cached lookups see the change
+    EXPECT_NO_THROW(manager.submit("test.later", {{"x", 1.0}}, "me"));
+}
