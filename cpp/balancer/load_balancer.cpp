@@ -114,9 +114,19 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     a.server = candidates_[i].id;
     ++server.outstanding;
     ++stats_.dispatched;
-    server.sent.emplace_back(job, attempt);
+    remember_locked(candidates_[i].id, server, job, attempt);
     server.proxy->run(job, attempt, shared_from_this());
     return true;
+}
+
+void LoadBalancer::remember_locked(std::string_view server_id, Server& server, const JobPtr& job, int attempt) {
+    server.sent.emplace_back(job, attempt);
+    // Finished jobs leave from the front only: behind a long one they pile up. Past twice what could still
+    // be taken, drop them all (amortised: the next sweep comes only once as many have been sent again).
+    if (server.sent.size() > 2 * (std::size_t(server.outstanding) + 64)) {
+        std::string id(server_id);
+        std::erase_if(server.sent, [&](auto& entry) { return !current_locked(entry, id); });
+    }
 }
 
 bool LoadBalancer::current_locked(const std::pair<JobPtr, int>& entry, const std::string& server_id) const {
@@ -159,7 +169,7 @@ void LoadBalancer::steal_locked(const std::string& thief_id, Server& thief) {
         ++thief.outstanding;
         ++stats_.dispatched;
         ++stats_.stolen;
-        thief.sent.emplace_back(job, attempt + 1);
+        remember_locked(thief_id, thief, job, attempt + 1);
         thief.proxy->run(job, attempt + 1, shared_from_this());
         --want;
     }

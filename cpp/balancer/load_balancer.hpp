@@ -90,6 +90,8 @@ private:
     // `thief` has room and nothing waits: moves to it jobs queued (not started, as far as this balancer
     // knows) on the server with the longest queue, newest first. Needs mu_.
     void steal_locked(const std::string& thief_id, Server& thief);
+    // Notes that `server` was sent this dispatch (a candidate for stealing). Needs mu_.
+    void remember_locked(std::string_view server_id, Server& server, const JobPtr& job, int attempt);
     // True if `entry` is still the current dispatch of its job to `server_id`. Needs mu_.
     bool current_locked(const std::pair<JobPtr, int>& entry, const std::string& server_id) const;
     const Offers& offers_locked(const std::string& service);

@@ -296,6 +296,23 @@ TEST_F(BalancerTest, ServerThatStillHasWorkStealsNothing) {
     EXPECT_FALSE(b->finish(1)); // b skips it
 }
 
+TEST_F(BalancerTest, FinishedJobsBehindAStuckOneAreNotKeptAlive) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    lb->dispatch(make_job("stuck")); // never finishes: the front of everything sent to a
+    std::vector<std::weak_ptr<Job>> done;
+    for (int i = 0; i < 1000; ++i) {
+        lb->dispatch(make_job("j" + std::to_string(i)));
+        ASSERT_EQ(a->runs.back().job->id, "j" + std::to_string(i));
+        ASSERT_TRUE(a->finish(a->runs.size() - 1));
+        done.push_back(a->runs.back().job);
+        a->runs.pop_back(); // the server lets go of it, as a real one does
+    }
+    auto alive = std::count_if(done.begin(), done.end(), [](auto& w) { return !w.expired(); });
+    EXPECT_LE(alive, 2 * (2 + 64)); // bounded, not all 1000
+    EXPECT_EQ(results->results.size(), 1000u);
+}
+
 TEST(Capacity, HoldsAboutAMillisecondOfWorkAheadOfEachServer) {
     EXPECT_EQ(Capacity::of(1, -1), 2u);     // unmeasured: one spare
     EXPECT_EQ(Capacity::of(1, 5e-3), 2u);   // long jobs: still one spare, so no slot waits for a round trip
