@@ -5,20 +5,10 @@ import traceback
 import cloudpickle
 import numpy as np
 
+from ._pickling import dumps
+
 # dtypes the archive stores natively; other arrays are pickled like any value.
 _NATIVE_DTYPES = frozenset("f8 f4 i8 i4 i2 i1 u8 u4 u2 u1 b1".split())
-
-
-def dumps(obj) -> bytes:
-    """pickle where it is enough (several times faster), cloudpickle where it is not: lambdas, local
-    functions, and whatever refers to __main__, which the other process cannot import."""
-    try:
-        out = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if b"__main__" not in out:
-            return out
-    except Exception:
-        pass
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def type_name(exc_type):

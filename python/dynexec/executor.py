@@ -17,7 +17,7 @@ from concurrent.futures._base import PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from ._runner import dumps
+from ._pickling import dumps
 from .errors import InvalidJobError
 from .local import LocalServers
 from .results import Result, default_archive
