@@ -46,10 +46,11 @@ void LoadBalancer::dispatch_locked(JobPtr job) {
     a = {job, "", {}};
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
-    auto& queue = waiting_[job->service];
-    if (queue.empty() && place_locked(job, attempt, a)) return;
+    auto queue = waiting_.find(job->service); // a queue exists only while jobs of its service wait
+    if (queue == waiting_.end() && place_locked(job, attempt, a)) return;
+    if (queue == waiting_.end()) queue = waiting_.try_emplace(job->service).first;
     job->requeue(attempt);
-    queue.emplace_back(std::move(job), &a); // behind those of its service already waiting
+    queue->second.emplace_back(std::move(job), &a); // behind those of its service already waiting
     ++waiting_count_;
 }
 
@@ -75,13 +76,18 @@ const LoadBalancer::Offers& LoadBalancer::offers_locked(const std::string& servi
     o.generation = generation;
     o.valid_until = TimePoint::max();
     for (auto& e : registry_.lookup(Kind::compute_server, service)) {
-        auto [it, fresh] = servers_.try_emplace(e.id);
-        if (fresh) it->second.proxy = e.server;
-        it->second.slots = std::max(1u, e.server->slots());
-        o.servers.emplace_back(e.id, &it->second);
+        auto& [id, server] = server_locked(e);
+        o.servers.emplace_back(id, &server);
         o.valid_until = std::min(o.valid_until, e.expiry);
     }
     return o;
+}
+
+std::pair<const std::string, LoadBalancer::Server>& LoadBalancer::server_locked(const Entry& e) {
+    auto [it, fresh] = servers_.try_emplace(e.id);
+    if (fresh) it->second.proxy = e.server;
+    it->second.slots = std::max(1u, e.server->slots());
+    return *it;
 }
 
 bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out) {
@@ -221,11 +227,8 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
         pump_locked();
         // A newcomer with nothing to take from the waiting jobs takes from the longest queue.
         if (ev.what == RegistryEvent::What::joined && !waiting_count_) {
-            offers_.clear(); // the cached lookups predate it
-            auto [it, fresh] = servers_.try_emplace(ev.entry.id);
-            if (fresh) it->second.proxy = ev.entry.server;
-            it->second.slots = std::max(1u, ev.entry.server->slots());
-            steal_locked(it->first, it->second);
+            auto& [id, server] = server_locked(ev.entry);
+            steal_locked(id, server);
         }
     }
     deliver(out);

@@ -95,6 +95,8 @@ private:
     // True if `entry` is still the current dispatch of its job to `server_id`. Needs mu_.
     bool current_locked(const std::pair<JobPtr, int>& entry, const std::string& server_id) const;
     const Offers& offers_locked(const std::string& service);
+    // This balancer's entry for a registered server, made on first sight. Needs mu_.
+    std::pair<const std::string, Server>& server_locked(const Entry& e);
     void deliver(std::vector<Result>& results);
 
     LookupRegistry& registry_;
