@@ -1,8 +1,9 @@
 // Micro-benchmarks of the results archive (Google Benchmark):
-//   build-archive/bench/archive_bench [--benchmark_filter=...]
+//   build/bench/archive_bench [--benchmark_filter=...]
 // Archives go to $DYNEXEC_BENCH_DIR (default: the temp directory), so that
 // the large-array figures can be compared with dd on the same disk.
 #include "archive/results_archive.hpp"
+#include "testing/fakes.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -33,24 +34,10 @@ struct Scratch {
     ~Scratch() { fs::remove_all(dir); }
 };
 
-Result make_result(const JobId& id, Value v) {
-    Result r;
-    r.job_id = id;
-    r.value = std::move(v);
-    r.owner = "alice@lab";
-    r.service = "python";
-    r.server = "server-1";
-    r.submit_time = 1700000000.0;
-    r.start_time = 1700000000.5;
-    r.end_time = 1700000001.0;
-    r.attempts = 1;
-    return r;
-}
-
 std::vector<Result> small_batch(JobIdGenerator& ids, std::size_t n) {
     std::vector<Result> batch;
     batch.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) batch.push_back(make_result(ids.next(), std::int64_t(i)));
+    for (std::size_t i = 0; i < n; ++i) batch.push_back(testing::ok_result(ids.next(), std::int64_t(i)));
     return batch;
 }
 
@@ -81,7 +68,7 @@ void BM_WriteLargeArray(benchmark::State& state) {
     auto [array, span] = Array::allocate<double>({static_cast<std::int64_t>(bytes / sizeof(double))});
     for (std::size_t i = 0; i < span.size(); ++i) span[i] = double(i);
     for (auto _ : state) {
-        archive.write({make_result(ids.next(), array)});
+        archive.write({testing::ok_result(ids.next(), array)});
         archive.flush();
     }
     state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes));
@@ -101,7 +88,7 @@ void BM_LikeDdArchive(benchmark::State& state) {
         {
             ResultsArchive archive(s.dir, ids.session());
             for (std::size_t i = 0; i < count; ++i) {
-                archive.write({make_result(ids.next(), array)});
+                archive.write({testing::ok_result(ids.next(), array)});
                 archive.flush();
             }
             int fd = ::open(archive.file().c_str(), O_RDONLY | O_CLOEXEC);
@@ -154,33 +141,25 @@ struct Filled {
             auto [a, span] = Array::allocate<double>({256, 256}); // 512 KiB
             std::fill(span.begin(), span.end(), double(i));
             arrays.push_back(ids.next());
-            archive.write({make_result(arrays.back(), a)});
+            archive.write({testing::ok_result(arrays.back(), a)});
         }
         archive.close();
     }
 };
 
-void BM_ReadFromSmall(benchmark::State& state) {
+// read_from() of a random one of `ids` (Filled::small or Filled::arrays), a file opened per call.
+void BM_ReadFrom(benchmark::State& state, std::vector<JobId> Filled::*ids) {
     Filled f;
+    auto& pick = f.*ids;
     std::mt19937 rng(42);
     for (auto _ : state) {
-        auto r = ResultsArchive::read_from(f.s.dir, f.small[rng() % f.small.size()]);
+        auto r = ResultsArchive::read_from(f.s.dir, pick[rng() % pick.size()]);
         if (!r) state.SkipWithError("result not found");
         benchmark::DoNotOptimize(r);
     }
 }
-BENCHMARK(BM_ReadFromSmall)->Unit(benchmark::kMicrosecond);
-
-void BM_ReadFromArray(benchmark::State& state) {
-    Filled f;
-    std::mt19937 rng(42);
-    for (auto _ : state) {
-        auto r = ResultsArchive::read_from(f.s.dir, f.arrays[rng() % f.arrays.size()]);
-        if (!r) state.SkipWithError("result not found");
-        benchmark::DoNotOptimize(r);
-    }
-}
-BENCHMARK(BM_ReadFromArray)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_ReadFrom, Small, &Filled::small)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_ReadFrom, Array, &Filled::arrays)->Unit(benchmark::kMicrosecond);
 
 // read() on the open archive, as the results finder does while the session is live.
 void BM_ReadLive(benchmark::State& state) {

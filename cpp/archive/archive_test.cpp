@@ -2,6 +2,7 @@
 #include "archive/results_archive.hpp"
 #include "archive/results_finder.hpp"
 #include "archive/results_manager.hpp"
+#include "testing/fakes.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@ namespace dynexec {
 namespace {
 namespace fs = std::filesystem;
 using namespace std::string_literals;
+using testing::ok_result;
 
 // A directory of its own for each test, removed afterwards.
 class ArchiveTest : public ::testing::Test {
@@ -32,20 +34,6 @@ protected:
     fs::path dir;
     JobIdGenerator ids;
 };
-
-Result ok_result(const JobId& id, Value v) {
-    Result r;
-    r.job_id = id;
-    r.value = std::move(v);
-    r.owner = "alice";
-    r.service = "python";
-    r.server = "server-1";
-    r.submit_time = 1700000000.25;
-    r.start_time = 1700000001.5;
-    r.end_time = 1700000002.75;
-    r.attempts = 1;
-    return r;
-}
 
 template <class T> Array make_array(std::vector<std::int64_t> shape, std::vector<T> values) {
     auto [a, span] = Array::allocate<T>(std::move(shape));

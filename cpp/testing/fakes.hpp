@@ -70,6 +70,21 @@ inline Registration server_registration(std::shared_ptr<ComputeServerProxy> serv
     return r;
 }
 
+// A successful result with every field filled in, as a compute server reports it.
+inline Result ok_result(const JobId& id, Value v) {
+    Result r;
+    r.job_id = id;
+    r.value = std::move(v);
+    r.owner = "alice";
+    r.service = "python";
+    r.server = "server-1";
+    r.submit_time = 1700000000.25;
+    r.start_time = 1700000001.5;
+    r.end_time = 1700000002.75;
+    r.attempts = 1;
+    return r;
+}
+
 inline JobPtr make_job(std::string id, std::string service = "test.echo") {
     auto j = std::make_shared<Job>();
     j->id = std::move(id);
