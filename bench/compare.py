@@ -214,14 +214,25 @@ def run_tiny(peer, c: Ctx) -> dict:
 
 def run_latency(peer, c: Ctx) -> dict:
     n = c.sizes["latency"]
-    ms = []
+    ms, trips = [], []
     for i in range(n):
-        t0 = time.perf_counter()
-        v = peer.submit(wl.inc, i).result()
+        t0, wall0 = time.perf_counter(), time.time()
+        f = peer.submit(wl.inc, i)
+        v = f.result()
         ms.append((time.perf_counter() - t0) * 1e3)
+        trips.append((wall0, getattr(f, "job_id", None), time.time()))
         check(v == i + 1, "latency: wrong result")
-    return {"round_trips": n, "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": statistics.fmean(ms),
-            "min_ms": min(ms), "max_ms": max(ms)}
+    out = {"round_trips": n, "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": statistics.fmean(ms),
+           "min_ms": min(ms), "max_ms": max(ms)}
+    if c.peer == "dynexec":  # where the time goes, from the times the archive keeps with each result
+        stages = {"submit_to_manager": [], "manager_to_start": [], "run": [], "end_to_result": []}
+        for wall0, job_id, wall1 in trips[-200:]:
+            r = peer.ex.find(job_id)
+            for key, dt in zip(stages, (r.submit_time - wall0, r.start_time - r.submit_time,
+                                        r.end_time - r.start_time, wall1 - r.end_time)):
+                stages[key].append(dt * 1e6)
+        out["stages_median_us"] = {k: statistics.median(v) for k, v in stages.items()}
+    return out
 
 
 def run_map(peer, c: Ctx) -> dict:
@@ -906,6 +917,9 @@ def build_rows(doc: dict, peers: list[str], workloads: list[str]) -> list[dict]:
         row("latency", "p50 ms", v, ratio=True, chart="p50", unit="ms", target="≤0.5x pp",
             result=vs(v, [("processpool", lambda d, o: d <= 0.5 * o)]))
         row("latency", "p99 ms", per_peer("latency", "p99_ms"), ratio=True, chart="p99", unit="ms")
+        for key in ("submit_to_manager", "manager_to_start", "run", "end_to_result"):
+            row("latency", f"dynexec stage, median µs: {key.replace('_', ' ')}",
+                {"dynexec": val("latency", "dynexec", "stages_median_us", key)})
     if "map" in workloads:
         row("map", "items/s, chunksize 1", per_peer("map", "chunksize_1_items_per_s"), ratio=True,
             chart="chunksize 1", unit="items/s")
