@@ -481,7 +481,7 @@ def run_backlog(c: Ctx) -> dict:
         rss1 = proc.memory_info().rss
         engine_outstanding = ex.stats()["outstanding"]
         backlog = sum(not f.done() for f in futures)  # results the caller does not have yet
-        t1 = time.perf_counter()
+        t_join = time.perf_counter()
         for _ in range(c.workers):
             ex.add_server()
         _wait_all(futures, 600, "backlog")
@@ -492,10 +492,10 @@ def run_backlog(c: Ctx) -> dict:
                      "at the end of submission, which includes the n JobFuture objects the caller holds",
            "jobs": n, "submit_seconds": t1 - t0, "rss_growth_bytes": rss1 - rss0, "bytes_per_job": (rss1 - rss0) / n,
            "not_done_at_end_of_submission": backlog, "engine_outstanding_at_end_of_submission": engine_outstanding,
-           "drain_seconds": t2 - t1, "total_jobs_per_s": n / (t2 - t0),
+           "drain_seconds": t2 - t_join, "total_jobs_per_s": n / (t2 - t0),
            "rss_after_drain_growth_bytes": rss2 - rss0}
     if backlog >= min(1000, n // 10):
-        out["drain_jobs_per_s"] = backlog / (t2 - t1)
+        out["drain_jobs_per_s"] = backlog / (t2 - t_join)
     else:
         out["drain_jobs_per_s"] = None
         out["note"] = f"no backlog formed: only {backlog} of {n} jobs were not done when submission ended"
@@ -505,6 +505,11 @@ def run_backlog(c: Ctx) -> dict:
     tracemalloc.start()
     bare = [Future() for _ in range(10_000)]
     out["bare_future_bytes_each"] = tracemalloc.get_traced_memory()[0] / len(bare)
+    tracemalloc.stop()
+    del bare
+    tracemalloc.start()
+    queued = [dynexec.executor.JobFuture(ex, f"{ex.session}-{i:010d}") for i in range(10_000)]
+    out["job_future_bytes_each"] = tracemalloc.get_traced_memory()[0] / len(queued)  # job ID included
     tracemalloc.stop()
     return out
 
@@ -1006,6 +1011,7 @@ def build_rows(doc: dict, peers: list[str], workloads: list[str]) -> list[dict]:
             dxrow("backlog", "drain jobs/s (python)", python + ["drain_jobs_per_s"])
         dxrow("backlog", "jobs not done at end of submission (python)", python + ["not_done_at_end_of_submission"])
         dxrow("backlog", "bytes of a bare concurrent.futures.Future", python + ["bare_future_bytes_each"])
+        dxrow("backlog", "bytes of a queued dynexec JobFuture", python + ["job_future_bytes_each"])
     if "elasticity" in workloads:
         dxrow("elasticity", "new server: first job, ms after add_server()",
               ["new_server", "first_job_after_add_return_ms"], "≤10 ms", lambda x: x <= 10,
