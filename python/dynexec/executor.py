@@ -60,6 +60,11 @@ def _function_blob(fn) -> bytes:
     return dumps(fn)
 
 
+def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
+    return InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: {what} cannot "
+                           f"be pickled ({type(exc).__name__}: {exc})")
+
+
 def job_payload(fn, args, kwargs) -> bytes:
     """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
     unpickles each callable once, and the arguments."""
@@ -200,8 +205,7 @@ class Executor(_Executor):
         try:
             payload = job_payload(fn, args, kwargs)
         except Exception as exc:
-            raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
-                                  f"the callable or its arguments cannot be pickled ({type(exc).__name__}: {exc})") from exc
+            raise _unpicklable(fn, "the callable or its arguments", exc) from exc
         return self._submit(lambda: self._engine.submit_python(payload, self._owner))
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
@@ -209,13 +213,17 @@ class Executor(_Executor):
         return self._submit(lambda: self._engine.submit(service, params, self._owner))
 
     def _submit(self, send) -> JobFuture:
+        return self._submit_many(lambda: [send()])[0]
+
+    def _submit_many(self, send) -> list[JobFuture]:
+        """`send()` submits and returns the job IDs; their futures are registered before the collector can
+        see a result."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = JobFuture(self)
-            future.job_id = send()  # under the lock: the collector cannot see the result before the future
-            self._futures[future.job_id] = future
-        return future
+            futures = [JobFuture(self, job_id) for job_id in send()]  # under the lock, so is the collector
+            self._futures.update((f.job_id, f) for f in futures)
+        return futures
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
@@ -231,8 +239,7 @@ class Executor(_Executor):
         try:
             blob = _function_blob(fn)
         except Exception as exc:
-            raise InvalidJobError(f"cannot send {getattr(fn, '__qualname__', fn)!s} to a compute server: "
-                                  f"it cannot be pickled ({type(exc).__name__}: {exc})") from exc
+            raise _unpicklable(fn, "the callable", exc) from exc
         futures = []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
             try:
@@ -240,20 +247,10 @@ class Executor(_Executor):
             except Exception as exc:
                 for f in futures:
                     f.cancel()
-                raise InvalidJobError(f"cannot send the arguments of {getattr(fn, '__qualname__', fn)!s} to a "
-                                      f"compute server: they cannot be pickled ({type(exc).__name__}: {exc})") from exc
-            futures += self._submit_many(payloads)
+                raise _unpicklable(fn, "its arguments", exc) from exc
+            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner))
         results = _in_order(futures, end_time)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
-
-    def _submit_many(self, payloads: list[bytes]) -> list[JobFuture]:
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            ids = self._engine.submit_python_many(payloads, self._owner)  # under the lock, as in _submit
-            futures = [JobFuture(self, job_id) for job_id in ids]
-            self._futures.update(zip(ids, futures))
-        return futures
 
     # -- the cluster ------------------------------------------------------------------------------
     def servers(self) -> list[dict]:
