@@ -169,21 +169,20 @@ Engine::~Engine() {
     }
 }
 
+void Engine::refuse_if_closed() const {
+    std::lock_guard lk(impl_->mu);
+    if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
+}
+
 JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner,
                      const std::function<void(const JobId&)>& on_id) {
-    {
-        std::lock_guard lk(impl_->mu);
-        if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
-    }
+    refuse_if_closed();
     return impl_->manager->submit(service, params, owner, on_id);
 }
 
 std::vector<JobId> Engine::submit_many(const std::string& service, const std::vector<Params>& params,
-                                  const std::string& owner) {
-    {
-        std::lock_guard lk(impl_->mu);
-        if (impl_->closed) throw ShutDown("cannot submit: the executor has been shut down");
-    }
+                                       const std::string& owner) {
+    refuse_if_closed();
     return impl_->manager->submit_many(service, params, owner);
 }
 

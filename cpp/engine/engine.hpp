@@ -79,6 +79,7 @@ public:
     bool wait_shutdown_request(std::chrono::milliseconds timeout);
 
 private:
+    void refuse_if_closed() const; // throws ShutDown
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
