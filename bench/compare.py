@@ -995,7 +995,8 @@ def build_rows(doc: dict, peers: list[str], workloads: list[str]) -> list[dict]:
               ["small", "find", "after_shutdown", "median_ms"], "<1 ms", lambda x: x < 1)
     if "backlog" in workloads:
         method = "C++" if (res.get("backlog", {}).get("dynexec") or {}).get("method") == "C++ bench" else "python"
-        dxrow("backlog", f"RSS bytes/job ({method})", ["bytes_per_job"], "≤1,024", lambda x: x <= 1024,
+        measure = "heap bytes/job (C++, mallinfo2)" if method == "C++" else "RSS bytes/job (python)"
+        dxrow("backlog", measure, ["bytes_per_job"], "≤1,024", lambda x: x <= 1024,
               chart="bytes/job", unit="bytes/job")
         tiny = val("tiny", "dynexec", "jobs_per_s")
         dxrow("backlog", f"drain jobs/s ({method})", ["drain_jobs_per_s"], "≥ dynexec tiny jobs/s",
