@@ -52,7 +52,7 @@ constexpr const char* kKindNames[] = {"none", "bool", "int", "float", "str", "by
 static_assert(std::size(kKindNames) == std::variant_size_v<Value>);
 constexpr std::size_t kArrayKind = std::variant_size_v<Value> - 1;
 // Status codes: Status + 1; 0 is a row no result was written to.
-constexpr const char* kStatusNames[] = {"absent", "ok", "error", "cancelled", "lost"};
+constexpr const char* kStatusNames[] = {"absent", "ok", "error", "cancelled", "lost", "killed", "timeout"};
 
 // Bytes [offset, offset + size) of /heap.
 struct Ref {

@@ -6,7 +6,7 @@
 //                    session (the session whose jobs the file holds)
 //   /results  1-D compound dataset, chunked (256 rows), extended as rows come;
 //             rows no result was written to are all zeros (status "absent"):
-//     status       enum uint8 {absent=0, ok, error, cancelled, lost}
+//     status       enum uint8 {absent=0, ok, error, cancelled, lost, killed, timeout}
 //     value_kind   enum uint8 {none=0, bool, int, float, str, bytes, pickle, array}
 //     external     uint8: 1 if the value is the dataset /values/<job_id>
 //     ndim         uint8, dtype char[8] (numpy's "f8", "i4", "b1", ...), shape

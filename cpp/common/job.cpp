@@ -80,12 +80,14 @@ std::string_view status_name(Status s) {
     case Status::error: return "error";
     case Status::cancelled: return "cancelled";
     case Status::lost: return "lost";
+    case Status::killed: return "killed";
+    case Status::timeout: return "timeout";
     }
     return "?";
 }
 
 Status status_from_name(std::string_view name) {
-    for (Status s : {Status::ok, Status::error, Status::cancelled, Status::lost})
+    for (Status s : {Status::ok, Status::error, Status::cancelled, Status::lost, Status::killed, Status::timeout})
         if (status_name(s) == name) return s;
     throw std::invalid_argument(fmt::format("unknown job status '{}'", name));
 }

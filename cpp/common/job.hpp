@@ -46,6 +46,8 @@ struct Job {
     Params params;
     std::string owner;
     double submit_time = 0; // wall seconds
+    double time_limit = 0;  // seconds a start may run before it is stopped (status timeout); 0 = none
+    int retries = 0;        // times a job that fails with an error is run again
 
     // queued -> running, if `attempt` is still the current dispatch.
     bool try_start(int attempt) { return cas(pack(attempt, JobState::queued), pack(attempt, JobState::running)); }
@@ -66,7 +68,9 @@ private:
 };
 using JobPtr = std::shared_ptr<Job>;
 
-enum class Status { ok, error, cancelled, lost };
+// ok/error: it ran to the end; cancelled: it never started; lost: its servers vanished max_attempts times;
+// killed: stopped on request while running; timeout: stopped after its time limit.
+enum class Status { ok, error, cancelled, lost, killed, timeout };
 std::string_view status_name(Status s);
 Status status_from_name(std::string_view name); // throws std::invalid_argument
 
@@ -83,6 +87,7 @@ struct Result {
     double submit_time = 0, start_time = 0, end_time = 0; // wall seconds
     int attempts = 0;
     std::string location;   // where the archive keeps it; empty when not archived
+    std::string captured_stdout, captured_stderr; // what the job printed
 };
 
 // A result for a job that never ran to completion (cancelled, lost).

@@ -16,7 +16,7 @@ template <class IO> void fields(IO& io, ServerStats& s) {
 }
 template <class IO> void fields(IO& io, Result& r) {
     io(r.job_id, r.status, r.value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server, r.submit_time,
-       r.start_time, r.end_time, r.attempts, r.location);
+       r.start_time, r.end_time, r.attempts, r.location, r.captured_stdout, r.captured_stderr);
 }
 template <class IO> void fields(IO& io, ParamSpec& p) { io(p.name, p.type, p.default_value, p.doc); }
 template <class IO> void fields(IO& io, ServiceDef& d) { io(d.name, d.doc, d.params); }
@@ -149,7 +149,7 @@ struct In {
         if (x < 0 || x > int(last_of(v))) malformed(fmt::format("enum value {} out of range", x));
         v = T(x);
     }
-    static Status last_of(Status) { return Status::lost; }
+    static Status last_of(Status) { return Status::timeout; }
     static ValueType last_of(ValueType) { return ValueType::array; }
     template <class T> void read(std::vector<T>& v) {
         In list = sub();
@@ -302,14 +302,14 @@ template <> Results decode(Frames& f) { return decode_as<Results>(f); }
 // A job is shared state (its dispatch word), not a plain record: its fields are listed here.
 Frames encode(const JobMsg& m) {
     Out o;
-    o(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.attempt);
+    o(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.job->time_limit, m.attempt);
     return o.finish(Type::job);
 }
 template <> JobMsg decode(Frames& f) {
     Body b(f);
     JobMsg m;
     m.job = std::make_shared<Job>();
-    (*b)(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.attempt);
+    (*b)(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.job->time_limit, m.attempt);
     m.job->requeue(m.attempt);
     return m;
 }

@@ -246,7 +246,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("start_time", &Result::start_time)
         .def_readonly("end_time", &Result::end_time)
         .def_readonly("attempts", &Result::attempts)
-        .def_readonly("location", &Result::location);
+        .def_readonly("location", &Result::location)
+        .def_readonly("stdout", &Result::captured_stdout)
+        .def_readonly("stderr", &Result::captured_stderr);
 
     py::class_<Engine> engine(m, "Engine");
     def_job_calls(engine);

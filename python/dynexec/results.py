@@ -36,7 +36,7 @@ class Result:
     """One job's result. `value` is the return value; `exception()` rebuilds the failure."""
 
     job_id: str
-    status: str  # "ok", "error", "cancelled" or "lost"
+    status: str  # "ok", "error", "cancelled", "lost", "killed" or "timeout"
     value: Any
     error_type: str
     message: str
@@ -49,6 +49,8 @@ class Result:
     end_time: float
     attempts: int
     location: str
+    stdout: str = ""
+    stderr: str = ""
     _error_payload: bytes = dataclasses.field(default=b"", repr=False)
 
     @classmethod
@@ -62,7 +64,7 @@ class Result:
         else:
             value = raw
         return cls(r.job_id, r.status, value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server,
-                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, payload)
+                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, r.stdout, r.stderr, payload)
 
     def exception(self) -> BaseException | None:
         """The job's exception, with its own type and the remote traceback as its cause; None if it succeeded."""
