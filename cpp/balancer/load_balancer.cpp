@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 namespace dynexec {
 
@@ -44,6 +45,7 @@ void LoadBalancer::dispatch_locked(JobPtr job) {
     if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
     auto& a = jobs_[job->id];
     a = {job, "", {}};
+    if (job->state() == JobState::running) a.starts = 1; // handed over while running under another balancer
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
     auto queue = waiting_.find(job->service); // a queue exists only while jobs of its service wait
@@ -93,10 +95,12 @@ std::pair<const std::string, LoadBalancer::Server>& LoadBalancer::server_locked(
 bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out) {
     if (int(a.vanished.size()) < options_.max_attempts) return false;
     out.push_back(result_without_run(
-        *job, Status::lost, "ServerLostError",
-        fmt::format("job {} was running on {} compute server(s) that vanished ({}); gave up after max_attempts={}",
-                    job->id, a.vanished.size(), fmt::join(a.vanished, ", "), options_.max_attempts)));
-    out.back().attempts = attempt - 1; // dispatches made
+        *job, Status::lost, a.died ? "ServerDiedError" : "ServerLostError",
+        fmt::format("job {} was running on a compute server that ended {} time(s), so it is not run again "
+                    "(max_attempts={}): {}",
+                    job->id, a.vanished.size(), options_.max_attempts, fmt::join(a.vanished, "; "))));
+    out.back().attempts = a.starts;
+    (void)attempt;
     jobs_.erase(job->id);
     ++stats_.lost;
     return true;
@@ -161,6 +165,8 @@ void LoadBalancer::steal_locked(const std::string& thief_id, Server& thief) {
         victim->sent.pop_back();
         if (!current_locked(entry, *victim_id)) continue;
         auto& [job, attempt] = entry;
+        auto& a = jobs_.at(job->id);
+        if (a.revoking == attempt) continue; // asked already
         auto& offers = offers_locked(job->service);
         bool offered = std::any_of(offers.servers.begin(), offers.servers.end(),
                                    [&](auto& o) { return o.second == &thief; });
@@ -168,17 +174,35 @@ void LoadBalancer::steal_locked(const std::string& thief_id, Server& thief) {
             victim->sent.push_back(std::move(entry));
             break;
         }
-        --victim->outstanding;
-        victim->proxy->revoke(job->id, attempt);
-        job->requeue(attempt + 1); // the victim's dispatch can no longer start here, nor report
-        jobs_.at(job->id).server = thief_id;
-        ++thief.outstanding;
-        ++stats_.dispatched;
-        ++stats_.stolen;
-        remember_locked(thief_id, thief, job, attempt + 1);
-        thief.proxy->run(job, attempt + 1, shared_from_this());
         --want;
+        // Only a job the victim confirms it has not started moves: none runs twice.
+        auto answer = victim->proxy->revoke(job, attempt);
+        if (!answer) { // a server in another process: it moves when the answer comes (revoked())
+            a.revoking = attempt;
+            a.thief = thief_id;
+            continue;
+        }
+        if (!*answer) continue; // it has just started there
+        --victim->outstanding;
+        ++stats_.stolen;
+        send_locked(a, thief_id, thief, attempt + 1); // the victim's dispatch can no longer start, nor report
     }
+}
+
+void LoadBalancer::send_locked(Assignment& a, const std::string& server_id, Server& server, int attempt) {
+    a.job->requeue(attempt);
+    a.server = server_id;
+    ++server.outstanding;
+    ++stats_.dispatched;
+    remember_locked(server_id, server, a.job, attempt);
+    server.proxy->run(a.job, attempt, shared_from_this());
+}
+
+void LoadBalancer::requeue_locked(Assignment& a, int attempt) {
+    a.server.clear();
+    a.job->requeue(attempt);
+    waiting_[a.job->service].emplace_front(a.job, &a);
+    ++waiting_count_;
 }
 
 void LoadBalancer::pump_locked() {
@@ -200,11 +224,30 @@ void LoadBalancer::pump_locked() {
 void LoadBalancer::on_event(const RegistryEvent& ev) {
     if (ev.entry.kind != Kind::compute_server) return;
     std::vector<Result> out;
+    Answers answers;
     {
         std::lock_guard lk(mu_);
         if (abandoned_) return;
         if (ev.what == RegistryEvent::What::left) {
+            auto gone = servers_.find(ev.entry.id);
+            // Which of its jobs had started: the shared Job says so exactly; a server in another process said
+            // so in a message that may not have left it before it died, so after a crash its oldest unfinished
+            // jobs, one per slot, count as started too (a server runs its queue in order).
             std::vector<JobPtr> orphans;
+            std::size_t maybe_started = 0;
+            if (gone != servers_.end()) {
+                bool exact = gone->second.proxy->shares_jobs();
+                std::size_t known = 0;
+                for (auto& [id, a] : jobs_)
+                    if (a.server == ev.entry.id && a.job->state() == JobState::running) ++known;
+                if (!exact && !ev.clean && known < gone->second.slots) maybe_started = gone->second.slots - known;
+            }
+            std::unordered_set<const Job*> presumed;
+            if (maybe_started && gone != servers_.end())
+                for (auto& entry : gone->second.sent) {
+                    if (presumed.size() >= maybe_started) break;
+                    if (current_locked(entry, ev.entry.id)) presumed.insert(entry.first.get());
+                }
             for (auto& [id, a] : jobs_)
                 if (a.server == ev.entry.id) orphans.push_back(a.job);
             servers_.erase(ev.entry.id);
@@ -213,14 +256,32 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
             std::sort(orphans.begin(), orphans.end(), [](auto& x, auto& y) { return x->submit_time > y->submit_time; });
             for (auto& job : orphans) {
                 auto& a = jobs_.at(job->id);
-                a.vanished.push_back(ev.entry.id);
+                bool started = job->state() == JobState::running || presumed.count(job.get());
+                for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
+                a.revoking = 0;
                 a.server.clear();
-                ++stats_.redispatched;
                 int attempt = job->attempt() + 1;
+                if (started) ++a.starts;
+                if (a.stop != Status::ok) { // kill() asked: it never runs again
+                    if (!started) {
+                        cancelled_locked(jobs_.find(job->id), out);
+                        continue;
+                    }
+                    auto r = result_without_run(*job, a.stop, a.stop == Status::timeout ? "JobTimeoutError" : "JobKilledError",
+                                                fmt::format("job {} was stopped ({}) and its server {} ended", job->id,
+                                                            status_name(a.stop), ev.entry.id));
+                    r.attempts = a.starts;
+                    out.push_back(std::move(r));
+                    jobs_.erase(job->id);
+                    continue;
+                }
+                if (started && !ev.clean) {
+                    a.vanished.push_back(fmt::format("{} (pid {}): {}", ev.entry.id, ev.entry.pid, ev.reason));
+                    a.died = a.died || ev.died;
+                }
+                ++stats_.redispatched;
                 if (give_up_locked(job, attempt, a, out)) continue;
-                job->requeue(attempt); // the vanished server's dispatch can no longer start or report
-                waiting_[job->service].emplace_front(job, &a);
-                ++waiting_count_;
+                requeue_locked(a, attempt); // the vanished server's dispatch can no longer start or report
             }
         }
         // A join, a leave or new services: waiting jobs may have somewhere to go now.
@@ -231,10 +292,12 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
             steal_locked(id, server);
         }
     }
-    deliver(out);
+    deliver(out, answers);
 }
 
 void LoadBalancer::complete(Result result, int attempt) {
+    Answers answers;
+    std::vector<Result> out;
     {
         std::lock_guard lk(mu_);
         auto it = jobs_.find(result.job_id);
@@ -243,11 +306,14 @@ void LoadBalancer::complete(Result result, int attempt) {
             ++stats_.stale; // the job was re-dispatched: this server's result is not the one we keep
             return;
         }
-        auto s = servers_.find(it->second.server);
+        auto& a = it->second;
+        for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
+        a.revoking = 0;
+        auto s = servers_.find(a.server);
         if (s != servers_.end()) {
             if (s->second.outstanding > 0) --s->second.outstanding;
             auto& sent = s->second.sent; // drop what has finished from the front, keep the rest in order
-            while (!sent.empty() && (sent.front().first == it->second.job || !current_locked(sent.front(), s->first)))
+            while (!sent.empty() && (sent.front().first == a.job || !current_locked(sent.front(), s->first)))
                 sent.pop_front();
             if (result.start_time > 0 && result.end_time >= result.start_time) {
                 double run = result.end_time - result.start_time;
@@ -255,36 +321,159 @@ void LoadBalancer::complete(Result result, int attempt) {
                 run_seconds_ = Capacity::average(run_seconds_, run);
             }
         }
-        result.server = it->second.server;
-        jobs_.erase(it);
-        if (waiting_count_) pump_locked();
+        bool ran = result.status != Status::cancelled; // a kill() that reached it before it started
+        if (result.status == Status::error && a.retried < a.job->retries && a.stop == Status::ok) {
+            ++a.retried; // opt-in: run it again
+            ++a.starts;
+            ++stats_.retried;
+            requeue_locked(a, attempt + 1);
+            pump_locked();
+            result.job_id.clear();
+        } else {
+            result.server = a.server;
+            result.attempts = a.starts + (ran ? 1 : 0);
+            jobs_.erase(it);
+            if (waiting_count_) pump_locked();
+        }
         // A server about to idle while another has a queue takes some of it (a slot left free costs more
         // than a move); one that still has work queued steals nothing.
         if (!waiting_count_ && s != servers_.end() && s->second.outstanding < s->second.slots)
             steal_locked(s->first, s->second);
     }
-    result.attempts = attempt;
-    results_->accept(std::move(result));
+    if (!result.job_id.empty()) out.push_back(std::move(result));
+    deliver(out, answers);
 }
 
-bool LoadBalancer::cancel(const JobId& id) {
-    Result r;
+void LoadBalancer::revoked(const JobId& id, int attempt, bool ok) {
+    Answers answers;
+    std::vector<Result> out;
     {
         std::lock_guard lk(mu_);
         auto it = jobs_.find(id);
-        if (it == jobs_.end() || !it->second.job->try_cancel()) return false;
+        if (it == jobs_.end() || it->second.revoking != attempt || it->second.job->attempt() != attempt) return;
         auto& a = it->second;
-        if (a.server.empty()) {
-            --waiting_count_; // its queue drops it when it reaches the front
-        } else if (auto s = servers_.find(a.server); s != servers_.end() && s->second.outstanding > 0) {
-            --s->second.outstanding;
+        a.revoking = 0;
+        auto cancels = std::exchange(a.cancels, {});
+        if (ok) {
+            a.job->try_revoke(attempt); // our copy agrees: that dispatch is over
+            if (auto s = servers_.find(a.server); s != servers_.end() && s->second.outstanding > 0)
+                --s->second.outstanding;
+            if (!cancels.empty()) {
+                cancelled_locked(it, out);
+            } else { // a steal: the server that asked takes it if it still has room, else the first that has
+                ++stats_.stolen;
+                auto thief = servers_.find(a.thief);
+                if (thief != servers_.end() && thief->second.outstanding < capacity(thief->second))
+                    send_locked(a, thief->first, thief->second, attempt + 1);
+                else
+                    requeue_locked(a, attempt + 1);
+            }
+            pump_locked();
         }
-        r = result_without_run(*a.job, Status::cancelled, "CancelledError", "cancelled before it started");
-        jobs_.erase(it);
-        if (waiting_count_) pump_locked();
+        for (auto& done : cancels) answers.emplace_back(std::move(done), ok);
     }
-    results_->accept(std::move(r));
+    deliver(out, answers);
+}
+
+void LoadBalancer::cancelled_locked(std::unordered_map<JobId, Assignment>::iterator it, std::vector<Result>& out) {
+    auto r = result_without_run(*it->second.job, Status::cancelled, "CancelledError", "cancelled before it started");
+    r.attempts = it->second.starts;
+    out.push_back(std::move(r));
+    jobs_.erase(it);
+}
+
+void LoadBalancer::cancel(const JobId& id, std::function<void(bool)> done) {
+    std::vector<Result> out;
+    Answers answers;
+    {
+        std::lock_guard lk(mu_);
+        auto it = jobs_.find(id);
+        bool ok = false;
+        if (it != jobs_.end()) {
+            auto& a = it->second;
+            int attempt = a.job->attempt();
+            if (a.server.empty()) {
+                if ((ok = a.job->try_cancel())) --waiting_count_; // its queue drops it when it reaches the front
+            } else if (a.job->state() == JobState::queued) {
+                auto s = servers_.find(a.server);
+                std::optional<bool> answer = false;
+                if (s != servers_.end()) {
+                    answer = a.revoking == attempt ? std::nullopt : s->second.proxy->revoke(a.job, attempt);
+                    if (!answer) { // the server in another process answers later
+                        a.revoking = attempt;
+                        a.cancels.push_back(std::move(done));
+                        return;
+                    }
+                    if (*answer && s->second.outstanding > 0) --s->second.outstanding;
+                }
+                ok = *answer;
+            }
+            if (ok) {
+                cancelled_locked(it, out);
+                if (waiting_count_) pump_locked();
+            }
+        }
+        answers.emplace_back(std::move(done), ok);
+    }
+    deliver(out, answers);
+}
+
+bool LoadBalancer::kill(const JobId& id, Status why) {
+    std::vector<Result> out;
+    Answers answers;
+    {
+        std::lock_guard lk(mu_);
+        auto it = jobs_.find(id);
+        if (it == jobs_.end()) return false;
+        auto& a = it->second;
+        a.stop = why;
+        int attempt = a.job->attempt();
+        auto s = a.server.empty() ? servers_.end() : servers_.find(a.server);
+        if (a.server.empty()) { // waiting here: it never starts
+            if (a.job->try_cancel()) --waiting_count_;
+            cancelled_locked(it, out);
+        } else if (s != servers_.end() && s->second.proxy->shares_jobs() && a.job->try_revoke(attempt)) {
+            if (s->second.outstanding > 0) --s->second.outstanding; // queued there: it never starts
+            cancelled_locked(it, out);
+            if (waiting_count_) pump_locked();
+        } else if (s != servers_.end()) {
+            s->second.proxy->stop(id, attempt, why); // its answer comes as its result: cancelled, killed, timeout
+        }
+    }
+    deliver(out, answers);
     return true;
+}
+
+std::optional<JobState> LoadBalancer::state(const JobId& id) const {
+    std::lock_guard lk(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return std::nullopt;
+    return it->second.job->state();
+}
+
+std::size_t LoadBalancer::fail_all(const std::string& error_type, const std::string& message) {
+    std::vector<Result> out;
+    Answers answers;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& [id, a] : jobs_) {
+            a.job->try_cancel(); // one still queued somewhere never starts
+            for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
+            auto r = result_without_run(*a.job, Status::lost, error_type, fmt::format("job {}: {}", id, message));
+            r.attempts = a.starts;
+            out.push_back(std::move(r));
+        }
+        jobs_.clear();
+        waiting_.clear();
+        waiting_count_ = 0;
+        for (auto& [id, s] : servers_) {
+            s.outstanding = 0;
+            s.sent.clear();
+        }
+        stats_.lost += out.size();
+    }
+    deliver(out, answers);
+    return out.size();
 }
 
 std::size_t LoadBalancer::cancel_all() {
@@ -310,8 +499,9 @@ BalancerStats LoadBalancer::stats() const {
     return s;
 }
 
-void LoadBalancer::deliver(std::vector<Result>& results) {
+void LoadBalancer::deliver(std::vector<Result>& results, Answers& answers) {
     for (auto& r : results) results_->accept(std::move(r));
+    for (auto& [done, ok] : answers) done(ok);
 }
 
 } // namespace dynexec

@@ -23,7 +23,8 @@ struct BalancerStats {
     std::uint64_t redispatched = 0; // after a server vanished
     std::uint64_t lost = 0;         // failed after max_attempts vanished servers
     std::uint64_t stale = 0;        // late results from servers given up on, dropped
-    std::uint64_t stolen = 0;       // queued jobs moved to a server with room
+    std::uint64_t stolen = 0;       // queued jobs moved to a server with room (once it confirmed they had not started)
+    std::uint64_t retried = 0;      // jobs run again after an error (JobOptions::retries)
     std::size_t waiting = 0;        // jobs no live server offers a service for, yet
 };
 
@@ -44,9 +45,14 @@ public:
 
     void dispatch(JobPtr job) override;
     void dispatch(std::vector<JobPtr> jobs) override;
-    bool cancel(const JobId& id) override;
+    using LoadBalancerProxy::cancel;
+    void cancel(const JobId& id, std::function<void(bool)> done) override;
+    bool kill(const JobId& id, Status why) override;
+    std::optional<JobState> state(const JobId& id) const override;
+    std::size_t fail_all(const std::string& error_type, const std::string& message) override;
     std::size_t outstanding() const override;
     void complete(Result result, int attempt) override;
+    void revoked(const JobId& id, int attempt, bool ok) override;
     std::vector<JobPtr> abandon() override;
 
     // Cancels every job that has not started; returns how many.
@@ -75,8 +81,16 @@ private:
     struct Assignment {
         JobPtr job;
         std::string server;                // empty while it waits in the balancer
-        std::vector<std::string> vanished; // servers it was on that left
+        std::vector<std::string> vanished; // servers that ended while running it, and how (max_attempts counts them)
+        int starts = 0;                    // starts of earlier dispatches that happened (or may have: its server died)
+        int retried = 0;                   // runs again after an error
+        int revoking = 0;                  // the dispatch a revoke was sent for, unanswered; 0 = none
+        std::string thief;                 // the server that asked for it, when the revoke is a steal
+        std::vector<std::function<void(bool)>> cancels; // cancel() calls waiting for that answer
+        Status stop = Status::ok;          // killed or timeout once kill() asked; ok = not asked
+        bool died = false;                 // one of those servers' processes ended (not just its lease)
     };
+    using Answers = std::vector<std::pair<std::function<void(bool)>, bool>>; // cancel callbacks to run unlocked
 
     LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink> results, Options options);
     void on_event(const RegistryEvent& ev);
@@ -87,6 +101,12 @@ private:
     bool give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out);
     // Sends waiting jobs to servers with room. Needs mu_.
     void pump_locked();
+    // Puts a job that is on no server (again) at the front of its service's waiting queue. Needs mu_.
+    void requeue_locked(Assignment& a, int attempt);
+    // Sends a job that is on no server to `server_id` (it has room and offers the service). Needs mu_.
+    void send_locked(Assignment& a, const std::string& server_id, Server& server, int attempt);
+    // A cancelled job's entry goes, with its result. Needs mu_.
+    void cancelled_locked(std::unordered_map<JobId, Assignment>::iterator it, std::vector<Result>& out);
     // `thief` has room and nothing waits: moves to it jobs queued (not started, as far as this balancer
     // knows) on the server with the longest queue, newest first. Needs mu_.
     void steal_locked(const std::string& thief_id, Server& thief);
@@ -97,7 +117,7 @@ private:
     const Offers& offers_locked(const std::string& service);
     // This balancer's entry for a registered server, made on first sight. Needs mu_.
     std::pair<const std::string, Server>& server_locked(const Entry& e);
-    void deliver(std::vector<Result>& results);
+    void deliver(std::vector<Result>& results, Answers& answers);
 
     LookupRegistry& registry_;
     std::shared_ptr<ResultsSink> results_;

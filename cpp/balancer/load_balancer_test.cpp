@@ -105,12 +105,14 @@ TEST_F(BalancerTest, JobThatOutlivesMaxAttemptsServersFailsClearly) {
     auto lb = balancer("fewest_outstanding", 2);
     auto [a, aid] = server(1s);
     lb->dispatch(make_job("doom"));
+    ASSERT_TRUE(a->start(0));
     clock.advance(500ms);
     auto [b, bid] = server(1s);
     clock.advance(600ms);
     registry.expire_due(); // a is gone: its job moves to b
     ASSERT_EQ(b->runs.size(), 1u);
     EXPECT_TRUE(results->results.empty());
+    ASSERT_TRUE(b->start(0));
     clock.advance(500ms);
     registry.expire_due(); // b is gone too: that was the last attempt
     ASSERT_EQ(results->results.size(), 1u);
@@ -183,7 +185,8 @@ TEST_F(BalancerTest, AnotherBalancerTakesOverAbandonedJobsAndOlderDispatchesDie)
     EXPECT_TRUE(a->finish(2));
     EXPECT_TRUE(a->finish(3));
     ASSERT_EQ(results->results.size(), 2u);
-    EXPECT_EQ(results->results[0].attempts, 2);
+    for (auto& r : results->results) // attempts counts the starts that happened
+        EXPECT_EQ(r.attempts, r.job_id == "started" ? 2 : 1) << r.job_id;
 }
 
 TEST_F(BalancerTest, ServerHoldsItsCapacityAndTheRestWaitInTheBalancer) {
@@ -321,4 +324,179 @@ TEST(Capacity, HoldsAboutAMillisecondOfWorkAheadOfEachServer) {
     EXPECT_EQ(Capacity::of(2, 0.0), 2u + Capacity::kMaxPrefetch);
     EXPECT_DOUBLE_EQ(Capacity::average(-1, 3.0), 3.0);
     EXPECT_DOUBLE_EQ(Capacity::average(1.0, 2.0), 1.0 + Capacity::kWeight);
+}
+
+// -- the life of a job: what runs once, cancel, kill, crashes, retries ---------------------------------------
+
+struct LifecycleTest : BalancerTest {
+    std::pair<std::shared_ptr<FakeServer>, std::string> remote_server(Duration lease = 2s) {
+        auto s = std::make_shared<FakeServer>();
+        s->remote = true;
+        return {s, registry.join(server_registration(s), lease).id};
+    }
+    const Result* result_of(const JobId& id) {
+        for (auto& r : results->results)
+            if (r.job_id == id) return &r;
+        return nullptr;
+    }
+};
+
+TEST_F(LifecycleTest, AStealFromAServerInAnotherProcessWaitsForItsWord) {
+    auto lb = balancer();
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("warm"));
+    ASSERT_TRUE(a->start(0));
+    ASSERT_TRUE(a->finish(0, 1.0, 1e-5)); // tiny jobs: a takes a deep queue
+    for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    ASSERT_EQ(a->runs.size(), 5u);
+    auto [b, bid] = server(); // b would take jobs queued on a, but only once a says they have not started
+    EXPECT_EQ(a->revoked.size(), 2u);
+    EXPECT_TRUE(b->runs.empty());
+    a->answer(4, false); // j3 had just started there: it stays
+    EXPECT_TRUE(b->runs.empty());
+    a->answer(3, true); // j2 had not: it moves
+    ASSERT_EQ(b->runs.size(), 1u);
+    EXPECT_EQ(b->runs[0].job->id, "j2");
+    EXPECT_TRUE(b->finish(0));
+    ASSERT_TRUE(a->start(4));
+    EXPECT_TRUE(a->finish(4));
+    EXPECT_EQ(result_of("j2")->attempts, 1); // it ran once, and its move did not count as a start
+    EXPECT_EQ(lb->stats().stolen, 1u);
+}
+
+TEST_F(LifecycleTest, CancelOfAJobQueuedInAnotherProcessReturnsTheServersAnswer) {
+    auto lb = balancer();
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("first"));
+    lb->dispatch(make_job("second"));
+    ASSERT_EQ(a->runs.size(), 2u);
+    ASSERT_TRUE(a->start(0));
+    std::optional<bool> first, second;
+    lb->cancel("first", [&](bool ok) { first = ok; });
+    EXPECT_EQ(first, false); // the server said it started: no need to ask
+    lb->cancel("second", [&](bool ok) { second = ok; });
+    EXPECT_FALSE(second.has_value()); // asked, not answered yet
+    EXPECT_EQ(lb->state("second"), JobState::queued);
+    a->answer(1, true);
+    EXPECT_EQ(second, true);
+    ASSERT_NE(result_of("second"), nullptr);
+    EXPECT_EQ(result_of("second")->status, Status::cancelled);
+    EXPECT_EQ(lb->state("first"), JobState::running);
+}
+
+TEST_F(LifecycleTest, ACancelTheServerRefusesReturnsFalseAndTheJobRuns) {
+    auto lb = balancer();
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("j"));
+    std::optional<bool> answer;
+    lb->cancel("j", [&](bool ok) { answer = ok; });
+    a->answer(0, false); // it had started: its start message was on its way
+    EXPECT_EQ(answer, false);
+    ASSERT_TRUE(a->start(0));
+    EXPECT_TRUE(a->finish(0));
+    EXPECT_EQ(result_of("j")->status, Status::ok);
+}
+
+TEST_F(LifecycleTest, ACrashCountsAgainstTheJobsThatRanThereAndNotTheQueuedOnes) {
+    auto lb = balancer("fewest_outstanding", 2);
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("poison"));
+    lb->dispatch(make_job("innocent"));
+    ASSERT_EQ(a->runs.size(), 2u); // poison started, but its start message was lost with the process
+    registry.cancel(aid, "killed by signal 11 (SIGSEGV)", /*clean=*/false, /*died=*/true);
+    auto [b, bid] = remote_server();
+    ASSERT_EQ(b->runs.size(), 2u);
+    EXPECT_EQ(b->runs[0].job->id, "poison");
+    ASSERT_TRUE(b->start(0));
+    registry.cancel(bid, "killed by signal 11 (SIGSEGV)", false, true);
+    auto* r = result_of("poison");
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->status, Status::lost);
+    EXPECT_EQ(r->error_type, "ServerDiedError");
+    EXPECT_NE(r->message.find("SIGSEGV"), std::string::npos) << r->message;
+    EXPECT_NE(r->message.find(aid), std::string::npos);
+    EXPECT_NE(r->message.find(bid), std::string::npos);
+    EXPECT_EQ(r->attempts, 2);
+    EXPECT_EQ(result_of("innocent"), nullptr); // it never ran: it waits for the next server
+    auto [c, cid] = server();
+    ASSERT_EQ(c->runs.size(), 1u);
+    EXPECT_TRUE(c->finish(0));
+    EXPECT_EQ(result_of("innocent")->attempts, 1);
+}
+
+TEST_F(LifecycleTest, AServerThatLeavesCleanlyCostsItsJobsNoAttempt) {
+    auto lb = balancer("fewest_outstanding", 1);
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("j"));
+    registry.cancel(aid, "ended to stop a job", /*clean=*/true);
+    auto [b, bid] = server();
+    ASSERT_EQ(b->runs.size(), 1u);
+    EXPECT_TRUE(b->finish(0));
+    EXPECT_EQ(result_of("j")->status, Status::ok);
+}
+
+TEST_F(LifecycleTest, KillStopsARunningJobAndCancelsAQueuedOne) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    lb->dispatch(make_job("running"));
+    lb->dispatch(make_job("queued"));
+    lb->dispatch(make_job("waiting")); // beyond a's capacity: in the balancer
+    ASSERT_TRUE(a->start(0));
+    EXPECT_TRUE(lb->kill("running", Status::killed));
+    ASSERT_EQ(a->stopped.size(), 1u);
+    EXPECT_EQ(a->stopped[0], (std::tuple<JobId, int, Status>{"running", 1, Status::killed}));
+    EXPECT_TRUE(lb->kill("queued", Status::killed));
+    EXPECT_EQ(result_of("queued")->status, Status::cancelled);
+    EXPECT_FALSE(a->finish(1)); // it never starts
+    EXPECT_TRUE(lb->kill("waiting", Status::killed));
+    EXPECT_EQ(result_of("waiting")->status, Status::cancelled);
+    EXPECT_FALSE(lb->kill("nonesuch", Status::killed));
+}
+
+TEST_F(LifecycleTest, AKilledJobWhoseServerEndsIsNotRunAgain) {
+    auto lb = balancer();
+    auto [a, aid] = remote_server();
+    lb->dispatch(make_job("j"));
+    ASSERT_TRUE(a->start(0));
+    lb->kill("j", Status::timeout);
+    registry.cancel(aid, "ended to stop a job", true);
+    auto [b, bid] = server();
+    EXPECT_TRUE(b->runs.empty());
+    ASSERT_NE(result_of("j"), nullptr);
+    EXPECT_EQ(result_of("j")->status, Status::timeout);
+}
+
+TEST_F(LifecycleTest, RetriesRunAFailedJobAgainAndCountItsStarts) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    auto job = make_job("flaky");
+    job->retries = 2;
+    lb->dispatch(job);
+    Result failed;
+    failed.job_id = "flaky";
+    failed.status = Status::error;
+    failed.error_type = "ValueError";
+    ASSERT_TRUE(a->start(0));
+    a->runs[0].sink->complete(failed, a->runs[0].attempt);
+    EXPECT_TRUE(results->results.empty());
+    ASSERT_EQ(a->runs.size(), 2u);
+    EXPECT_EQ(lb->stats().retried, 1u);
+    EXPECT_TRUE(a->finish(1));
+    ASSERT_EQ(results->results.size(), 1u);
+    EXPECT_EQ(results->results[0].status, Status::ok);
+    EXPECT_EQ(results->results[0].attempts, 2);
+}
+
+TEST_F(LifecycleTest, FailAllEndsEveryUnfinishedJobWithTheReason) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    for (int i = 0; i < 5; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+    EXPECT_EQ(lb->fail_all("BrokenExecutor", "no compute server could be started"), 5u);
+    ASSERT_EQ(results->results.size(), 5u);
+    for (auto& r : results->results) {
+        EXPECT_EQ(r.status, Status::lost);
+        EXPECT_EQ(r.error_type, "BrokenExecutor");
+    }
+    EXPECT_FALSE(a->finish(1)); // queued ones never start
+    EXPECT_EQ(lb->outstanding(), 0u);
 }

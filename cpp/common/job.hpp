@@ -37,6 +37,12 @@ private:
 
 enum class JobState : std::uint8_t { queued, running, cancelled };
 
+// What a submit may ask of a job besides its service and parameters.
+struct JobOptions {
+    double time_limit = 0; // seconds each start may run; 0 = no limit
+    int retries = 0;       // runs again (at most this often) when it fails with an error
+};
+
 // A job, shared by the balancer's job table and the server queue it sits in.
 // Its state is tagged with the dispatch (attempt) it belongs to, so a server
 // holding an older dispatch can neither start nor cancel the current one.
@@ -48,9 +54,12 @@ struct Job {
     double submit_time = 0; // wall seconds
     double time_limit = 0;  // seconds a start may run before it is stopped (status timeout); 0 = none
     int retries = 0;        // times a job that fails with an error is run again
+    std::atomic<bool> stop_requested{false}; // kill() or the time limit: a native service may poll it
 
     // queued -> running, if `attempt` is still the current dispatch.
     bool try_start(int attempt) { return cas(pack(attempt, JobState::queued), pack(attempt, JobState::running)); }
+    // queued -> cancelled for dispatch `attempt` only: that dispatch will never start (revoked or cancelled).
+    bool try_revoke(int attempt) { return cas(pack(attempt, JobState::queued), pack(attempt, JobState::cancelled)); }
     // queued -> cancelled, for whichever dispatch is current.
     bool try_cancel() {
         auto cur = word_.load();

@@ -50,6 +50,7 @@ struct Engine::Impl {
     std::unique_ptr<ExecutionManager> manager;
     std::unique_ptr<LeaseReaper> reaper;
     std::unique_ptr<remote::Hub> hub;
+    std::unique_ptr<PeriodicThread> enforcer;
 
     explicit Impl(EngineOptions o) : options(std::move(o)) {
         if (options.lease_seconds <= 0) throw std::invalid_argument("lease_seconds must be positive");
@@ -74,14 +75,16 @@ struct Engine::Impl {
         if (options.listen) {
             remote::HubHooks hooks;
             hooks.submit = [this](const std::string& service, const Params& p, const std::string& owner,
-                                  const std::function<void(const JobId&)>& on_id) {
+                                  const JobOptions& o, const std::function<void(const JobId&)>& on_id) {
                 {
                     std::lock_guard lk(mu);
                     if (closed) throw ShutDown("the cluster is shutting down");
                 }
-                return manager->submit(service, p, owner, on_id);
+                return manager->submit(service, p, owner, o, on_id);
             };
-            hooks.cancel = [this](const JobId& id) { return manager->cancel(id); };
+            hooks.cancel = [this](const JobId& id, std::function<void(bool)> done) { manager->cancel(id, std::move(done)); };
+            hooks.kill = [this](const JobId& id, Status why) { return manager->kill(id, why); };
+            hooks.state = [this](const JobId& id) { return manager->state(id); };
             hooks.servers = [this] { return server_infos(); };
             hooks.shutdown = [this] {
                 std::lock_guard lk(done_mu);
@@ -92,6 +95,16 @@ struct Engine::Impl {
         }
         int n = options.servers >= 0 ? options.servers : int(std::max(1u, std::thread::hardware_concurrency()));
         for (int i = 0; i < n; ++i) add_server(options.slots_per_server, options.threads_per_server);
+        // Time limits and stop grace of the compute servers in this process.
+        if (n > 0)
+            enforcer = std::make_unique<PeriodicThread>(std::chrono::milliseconds(20), [this] {
+                std::vector<std::shared_ptr<ComputeServer>> local;
+                {
+                    std::lock_guard lk(mu);
+                    for (auto& [id, s] : servers) local.push_back(s.component);
+                }
+                for (auto& s : local) s->enforce(); // a job given up on runs on: this process cannot end
+            });
     }
 
     void on_archived(std::vector<Result>&& batch) {
@@ -175,18 +188,38 @@ void Engine::refuse_if_closed() const {
 }
 
 JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner,
-                     const std::function<void(const JobId&)>& on_id) {
+                     const JobOptions& options, const std::function<void(const JobId&)>& on_id) {
     refuse_if_closed();
-    return impl_->manager->submit(service, params, owner, on_id);
+    return impl_->manager->submit(service, params, owner, options, on_id);
 }
 
 std::vector<JobId> Engine::submit_many(const std::string& service, const std::vector<Params>& params,
-                                       const std::string& owner) {
+                                       const std::string& owner, const JobOptions& options) {
     refuse_if_closed();
-    return impl_->manager->submit_many(service, params, owner);
+    return impl_->manager->submit_many(service, params, owner, options);
 }
 
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
+
+bool Engine::kill(const JobId& id) { return impl_->manager->kill(id, Status::killed); }
+
+std::string Engine::state(const JobId& id) const {
+    auto s = impl_->manager->state(id);
+    if (!s || *s == JobState::cancelled) return "";
+    return *s == JobState::running ? "running" : "queued";
+}
+
+std::size_t Engine::fail_pending(const std::string& error_type, const std::string& message) {
+    return impl_->manager->fail_all(error_type, message);
+}
+
+bool Engine::server_exited(int pid, const std::string& reason) {
+    bool found = false;
+    for (auto& e : impl_->registry.lookup(Kind::compute_server))
+        if (e.pid == pid && e.host == hostname())
+            found |= impl_->registry.cancel(e.id, reason, /*clean=*/false, /*died=*/true);
+    return found;
+}
 
 std::vector<Result> Engine::poll(std::size_t max, std::chrono::milliseconds timeout) {
     std::unique_lock lk(impl_->done_mu);
@@ -302,6 +335,7 @@ void Engine::shutdown(bool wait, bool cancel_pending) {
         servers.swap(impl_->servers);
         balancers.swap(impl_->balancers);
     }
+    impl_->enforcer.reset();
     impl_->hub.reset(); // remote compute servers are told to leave
     for (auto& [id, s] : servers) s.renewer->stop();
     for (auto& [id, b] : balancers) b.renewer->stop();

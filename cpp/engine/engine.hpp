@@ -44,10 +44,22 @@ public:
     Engine& operator=(const Engine&) = delete;
 
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
-                 const std::function<void(const JobId&)>& on_id = {});
+                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {});
     // Many jobs of one service at once: far cheaper per job; all are validated before any is queued.
-    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner);
+    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
+                                   const JobOptions& options = {});
+    // True if the job will never start (it had not); waits for a server in another process to confirm.
     bool cancel(const JobId& id);
+    // Stops a job: cancelled if it has not started, killed if it runs. False if it is not unfinished.
+    bool kill(const JobId& id);
+    // "queued" or "running" for an unfinished job; empty once it has finished (or for an unknown ID).
+    std::string state(const JobId& id) const;
+    // No compute server can be had: every unfinished job fails with this error. Returns how many.
+    std::size_t fail_pending(const std::string& error_type, const std::string& message);
+    // The compute-server process `pid` on this host has ended (`reason`: a signal, an exit code): its
+    // registration goes now, not at lease expiry, and its running jobs count it as a crash. False if no
+    // registered server has that pid.
+    bool server_exited(int pid, const std::string& reason);
     // Results archived (or, with no archive, finished) since the last poll: at most `max`, waiting up to `timeout`.
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
 

@@ -82,8 +82,12 @@ std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
 }
 
 JobPtr ExecutionManager::make(const ServiceDef& def, const std::string& service, const Params& params,
-                              const std::string& owner) {
+                              const std::string& owner, const JobOptions& options) {
+    if (!(options.time_limit >= 0)) throw InvalidJob(fmt::format("time_limit must be positive or 0 (none), got {}", options.time_limit));
+    if (options.retries < 0) throw InvalidJob(fmt::format("retries must be 0 or more, got {}", options.retries));
     auto job = std::make_shared<Job>();
+    job->time_limit = options.time_limit;
+    job->retries = options.retries;
     job->params = validate_params(def, params);
     job->service = service;
     job->owner = owner;
@@ -92,8 +96,8 @@ JobPtr ExecutionManager::make(const ServiceDef& def, const std::string& service,
 }
 
 JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner,
-                               const std::function<void(const JobId&)>& on_id) {
-    auto job = make(*service(service_name), service_name, params, owner);
+                               const JobOptions& options, const std::function<void(const JobId&)>& on_id) {
+    auto job = make(*service(service_name), service_name, params, owner, options);
     job->id = ids_.next();
     auto id = job->id;
     if (on_id) on_id(id);
@@ -103,12 +107,12 @@ JobId ExecutionManager::submit(const std::string& service_name, const Params& pa
 }
 
 std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name, const std::vector<Params>& params,
-                                            const std::string& owner) {
+                                            const std::string& owner, const JobOptions& options) {
     auto def = service(service_name);
     std::vector<JobPtr> jobs;
     jobs.reserve(params.size());
     for (auto& p : params) try {
-            jobs.push_back(make(*def, service_name, p, owner));
+            jobs.push_back(make(*def, service_name, p, owner, options));
         } catch (const InvalidJob& e) { // none is queued: say which one was wrong
             throw InvalidJob(fmt::format("job {} of {}: {}", jobs.size() + 1, params.size(), e.what()));
         }
@@ -120,10 +124,37 @@ std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name
     return ids;
 }
 
-bool ExecutionManager::cancel(const JobId& id) {
+std::shared_ptr<LoadBalancerProxy> ExecutionManager::holder(const JobId& id) const {
     for (auto& e : registry_.lookup(Kind::load_balancer))
-        if (e.balancer->cancel(id)) return true;
-    return false;
+        if (e.balancer->state(id)) return e.balancer;
+    return nullptr;
+}
+
+void ExecutionManager::cancel(const JobId& id, std::function<void(bool)> done) {
+    if (auto b = holder(id)) return b->cancel(id, std::move(done));
+    done(false);
+}
+
+bool ExecutionManager::cancel(const JobId& id) {
+    auto b = holder(id);
+    return b && b->cancel(id);
+}
+
+bool ExecutionManager::kill(const JobId& id, Status why) {
+    auto b = holder(id);
+    return b && b->kill(id, why);
+}
+
+std::optional<JobState> ExecutionManager::state(const JobId& id) const {
+    for (auto& e : registry_.lookup(Kind::load_balancer))
+        if (auto s = e.balancer->state(id)) return s;
+    return std::nullopt;
+}
+
+std::size_t ExecutionManager::fail_all(const std::string& error_type, const std::string& message) {
+    std::size_t n = 0;
+    for (auto& e : registry_.lookup(Kind::load_balancer)) n += e.balancer->fail_all(error_type, message);
+    return n;
 }
 
 } // namespace dynexec

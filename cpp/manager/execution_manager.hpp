@@ -26,11 +26,19 @@ public:
     // Throws InvalidJob (UnknownService) on bad input; nothing is queued then.
     // `on_id` runs with the new ID before the job can run (to route its result).
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
-                 const std::function<void(const JobId&)>& on_id = {});
+                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {});
     // Many jobs of one service in one hand-over to the balancer; all are validated before any is queued.
-    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner);
-    // Cancels a job that has not started yet.
-    bool cancel(const JobId& id);
+    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
+                                   const JobOptions& options = {});
+    // Cancels a job that has not started yet: done(true) once it never will (see LoadBalancerProxy::cancel).
+    void cancel(const JobId& id, std::function<void(bool)> done);
+    bool cancel(const JobId& id); // waits for the answer
+    // Stops a job (cancelled if not started, else status `why`); false if no balancer has it unfinished.
+    bool kill(const JobId& id, Status why = Status::killed);
+    // The state of an unfinished job; nullopt once finished (or unknown).
+    std::optional<JobState> state(const JobId& id) const;
+    // Fails every unfinished job (no compute server can be had); returns how many.
+    std::size_t fail_all(const std::string& error_type, const std::string& message);
 
     // Services to accept jobs for even before a server offering them has registered (they wait for one).
     void know(const std::vector<ServicePtr>& services);
@@ -41,7 +49,10 @@ public:
 private:
     std::shared_ptr<LoadBalancerProxy> balancer();
     ServicePtr service(const std::string& name);
-    JobPtr make(const ServiceDef& def, const std::string& service, const Params& params, const std::string& owner);
+    JobPtr make(const ServiceDef& def, const std::string& service, const Params& params, const std::string& owner,
+                const JobOptions& options);
+    // The balancer holding `id` unfinished, if any.
+    std::shared_ptr<LoadBalancerProxy> holder(const JobId& id) const;
     void take_over(std::shared_ptr<LoadBalancerProxy> gone);
 
     LookupRegistry& registry_;

@@ -16,7 +16,10 @@ struct RecordingBalancer final : LoadBalancerProxy {
         std::lock_guard lk(mu);
         jobs.push_back(std::move(j));
     }
-    bool cancel(const JobId&) override { return false; }
+    void cancel(const JobId&, std::function<void(bool)> done) override { done(false); }
+    bool kill(const JobId&, Status) override { return false; }
+    std::optional<JobState> state(const JobId&) const override { return std::nullopt; }
+    std::size_t fail_all(const std::string&, const std::string&) override { return 0; }
     std::size_t outstanding() const override { return jobs.size(); }
     std::vector<JobPtr> abandon() override {
         std::lock_guard lk(mu);

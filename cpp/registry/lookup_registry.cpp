@@ -35,12 +35,12 @@ bool LookupRegistry::renew(const std::string& id, const std::optional<ServerStat
     return true;
 }
 
-bool LookupRegistry::cancel(const std::string& id) {
+bool LookupRegistry::cancel(const std::string& id, std::string reason, bool clean, bool died) {
     std::vector<RegistryEvent> events;
     {
         std::lock_guard lk(mu_);
         if (!leases_.cancel(id)) return false;
-        events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "cancelled"});
+        events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), std::move(reason), clean, died});
         entries_.erase(id);
         std::erase(order_, id);
         ++generation_;

@@ -50,7 +50,9 @@ struct ServerInfo {
 struct RegistryEvent {
     enum class What { joined, left, changed } what; // changed: what a server offers
     Entry entry;
-    std::string reason; // for a leave: "lease expired" or "cancelled"
+    std::string reason; // for a leave: "lease expired", "cancelled", or how its process ended
+    bool clean = false; // a leave the server announced or was asked for: what it held had not crashed with it
+    bool died = false;  // its process is known to have ended (a signal, an exit code)
 };
 
 class LookupRegistry {
@@ -65,8 +67,9 @@ public:
     Entry join(Registration reg, Duration lease);
     // Renews a live lease (publishing `stats` for a compute server); false if it has expired or was cancelled.
     bool renew(const std::string& id, const std::optional<ServerStats>& stats = std::nullopt);
-    // Ends a lease now; listeners hear of the leave.
-    bool cancel(const std::string& id);
+    // Ends a lease now; listeners hear of the leave, with `reason`. Not `clean`: the server ended with the
+    // jobs it ran (`died`: its process is known to have ended).
+    bool cancel(const std::string& id, std::string reason = "cancelled", bool clean = true, bool died = false);
     // Removes every entry whose lease has run out; listeners hear of each.
     void expire_due();
     // Replaces what a compute server offers (after a plugin loads).

@@ -6,6 +6,9 @@
 #include "common/job.hpp"
 
 #include <cstdint>
+#include <functional>
+#include <future>
+#include <optional>
 #include <memory>
 #include <vector>
 
@@ -24,6 +27,10 @@ class CompletionSink {
 public:
     virtual ~CompletionSink() = default;
     virtual void complete(Result result, int attempt) = 0;
+    // The server is starting dispatch `attempt` (called before the job runs).
+    virtual void started(const JobId& /*id*/, int /*attempt*/) {}
+    // A server in another process answers ComputeServerProxy::revoke: `ok` = that dispatch never starts there.
+    virtual void revoked(const JobId& /*id*/, int /*attempt*/, bool /*ok*/) {}
 };
 
 class ComputeServerProxy {
@@ -33,9 +40,16 @@ public:
     virtual void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) = 0;
     virtual ServerStats stats() const = 0;
     virtual unsigned slots() const = 0; // jobs it runs at once
-    // The balancer moved dispatch `attempt` of `id` elsewhere: do not start it, if not started yet. A server
-    // that shares the Job object needs nothing (its try_start fails); one in another process is told.
-    virtual void revoke(const JobId& /*id*/, int /*attempt*/) {}
+    // Asks that dispatch `attempt` of `job` never start here (to cancel it or move it). A server sharing the
+    // Job object answers now: true if it will never start. One in another process answers later, through
+    // the sink's revoked(), and this returns nullopt.
+    virtual std::optional<bool> revoke(const JobPtr& job, int attempt) { return job->try_revoke(attempt); }
+    // Stops dispatch `attempt` of a job it holds: a running one ends with status `why` (killed, timeout), a
+    // queued one never starts (cancelled). Its result comes back through the sink as usual.
+    virtual void stop(const JobId& id, int attempt, Status why) = 0;
+    // True if it runs the balancer's own Job objects (in this process): their state is exact. One in another
+    // process tells of each start in a message, which a crash may lose.
+    virtual bool shares_jobs() const { return true; }
 };
 
 class LoadBalancerProxy {
@@ -45,13 +59,31 @@ public:
     virtual void dispatch(std::vector<JobPtr> jobs) {
         for (auto& j : jobs) dispatch(std::move(j));
     }
-    // Cancels a job that has not started; false if it started, finished or is unknown.
-    virtual bool cancel(const JobId& id) = 0;
+    // Cancels a job that has not started: done(true) once it never will, done(false) if it started,
+    // finished or is unknown here. `done` runs on this thread or, when a server in another process must
+    // confirm, on the thread that hears its answer; never under the balancer's lock.
+    virtual void cancel(const JobId& id, std::function<void(bool)> done) = 0;
+    // The same, waiting for the answer.
+    bool cancel(const JobId& id);
+    // Stops a job: one not started yet is cancelled, a running one ends with status `why` (killed, timeout).
+    // False if it is not one of this balancer's unfinished jobs.
+    virtual bool kill(const JobId& id, Status why) = 0;
+    // The state of one of its unfinished jobs (running once a server has said it started); nullopt if unknown.
+    virtual std::optional<JobState> state(const JobId& id) const = 0;
+    // Fails every unfinished job with status lost and this error (no compute server can be had).
+    virtual std::size_t fail_all(const std::string& error_type, const std::string& message) = 0;
     virtual std::size_t outstanding() const = 0;
     // Called once this balancer has left the registry (its lease ran out): hands back every unfinished
     // job, for the execution manager to send through another balancer; later results for them are dropped.
     virtual std::vector<JobPtr> abandon() = 0;
 };
+
+inline bool LoadBalancerProxy::cancel(const JobId& id) {
+    auto answer = std::make_shared<std::promise<bool>>();
+    auto got = answer->get_future();
+    cancel(id, [answer](bool ok) { answer->set_value(ok); });
+    return got.get();
+}
 
 // The results manager, as seen by a load balancer.
 class ResultsSink {

@@ -129,9 +129,10 @@ wire::Reply Client::request(wire::Frames frames, std::uint64_t id) {
     throw std::runtime_error(r.message);
 }
 
-JobId Client::submit(const std::string& service, const Params& params, const std::string& owner) {
+JobId Client::submit(const std::string& service, const Params& params, const std::string& owner,
+                     const JobOptions& options) {
     auto id = next_id_++;
-    auto r = request(wire::encode(wire::Submit{id, service, params, owner}), id);
+    auto r = request(wire::encode(wire::Submit{id, service, params, owner, options}), id);
     std::lock_guard lk(mu_);
     if (!early_.erase(r.message)) outstanding_.insert(r.message);
     ++submitted_;
@@ -139,16 +140,26 @@ JobId Client::submit(const std::string& service, const Params& params, const std
 }
 
 std::vector<JobId> Client::submit_many(const std::string& service, const std::vector<Params>& params,
-                                  const std::string& owner) {
+                                  const std::string& owner, const JobOptions& options) {
     std::vector<JobId> ids;
     ids.reserve(params.size());
-    for (auto& p : params) ids.push_back(submit(service, p, owner));
+    for (auto& p : params) ids.push_back(submit(service, p, owner, options));
     return ids;
 }
 
 bool Client::cancel(const JobId& job) {
     auto id = next_id_++;
     return request(wire::encode(wire::Type::cancel, wire::Request{id, job}), id).flag;
+}
+
+bool Client::kill(const JobId& job) {
+    auto id = next_id_++;
+    return request(wire::encode(wire::Type::kill, wire::Request{id, job}), id).flag;
+}
+
+std::string Client::state(const JobId& job) {
+    auto id = next_id_++;
+    return request(wire::encode(wire::Type::state, wire::Request{id, job}), id).message;
 }
 
 std::vector<ServerInfo> Client::servers() {

@@ -25,9 +25,13 @@ public:
     explicit Client(ClientOptions options); // throws std::runtime_error if the head does not answer
     ~Client();
 
-    JobId submit(const std::string& service, const Params& params, const std::string& owner);
-    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner);
+    JobId submit(const std::string& service, const Params& params, const std::string& owner,
+                 const JobOptions& options = {});
+    std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
+                                   const JobOptions& options = {});
     bool cancel(const JobId& id);
+    bool kill(const JobId& id);
+    std::string state(const JobId& id); // as Engine::state
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<ServerInfo> servers();
     void shutdown_cluster();

@@ -143,6 +143,24 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         }
         break;
     }
+    case wire::Type::started:
+    case wire::Type::revoked:
+    case wire::Type::leaving: {
+        std::shared_ptr<RemoteServerProxy> proxy;
+        std::string id;
+        {
+            std::lock_guard lk(mu_);
+            if (auto it = by_routing_.find(from); it != by_routing_.end()) proxy = it->second;
+            if (auto it = server_id_.find(from); it != server_id_.end()) id = it->second;
+        }
+        if (!proxy) break; // a server given up on
+        auto type = wire::type_of(frames);
+        if (type == wire::Type::started) proxy->on_started(wire::decode<wire::Dispatch>(frames));
+        else if (type == wire::Type::revoked) proxy->on_revoked(wire::decode<wire::Revoked>(frames));
+        else // it ends on purpose, after sending what it finished: what it still holds has not started
+            registry_.cancel(id, wire::decode<wire::Leaving>(frames).reason, /*clean=*/true);
+        break;
+    }
     case wire::Type::result: {
         auto m = wire::decode<wire::ResultMsg>(frames);
         std::shared_ptr<RemoteServerProxy> proxy;
@@ -170,10 +188,11 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         try {
             wire::Reply r;
             r.id = m.id;
-            r.message = hooks_.submit(m.service, m.params, m.owner.empty() ? "remote" : m.owner, [&](const JobId& id) {
-                std::lock_guard lk(mu_); // before the job can run: its result goes back to this client
-                client_of_[id] = from;
-            });
+            r.message = hooks_.submit(m.service, m.params, m.owner.empty() ? "remote" : m.owner, m.options,
+                                      [&](const JobId& id) {
+                                          std::lock_guard lk(mu_); // before the job can run: its result goes back to this client
+                                          client_of_[id] = from;
+                                      });
             out_.push(from, wire::encode(r));
         } catch (const std::exception& e) {
             reply_error(from, m.id, e);
@@ -182,9 +201,29 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
     }
     case wire::Type::cancel: {
         auto m = wire::decode<wire::Request>(frames);
+        // A job queued on a remote server is cancelled once that server confirms, through this very thread:
+        // the reply goes when the answer comes.
+        hooks_.cancel(m.job_id, [this, from, id = m.id](bool ok) {
+            wire::Reply r;
+            r.id = id;
+            r.flag = ok;
+            out_.push(from, wire::encode(r));
+        });
+        break;
+    }
+    case wire::Type::kill: {
+        auto m = wire::decode<wire::Request>(frames);
         wire::Reply r;
         r.id = m.id;
-        r.flag = hooks_.cancel(m.job_id);
+        r.flag = hooks_.kill(m.job_id, Status::killed);
+        out_.push(from, wire::encode(r));
+        break;
+    }
+    case wire::Type::state: {
+        auto m = wire::decode<wire::Request>(frames);
+        wire::Reply r;
+        r.id = m.id;
+        if (auto st = hooks_.state(m.job_id)) r.message = *st == JobState::running ? "running" : "queued";
         out_.push(from, wire::encode(r));
         break;
     }

@@ -21,10 +21,13 @@ struct HubOptions {
 
 // What the hub asks of the engine it serves.
 struct HubHooks {
-    std::function<JobId(const std::string& service, const Params&, const std::string& owner,
+    std::function<JobId(const std::string& service, const Params&, const std::string& owner, const JobOptions&,
                         const std::function<void(const JobId&)>& on_id)>
         submit;
-    std::function<bool(const JobId&)> cancel;
+    // Answers through the callback, maybe later on another thread (a server must confirm).
+    std::function<void(const JobId&, std::function<void(bool)>)> cancel;
+    std::function<bool(const JobId&, Status)> kill;
+    std::function<std::optional<JobState>(const JobId&)> state;
     std::function<std::vector<ServerInfo>()> servers;
     std::function<void()> shutdown; // a client asked the whole cluster to stop
 };

@@ -35,6 +35,10 @@ struct SendBack final : CompletionSink {
         }
         out.push("", wire::encode(wire::ResultMsg{std::move(r), attempt}));
     }
+    // The head's copy of the job says running from now: cancel() and running() tell the truth.
+    void started(const JobId& id, int attempt) override {
+        out.push("", wire::encode(wire::Type::started, wire::Dispatch{id, attempt}));
+    }
 };
 
 } // namespace
@@ -104,12 +108,41 @@ int ServerHost::run() {
                         server->run(std::move(m.job), m.attempt, sink);
                         break;
                     }
-                    case wire::Type::revoke: { // it runs elsewhere now, unless it has started here
-                        auto r = wire::decode<wire::Request>(frames);
-                        std::lock_guard lk(held.mu);
-                        if (auto it = held.jobs.find(r.job_id); it != held.jobs.end() && it->second->attempt() == int(r.id)) {
-                            it->second->try_cancel();
-                            held.jobs.erase(it);
+                    case wire::Type::revoke: { // it runs elsewhere or is cancelled, unless it has started here
+                        auto r = wire::decode<wire::Dispatch>(frames);
+                        bool ok = false;
+                        {
+                            std::lock_guard lk(held.mu);
+                            if (auto it = held.jobs.find(r.job_id); it != held.jobs.end() && it->second->attempt() == r.attempt) {
+                                ok = it->second->try_revoke(r.attempt);
+                                if (ok) held.jobs.erase(it);
+                            }
+                        }
+                        auto answer = wire::encode(wire::Revoked{r.job_id, r.attempt, ok});
+                        send_to(sock, "", answer);
+                        break;
+                    }
+                    case wire::Type::stop_job: {
+                        auto m = wire::decode<wire::StopJob>(frames);
+                        if (m.why != Status::killed && m.why != Status::timeout)
+                            throw std::runtime_error(fmt::format("stop_job for {} with status {}", m.job_id,
+                                                                 status_name(m.why)));
+                        JobPtr queued;
+                        {
+                            std::lock_guard lk(held.mu);
+                            if (auto it = held.jobs.find(m.job_id); it != held.jobs.end() && it->second->attempt() == m.attempt &&
+                                                                     it->second->try_revoke(m.attempt)) {
+                                queued = it->second;
+                                held.jobs.erase(it);
+                            }
+                        }
+                        if (queued) { // not started: it never will
+                            auto r = result_without_run(*queued, Status::cancelled, "CancelledError",
+                                                        "killed before it started");
+                            auto reply = wire::encode(wire::ResultMsg{std::move(r), m.attempt});
+                            send_to(sock, "", reply);
+                        } else {
+                            server->stop(m.job_id, m.attempt, m.why);
                         }
                         break;
                     }
@@ -141,6 +174,15 @@ int ServerHost::run() {
         }
         if (items[1].revents & ZMQ_POLLIN)
             for (auto& item : out.take()) send_to(sock, "", item.frames);
+        // Time limits; a job that would not stop holds a thread (a Python job always does): this process
+        // ends so that its supervisor starts a fresh one, after saying so and sending what finished.
+        if (server->enforce() > 0) {
+            for (auto& item : out.take()) send_to(sock, "", item.frames);
+            auto bye = wire::encode(wire::Leaving{"ended to stop a job that was killed or timed out"});
+            send_to(sock, "", bye);
+            code = 4;
+            break;
+        }
         auto now = Clock::now();
         if (now >= next_renew) {
             auto frames = wire::encode(wire::Renew{server->stats()});

@@ -22,7 +22,8 @@ struct HostOptions {
 class ServerHost {
 public:
     explicit ServerHost(HostOptions options);
-    // Serves until the head says stop (returns 0), falls silent (2), the parent dies (3) or stop() (0).
+    // Serves until the head says stop (returns 0), falls silent (2), the parent dies (3), a job that was
+    // stopped would not end (4: the process should exit, and be replaced) or stop() (0).
     int run();
     void stop() { stop_ = true; }
     std::string id() const;

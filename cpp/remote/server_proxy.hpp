@@ -17,19 +17,19 @@ public:
         auto frames = wire::encode(wire::JobMsg{job, attempt});
         {
             std::lock_guard lk(mu_);
-            pending_[job->id] = {attempt, std::move(sink)};
+            pending_[job->id] = {job, attempt, std::move(sink)};
         }
         out_.push(routing_, std::move(frames));
     }
-    void revoke(const JobId& id, int attempt) override {
-        {
-            std::lock_guard lk(mu_);
-            auto it = pending_.find(id);
-            if (it == pending_.end() || it->second.first != attempt) return;
-            pending_.erase(it);
-        }
-        out_.push(routing_, wire::encode(wire::Type::revoke, wire::Request{std::uint64_t(attempt), id}));
+    // The server answers with revoked: only it knows whether it has started the job.
+    std::optional<bool> revoke(const JobPtr& job, int attempt) override {
+        out_.push(routing_, wire::encode(wire::Type::revoke, wire::Dispatch{job->id, attempt}));
+        return std::nullopt;
     }
+    void stop(const JobId& id, int attempt, Status why) override {
+        out_.push(routing_, wire::encode(wire::StopJob{id, attempt, why}));
+    }
+    bool shares_jobs() const override { return false; }
     ServerStats stats() const override {
         std::lock_guard lk(mu_);
         auto s = last_;
@@ -44,8 +44,8 @@ public:
             std::lock_guard lk(mu_);
             auto it = pending_.find(m.result.job_id);
             // The same job may be here twice (handed to another balancer): only the current dispatch counts.
-            if (it == pending_.end() || it->second.first != m.attempt) return;
-            sink = std::move(it->second.second);
+            if (it == pending_.end() || it->second.attempt != m.attempt) return;
+            sink = std::move(it->second.sink);
             pending_.erase(it);
             // Statistics as of this result: fresher than the last renewal, which the balancer also reads.
             ++last_.jobs_done;
@@ -53,6 +53,23 @@ public:
             last_.last_completion = std::max(last_.last_completion, m.result.end_time);
         }
         sink->complete(std::move(m.result), m.attempt);
+    }
+    // Our copy of the job says it runs, as the server's does (the balancer reads it).
+    void on_started(const wire::Dispatch& m) {
+        std::lock_guard lk(mu_);
+        if (auto it = pending_.find(m.job_id); it != pending_.end() && it->second.attempt == m.attempt)
+            it->second.job->try_start(m.attempt);
+    }
+    void on_revoked(const wire::Revoked& m) {
+        std::shared_ptr<CompletionSink> sink;
+        {
+            std::lock_guard lk(mu_);
+            auto it = pending_.find(m.job_id);
+            if (it == pending_.end() || it->second.attempt != m.attempt) return;
+            sink = it->second.sink;
+            if (m.ok) pending_.erase(it); // that dispatch will send nothing more
+        }
+        sink->revoked(m.job_id, m.attempt, m.ok);
     }
     const std::string& routing_id() const { return routing_; }
 
@@ -62,7 +79,12 @@ private:
     unsigned slots_;
     mutable std::mutex mu_;
     ServerStats last_;
-    std::unordered_map<JobId, std::pair<int, std::shared_ptr<CompletionSink>>> pending_;
+    struct Pending {
+        JobPtr job; // the balancer's copy
+        int attempt = 0;
+        std::shared_ptr<CompletionSink> sink;
+    };
+    std::unordered_map<JobId, Pending> pending_;
 };
 
 } // namespace dynexec::remote

@@ -8,6 +8,7 @@
 #include <cxxabi.h>
 
 #include <thread>
+#include <tuple>
 #include <typeinfo>
 
 namespace dynexec {
@@ -77,6 +78,7 @@ void ComputeServer::execute(Item& item) {
     auto& job = *item.job;
     bool started = job.try_start(item.attempt);
     if (started) {
+        item.sink->started(job.id, item.attempt);
         Result r;
         r.job_id = job.id;
         r.owner = job.owner;
@@ -85,6 +87,11 @@ void ComputeServer::execute(Item& item) {
         r.submit_time = job.submit_time;
         auto t0 = SteadyClock::instance().now();
         r.start_time = wall_time();
+        {
+            std::lock_guard lk(mu_);
+            running_[&job] = {item.job, item.attempt, item.sink, t0, {}, r.start_time};
+        }
+        job.params.watch_stop(&job.stop_requested);
         try {
             auto def = catalog_.find(job.service);
             if (!def) throw ServiceError("UnknownService", fmt::format("server {} does not offer '{}'", id_, job.service));
@@ -106,18 +113,106 @@ void ComputeServer::execute(Item& item) {
         }
         r.end_time = wall_time();
         double busy = seconds(SteadyClock::instance().now() - t0);
+        bool send = true;
         {
             std::lock_guard lk(mu_);
+            auto it = running_.find(&job);
+            if (it->second.given_up) {
+                send = false; // its stopped result went already
+                --given_up_running_;
+            } else if (it->second.stop != Status::ok) { // it returned once asked to stop: what it made is partial
+                auto stopped = stopped_result(it->second);
+                stopped.end_time = r.end_time;
+                r = std::move(stopped);
+            }
+            running_.erase(it);
             ++stats_.jobs_done;
             stats_.busy_time += busy;
             stats_.last_completion = r.end_time;
         }
-        item.sink->complete(std::move(r), item.attempt);
+        if (send) item.sink->complete(std::move(r), item.attempt);
     }
     // Drop our references before announcing idleness: a waiter may destroy what they point to.
     item = Item{};
     std::lock_guard lk(mu_);
     --stats_.in_flight;
+}
+
+Result ComputeServer::stopped_result(const Running& run) const {
+    auto& job = *run.job;
+    Result r;
+    r.job_id = job.id;
+    r.owner = job.owner;
+    r.service = job.service;
+    r.server = id_;
+    r.submit_time = job.submit_time;
+    r.start_time = run.start_wall;
+    r.end_time = wall_time();
+    r.status = run.stop;
+    double ran = r.end_time - r.start_time;
+    if (run.stop == Status::timeout) {
+        r.error_type = "JobTimeoutError";
+        r.message = fmt::format("job {} ({}) ran past its time limit of {:g} s and was stopped after {:.1f} s", job.id,
+                                job.service, job.time_limit, ran);
+    } else {
+        r.error_type = "JobKilledError";
+        r.message = fmt::format("job {} ({}) was killed after running {:.1f} s", job.id, job.service, ran);
+    }
+    return r;
+}
+
+std::optional<Result> ComputeServer::stop_locked(Running& run, Status why, TimePoint now) {
+    if (run.given_up) return std::nullopt;
+    if (run.stop == Status::ok) {
+        run.stop = why;
+        run.stop_asked = now;
+        run.job->stop_requested = true;
+    }
+    // A Python job cannot be asked; a native service gets stop_grace seconds to notice stop_requested().
+    if (run.job->service != "python" && options_.stop_grace > 0) return std::nullopt;
+    run.given_up = true;
+    ++given_up_running_;
+    return stopped_result(run);
+}
+
+void ComputeServer::stop(const JobId& id, int attempt, Status why) {
+    std::optional<Result> now;
+    std::shared_ptr<CompletionSink> sink;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& [job, run] : running_)
+            if (run.job->id == id && run.attempt == attempt) {
+                now = stop_locked(run, why, SteadyClock::instance().now());
+                sink = run.sink;
+                break;
+            }
+    }
+    if (now) sink->complete(std::move(*now), attempt);
+}
+
+std::size_t ComputeServer::enforce() {
+    std::vector<std::tuple<std::shared_ptr<CompletionSink>, Result, int>> send;
+    std::size_t still_running;
+    {
+        std::lock_guard lk(mu_);
+        auto now = SteadyClock::instance().now();
+        for (auto& [job, run] : running_) {
+            if (run.given_up) continue;
+            std::optional<Result> r;
+            if (run.stop == Status::ok) {
+                if (run.job->time_limit > 0 && seconds(now - run.started) > run.job->time_limit)
+                    r = stop_locked(run, Status::timeout, now);
+            } else if (seconds(now - run.stop_asked) >= options_.stop_grace) {
+                run.given_up = true;
+                ++given_up_running_;
+                r = stopped_result(run);
+            }
+            if (r) send.emplace_back(run.sink, std::move(*r), run.attempt);
+        }
+        still_running = given_up_running_;
+    }
+    for (auto& [sink, r, attempt] : send) sink->complete(std::move(r), attempt);
+    return still_running;
 }
 
 ServerStats ComputeServer::stats() const {

@@ -12,7 +12,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <unordered_map>
 
 namespace dynexec {
 
@@ -21,14 +23,22 @@ public:
     struct Options {
         unsigned slots = 1;   // jobs at once
         unsigned threads = 0; // arena concurrency; 0 = every core
+        double stop_grace = 2.0; // seconds a native service asked to stop has to return before it is abandoned
     };
 
     ComputeServer(Options options, const ServiceCatalog& catalog);
     ~ComputeServer() override; // waits for the jobs it holds
 
     void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override;
+    void stop(const JobId& id, int attempt, Status why) override;
     ServerStats stats() const override;
     unsigned slots() const override { return options_.slots; }
+
+    // Stops the jobs past their time limit, and gives up on those asked to stop that did not: their result
+    // (killed, timeout) is sent now and what they return later is dropped. Python jobs cannot be asked, so
+    // they are given up on at once. Returns how many given-up jobs are still running on a thread here:
+    // a server process with any should end (its supervisor starts another). Call it now and then.
+    std::size_t enforce();
 
     // The registry ID that results are stamped with.
     void set_id(std::string id);
@@ -42,8 +52,22 @@ private:
         int attempt;
         std::shared_ptr<CompletionSink> sink;
     };
+    // A job running here.
+    struct Running {
+        JobPtr job;
+        int attempt = 0;
+        std::shared_ptr<CompletionSink> sink;
+        TimePoint started, stop_asked;
+        double start_wall = 0;
+        Status stop = Status::ok; // what it was asked to stop for
+        bool given_up = false;    // its result was sent; what it returns is dropped
+    };
     void pump();
     void execute(Item& item);
+    // The result of a job stopped before it returned. Needs mu_.
+    Result stopped_result(const Running& r) const;
+    // Marks a stop request; returns the result to send now if the job is given up on at once. Needs mu_.
+    std::optional<Result> stop_locked(Running& r, Status why, TimePoint now);
 
     Options options_;
     const ServiceCatalog& catalog_;
@@ -54,6 +78,8 @@ private:
     unsigned pumps_ = 0;   // tasks draining queue_, at most slots
     std::condition_variable idle_;
     ServerStats stats_;
+    std::unordered_map<const Job*, Running> running_; // guarded by mu_
+    std::size_t given_up_running_ = 0;                // given up on, still on a thread here; guarded by mu_
 };
 
 } // namespace dynexec

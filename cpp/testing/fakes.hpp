@@ -4,11 +4,14 @@
 #include "registry/lookup_registry.hpp"
 
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 namespace dynexec::testing {
 
-// A compute server that only records what it is given; the test finishes jobs by hand.
+// A compute server that only records what it is given; the test starts and finishes jobs by hand. With
+// `remote`, it behaves as one in another process: it keeps its own state of each job, says so with
+// started(), and answers revokes later (answer()).
 struct FakeServer final : ComputeServerProxy {
     struct Run {
         JobPtr job;
@@ -17,21 +20,40 @@ struct FakeServer final : ComputeServerProxy {
     };
     std::vector<Run> runs;
     std::vector<std::pair<JobId, int>> revoked;
+    std::vector<std::tuple<JobId, int, Status>> stopped;
     ServerStats s;
     unsigned n_slots = 1;
+    bool remote = false;
 
     void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override {
         runs.push_back({std::move(job), attempt, std::move(sink)});
     }
     ServerStats stats() const override { return s; }
     unsigned slots() const override { return n_slots; }
-    void revoke(const JobId& id, int attempt) override { revoked.emplace_back(id, attempt); }
+    std::optional<bool> revoke(const JobPtr& job, int attempt) override {
+        revoked.emplace_back(job->id, attempt);
+        if (remote) return std::nullopt;
+        return job->try_revoke(attempt);
+    }
+    void stop(const JobId& id, int attempt, Status why) override { stopped.emplace_back(id, attempt, why); }
+    bool shares_jobs() const override { return !remote; }
+
+    // Starts the i-th job given to it (for a remote one: the balancer's copy hears of the start).
+    bool start(std::size_t i) {
+        auto& r = runs.at(i);
+        return r.job->try_start(r.attempt);
+    }
+    // A remote server's answer to the revoke of the i-th job it was given.
+    void answer(std::size_t i, bool ok) {
+        auto& r = runs.at(i);
+        r.sink->revoked(r.job->id, r.attempt, ok);
+    }
 
     // Starts and finishes the i-th job given to this server, as a real server would.
     // `run_seconds` >= 0 stamps the result with start and end times that far apart.
     bool finish(std::size_t i, Value v = 1.0, double run_seconds = -1) {
         auto& r = runs.at(i);
-        if (!r.job->try_start(r.attempt)) return false;
+        if (!r.job->try_start(r.attempt) && !(remote && r.job->state() == JobState::running)) return false;
         Result res;
         res.job_id = r.job->id;
         res.value = std::move(v);

@@ -27,7 +27,12 @@ template <class IO> void fields(IO& io, Renew& m) { io(m.stats); }
 template <class IO> void fields(IO& io, ResultMsg& m) { io(m.result, m.attempt); }
 template <class IO> void fields(IO& io, HelloClient& m) { io(m.owner); }
 template <class IO> void fields(IO& io, Request& m) { io(m.id, m.job_id); }
-template <class IO> void fields(IO& io, Submit& m) { io(m.id, m.service, m.params, m.owner); }
+template <class IO> void fields(IO& io, JobOptions& o) { io(o.time_limit, o.retries); }
+template <class IO> void fields(IO& io, Submit& m) { io(m.id, m.service, m.params, m.owner, m.options); }
+template <class IO> void fields(IO& io, Dispatch& m) { io(m.job_id, m.attempt); }
+template <class IO> void fields(IO& io, Revoked& m) { io(m.job_id, m.attempt, m.ok); }
+template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.why); }
+template <class IO> void fields(IO& io, Leaving& m) { io(m.reason); }
 template <class IO> void fields(IO& io, Reply& m) { io(m.id, m.error_type, m.message, m.flag, m.servers); }
 template <class IO> void fields(IO& io, Results& m) { io(m.results); }
 
@@ -288,6 +293,10 @@ Frames encode(Type type, const Request& m) { return encode_as(type, m); }
 Frames encode(const Submit& m) { return encode_as(Type::submit, m); }
 Frames encode(const Reply& m) { return encode_as(Type::reply, m); }
 Frames encode(const Results& m) { return encode_as(Type::results, m); }
+Frames encode(Type type, const Dispatch& m) { return encode_as(type, m); }
+Frames encode(const Revoked& m) { return encode_as(Type::revoked, m); }
+Frames encode(const StopJob& m) { return encode_as(Type::stop_job, m); }
+Frames encode(const Leaving& m) { return encode_as(Type::leaving, m); }
 
 template <> HelloServer decode(Frames& f) { return decode_as<HelloServer>(f); }
 template <> Welcome decode(Frames& f) { return decode_as<Welcome>(f); }
@@ -298,6 +307,10 @@ template <> Request decode(Frames& f) { return decode_as<Request>(f); }
 template <> Submit decode(Frames& f) { return decode_as<Submit>(f); }
 template <> Reply decode(Frames& f) { return decode_as<Reply>(f); }
 template <> Results decode(Frames& f) { return decode_as<Results>(f); }
+template <> Dispatch decode(Frames& f) { return decode_as<Dispatch>(f); }
+template <> Revoked decode(Frames& f) { return decode_as<Revoked>(f); }
+template <> StopJob decode(Frames& f) { return decode_as<StopJob>(f); }
+template <> Leaving decode(Frames& f) { return decode_as<Leaving>(f); }
 
 // A job is shared state (its dispatch word), not a plain record: its fields are listed here.
 Frames encode(const JobMsg& m) {

@@ -24,6 +24,9 @@ enum class Type : std::uint8_t {
     renew,            // Renew
     result,           // ResultMsg
     offer,            // HelloServer: what it offers now (after loading a plugin)
+    started,          // Dispatch: it is starting that dispatch of a job
+    revoked,          // Revoked: the answer to a revoke
+    leaving,          // Leaving: it ends now, cleanly (e.g. to stop a job that would not stop)
     // head -> compute server
     welcome = 16, // Welcome
     expired,      // (empty): the lease is gone; register again
@@ -31,13 +34,16 @@ enum class Type : std::uint8_t {
     stop,         // (empty): leave now
     renewed,      // (empty): the lease was renewed; the head is alive
     load_plugin,  // Request (job_id = the plugin's path): load it, then offer its services
-    revoke,       // Request (id = the attempt): do not start that dispatch of the job; it runs elsewhere
+    revoke,       // Dispatch: do not start that dispatch of the job, if not started; answer with revoked
+    stop_job,     // StopJob: stop that dispatch (running: killed or timeout; queued: it never starts)
     // client -> head
     hello_client = 32, // HelloClient
     submit,            // Submit
     cancel,            // Request
     servers,           // Request
     shutdown,          // Request: stop the whole cluster
+    kill,              // Request: stop a job (cancelled if not started, killed if running); Reply.flag
+    state,             // Request: Reply.message is the job's state (queued, running) or empty if not unfinished
     // head -> client
     reply = 48, // Reply
     results,    // Results
@@ -64,6 +70,23 @@ struct ResultMsg {
     Result result;
     int attempt = 0;
 };
+struct Dispatch {
+    std::string job_id;
+    int attempt = 0;
+};
+struct Revoked {
+    std::string job_id;
+    int attempt = 0;
+    bool ok = false; // that dispatch never starts there
+};
+struct StopJob {
+    std::string job_id;
+    int attempt = 0;
+    Status why = Status::killed;
+};
+struct Leaving {
+    std::string reason;
+};
 struct HelloClient {
     std::string owner;
 };
@@ -76,6 +99,7 @@ struct Submit {
     std::string service;
     Params params;
     std::string owner;
+    JobOptions options;
 };
 struct Reply {
     std::uint64_t id = 0;
@@ -96,6 +120,10 @@ Frames encode(const Renew&);
 Frames encode(const JobMsg&);
 Frames encode(const ResultMsg&);
 Frames encode(const HelloClient&);
+Frames encode(Type type, const Dispatch&); // started, revoke
+Frames encode(const Revoked&);
+Frames encode(const StopJob&);
+Frames encode(const Leaving&);
 Frames encode(Type type, const Request&);
 Frames encode(const Submit&);
 Frames encode(const Reply&);

@@ -152,33 +152,41 @@ py::list server_list(const std::vector<ServerInfo>& infos) {
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
 template <class E> void def_job_calls(py::class_<E>& cls) {
     cls.def("submit",
-            [](E& e, const std::string& service, const py::dict& kwargs, const std::string& owner) {
+            [](E& e, const std::string& service, const py::dict& kwargs, const std::string& owner, double time_limit,
+               int retries) {
                 auto params = to_params(kwargs);
                 py::gil_scoped_release nogil;
-                return e.submit(service, params, owner);
-            })
+                return e.submit(service, params, owner, JobOptions{time_limit, retries});
+            },
+            py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("submit_python",
-             [](E& e, const py::bytes& payload, const std::string& owner) {
+             [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries) {
                  Params params{{"payload", Pickled{payload.cast<std::string>()}}};
                  py::gil_scoped_release nogil;
-                 return e.submit("python", params, owner);
-             })
+                 return e.submit("python", params, owner, JobOptions{time_limit, retries});
+             },
+             py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("submit_many",
-             [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner) {
+             [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner,
+                double time_limit, int retries) {
                  std::vector<Params> params;
                  params.reserve(kwargs_list.size());
                  for (auto& kw : kwargs_list) params.push_back(to_params(kw.cast<py::dict>()));
                  py::gil_scoped_release nogil;
-                 return e.submit_many(service, params, owner);
-             })
+                 return e.submit_many(service, params, owner, JobOptions{time_limit, retries});
+             },
+             py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("submit_python_many",
-             [](E& e, const py::list& payloads, const std::string& owner) {
+             [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries) {
                  std::vector<Params> params;
                  params.reserve(payloads.size());
                  for (auto& p : payloads) params.push_back(Params{{"payload", Pickled{p.cast<std::string>()}}});
                  py::gil_scoped_release nogil;
-                 return e.submit_many("python", params, owner);
-             })
+                 return e.submit_many("python", params, owner, JobOptions{time_limit, retries});
+             },
+             py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+        .def("kill", &E::kill, py::call_guard<py::gil_scoped_release>())
+        .def("state", &E::state, py::call_guard<py::gil_scoped_release>())
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
         // The collector's fast path: (job_id, is_pickle, raw value) for a success, (job_id, None, Result) otherwise.
@@ -282,6 +290,8 @@ PYBIND11_MODULE(_core, m) {
         .def("load_plugin", &Engine::load_plugin, py::arg("path"), py::arg("names"), py::arg("timeout"),
              py::call_guard<py::gil_scoped_release>())
         .def("find", &Engine::find, py::call_guard<py::gil_scoped_release>())
+        .def("fail_pending", &Engine::fail_pending, py::call_guard<py::gil_scoped_release>())
+        .def("server_exited", &Engine::server_exited, py::call_guard<py::gil_scoped_release>())
         .def("stats",
              [](const Engine& e) {
                  auto s = e.stats();

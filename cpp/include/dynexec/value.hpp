@@ -2,6 +2,7 @@
 // Header-only so that service plugins need no link-time symbols from the core.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -130,8 +131,14 @@ public:
     auto end() const { return items_.end(); }
     std::size_t size() const { return items_.size(); }
 
+    // True once the running job was asked to stop (kill() or its time limit): a long service checks it now
+    // and then and returns early; one that does not is abandoned after a grace period.
+    bool stop_requested() const { return stop_ && stop_->load(std::memory_order_relaxed); }
+    void watch_stop(const std::atomic<bool>* flag) { stop_ = flag; } // set by the compute server
+
 private:
     std::vector<std::pair<std::string, Value>> items_;
+    const std::atomic<bool>* stop_ = nullptr;
 };
 
 } // namespace dynexec
