@@ -84,7 +84,7 @@ int ServerHost::run() {
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(50));
         if (items[0].revents & ZMQ_POLLIN) {
-            for (;;) {
+            while (!stop_) { // once told to stop, nothing after it counts (an `expired` must not register us again)
                 wire::Frames frames;
                 if (!zmq::recv_multipart(sock, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
                 last_heard = Clock::now();

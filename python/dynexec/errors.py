@@ -1,11 +1,17 @@
 """dynexec's exceptions. Those raised by the C++ core are defined there and re-exported here."""
+from concurrent.futures import BrokenExecutor as _BrokenExecutor
+
 from ._core import ArchiveError, InvalidJobError, ShutDownError, UnknownServiceError
 
 __all__ = [
     "ArchiveError",
+    "BrokenExecutorError",
     "InvalidJobError",
+    "JobKilledError",
+    "JobTimeoutError",
     "RemoteError",
     "ResultNotFoundError",
+    "ServerDiedError",
     "ServerLostError",
     "ShutDownError",
     "UnknownServiceError",
@@ -39,3 +45,21 @@ class _RemoteTraceback(Exception):
 
     def __str__(self):
         return self.tb
+
+
+class ServerDiedError(ServerLostError):
+    """The job was running each time its compute server's process ended (a signal, an exit code), as often as
+    max_attempts allows: the job itself most likely ends them (a segfault, os._exit, memory)."""
+
+
+class JobKilledError(RuntimeError):
+    """The job was stopped while it ran, by `future.kill()`."""
+
+
+class JobTimeoutError(JobKilledError):
+    """The job ran past its time limit (`ex.options(time_limit=...)`) and was stopped."""
+
+
+class BrokenExecutorError(_BrokenExecutor):
+    """No compute server can be had (they keep dying at start, or all were lost): like BrokenProcessPool,
+    pending jobs fail with it and new ones are refused."""

@@ -7,6 +7,7 @@ import itertools
 import os
 import pickle
 import socket
+import sys
 import types
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import _core, connection
 from ._pickling import dumps
-from .errors import InvalidJobError
+from .errors import BrokenExecutorError, InvalidJobError
 from .local import LocalServers
 from .results import Result, default_archive
 
@@ -106,6 +107,22 @@ class JobFuture(Future):
                 self._state = RUNNING
         return False
 
+    def running(self) -> bool:
+        """True while the job runs on a compute server (it has started and not finished)."""
+        with self._condition:
+            state = self._state
+        if state != PENDING:
+            return state == RUNNING
+        return self._engine.state(self.job_id) == "running"
+
+    def kill(self) -> bool:
+        """Stops the job: one that has not started never will (the future is cancelled); a running one is
+        stopped and fails with JobKilledError (a Python job's server process is ended and replaced; a native
+        service is asked to stop, see Params::stop_requested). False if the job has already finished."""
+        if self.done():
+            return False
+        return self._engine.kill(self.job_id)
+
     def __repr__(self):
         return super().__repr__()[:-1] + f" job_id={self.job_id}>"
 
@@ -131,9 +148,12 @@ class Executor(_Executor):
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
-                 seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0):
+                 seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0,
+                 time_limit: float | None = None, retries: int = 0):
         self._local = None
         self._session = None
+        self._broken = None  # why no compute server can be had, once that is so
+        self._defaults = _job_options(time_limit, retries)
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
@@ -181,6 +201,8 @@ class Executor(_Executor):
         else:
             self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args)
         self._start_collector()
+        if self._local is not None:
+            self._local.supervise(self._engine, _on_broken(weakref.ref(self)), self._closing)
 
     def _start_collector(self):
         self._futures: dict[str, JobFuture] = {}
@@ -200,17 +222,42 @@ class Executor(_Executor):
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
         """Runs fn(*args, **kwargs) on a compute server; the future carries the job ID."""
+        return self._submit_fn(self._defaults, fn, args, kwargs)
+
+    def submit_service(self, service: str, /, **params) -> JobFuture:
+        """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
+        return self._submit_service(self._defaults, service, params)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
+
+        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
+        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+
+    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+        """The same executor, with options for the jobs submitted through it (they do not collide with the
+        callable's own keyword arguments):
+
+            ex.options(time_limit=60, retries=2).submit(fn, x)
+
+        time_limit: seconds a job may run (each time it starts); past it, it is stopped and fails with
+            JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
+        retries: how many times a job that raises is run again before its error is reported (default: the
+            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
+        return JobOptions(self, _job_options((self._defaults[0] or None) if time_limit is None else time_limit,
+                                             self._defaults[1] if retries is None else retries))
+
+    def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         try:
             payload = job_payload(fn, args, kwargs)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
-        return self._submit(lambda: self._engine.submit_python(payload, self._owner))
+        return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
 
-    def submit_service(self, service: str, /, **params) -> JobFuture:
-        """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
-        return self._submit(lambda: self._engine.submit(service, params, self._owner))
+    def _submit_service(self, opts, service, params) -> JobFuture:
+        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts))
 
     def _submit(self, send) -> JobFuture:
         return self._submit_many(lambda: [send()])[0]
@@ -221,14 +268,13 @@ class Executor(_Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._broken:
+                raise BrokenExecutorError(self._broken)
             futures = [JobFuture(self, job_id) for job_id in send()]  # under the lock, so is the collector
             self._futures.update((f.job_id, f) for f in futures)
         return futures
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
-        """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
-
-        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
+    def _map(self, opts, fn, iterables, timeout, chunksize):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -248,7 +294,7 @@ class Executor(_Executor):
                 for f in futures:
                     f.cancel()
                 raise _unpicklable(fn, "its arguments", exc) from exc
-            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner))
+            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
         results = _in_order(futures, end_time)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
@@ -257,17 +303,19 @@ class Executor(_Executor):
         """Each registered compute server: id, host, pid, lease_expiry, services, statistics."""
         return self._engine.servers()
 
-    def add_server(self, slots: int = 1, threads: int = 0) -> str:
+    def add_server(self, slots: int = 1, threads: int = 0, timeout: float = 60.0) -> str:
         """Starts and registers one more compute server; it gets work at once. Returns its ID."""
         if self._local is None:
             return self._engine.add_server(slots, threads)
-        before = {s["id"] for s in self.servers()}
-        self._local.start(1)
-        self._local.wait_registered(self._engine, len(before) + 1, 60.0)
-        return next(s["id"] for s in self.servers() if s["id"] not in before)
+        if self._broken:
+            raise BrokenExecutorError(self._broken)
+        return self._local.add(self._engine, timeout)
 
     def remove_server(self, server_id: str) -> None:
-        """Takes a server out of the registry now; jobs it held run elsewhere."""
+        """Takes a server out of the registry now; jobs it held that had not started run elsewhere. A server
+        process of this executor is ended (and not replaced)."""
+        if self._local is not None:
+            self._local.retire(next((s["pid"] for s in self.servers() if s["id"] == server_id), None))
         self._engine.remove_server(server_id)
 
     @property
@@ -322,6 +370,53 @@ class Executor(_Executor):
         if wait:
             self._engine_done.wait()
             self._collector.join()
+
+
+class JobOptions:
+    """An executor with options for the jobs submitted through it: see Executor.options()."""
+
+    def __init__(self, executor: Executor, opts: tuple[float, int]):
+        self._executor, self._opts = executor, opts
+
+    def submit(self, fn, /, *args, **kwargs) -> JobFuture:
+        return self._executor._submit_fn(self._opts, fn, args, kwargs)
+
+    def submit_service(self, service: str, /, **params) -> JobFuture:
+        return self._executor._submit_service(self._opts, service, params)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize)
+
+    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+        return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
+                                                       self._opts[1] if retries is None else retries))
+
+    def __repr__(self):
+        return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}>"
+
+
+def _job_options(time_limit, retries) -> tuple[float, int]:
+    """(time_limit, retries) as the engine takes them; names what is wrong."""
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds or None, got {time_limit!r}")
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    return (float(time_limit or 0.0), retries)
+
+
+def _on_broken(executor_ref):
+    """What the supervisor of local servers calls once none can be had: pending and new jobs fail."""
+    def broken(why: str) -> None:
+        ex = executor_ref()
+        if ex is None:
+            return
+        with ex._lock:
+            ex._broken = why
+        n = ex._engine.fail_pending("BrokenExecutor", why)
+        sys.stderr.write(f"dynexec: {why}; {n} unfinished job(s) failed with BrokenExecutorError, new ones are "
+                         f"refused\n")
+    return broken
 
 
 def _collect(executor_ref, engine, futures, lock, closing, engine_done):

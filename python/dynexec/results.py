@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .errors import RemoteError, ResultNotFoundError, ServerLostError, _RemoteTraceback
+from .errors import (BrokenExecutorError, JobKilledError, JobTimeoutError, RemoteError, ResultNotFoundError,
+                     ServerDiedError, ServerLostError, _RemoteTraceback)
 
 
 def default_archive() -> Path:
@@ -71,7 +72,10 @@ class Result:
         if self.status == "ok":
             return None
         if self.status == "lost":
-            return ServerLostError(self.message)
+            kind = {"ServerDiedError": ServerDiedError, "BrokenExecutor": BrokenExecutorError}.get(self.error_type)
+            return (kind or ServerLostError)(self.message)
+        if self.status in ("killed", "timeout"):
+            return (JobTimeoutError if self.status == "timeout" else JobKilledError)(self.message)
         if self.status == "cancelled":
             from concurrent.futures import CancelledError
             return CancelledError(self.message)

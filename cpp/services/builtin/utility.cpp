@@ -56,8 +56,16 @@ Value spin_cpu(const Params& p) {
         throw std::invalid_argument(fmt::format("seconds must be a non-negative number, got {}", seconds));
     if (seconds == 0) return std::int64_t{0};
     const auto iterations = static_cast<std::uint64_t>(std::llround(seconds * spin_rate()));
-    g_sink.fetch_add(spin(iterations, iterations | 1), std::memory_order_relaxed);
-    return static_cast<std::int64_t>(iterations);
+    // In slices of about 10 ms, so that a stop request (kill, time limit) ends it promptly.
+    const auto slice = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(spin_rate() / 100));
+    std::uint64_t done = 0, x = iterations | 1;
+    while (done < iterations && !p.stop_requested()) {
+        auto n = std::min(slice, iterations - done);
+        x = spin(n, x);
+        done += n;
+    }
+    g_sink.fetch_add(x, std::memory_order_relaxed);
+    return static_cast<std::int64_t>(done);
 }
 
 } // namespace
@@ -65,7 +73,8 @@ Value spin_cpu(const Params& p) {
 void add_utility_services(ServiceRegistrar& r) {
     r.add({"spin.cpu",
            "Keep one core busy for about `seconds` of CPU time (an integer loop calibrated once per process, not "
-           "clock polling). Single-threaded. Returns the number of loop iterations run.",
+           "clock polling). Single-threaded; stops early when asked (kill, time limit). Returns the number of loop "
+           "iterations run.",
            {{"seconds", ValueType::real, std::nullopt, "CPU time to burn (>= 0)"}},
            spin_cpu});
     r.add({"noop", "Return `x` unchanged: a job that costs nothing, for measuring per-job overhead.",
