@@ -46,6 +46,11 @@ def nap(i, seconds):
     return i
 
 
+def segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+
 # -- processes ----------------------------------------------------------------------------------------
 def _children_map():
     children = {}
@@ -250,13 +255,17 @@ def test_server_joined_by_a_second_mpirun_gets_jobs_within_a_second(start):
         futures = [ex.submit(nap, i, 0.05) for i in range(20)]
         assert [f.result(timeout=30) for f in busy + futures] == list(range(10)) + list(range(20))
         joined.note([new["pid"]])
-        # kill -9 of the joined server: its rank exits normally, so that mpirun ends without an abort.
+        # kill -9 of the joined server: its rank starts another (mpirun does not abort), which replaces it.
         os.kill(new["pid"], signal.SIGKILL)
-        assert joined.wait_exit(15) == 0, joined.output()
-        wait_for(lambda: new["id"] not in server_ids(ex), 10, "the killed server's lease to expire")
+        wait_for(lambda: new["id"] not in server_ids(ex), 10, "the killed server to leave the registry")
+        again = wait_for(lambda: [s for s in ex.servers() if s["id"] not in first | {new["id"]}], 30, "its replacement")
+        joined.note([again[0]["pid"]])
+        assert again[0]["pid"] != new["pid"] and joined.proc.poll() is None
+        assert "starting another" in joined.output()
         assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(10)]] == [i * i for i in range(10)]
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
+    assert joined.wait_exit(20) == 0, joined.output()
     jobs = archived(c.archive, c.info["session"])
     on_new = sorted(jobs[f.job_id][3] for f in futures if jobs[f.job_id][1] == new["id"])
     assert len(on_new) >= 5, f"the joined server ran {len(on_new)} of 20 jobs"
@@ -279,7 +288,9 @@ def test_kill_9_of_a_server_mid_run_loses_no_job_and_doubles_none(start):
         all_done = time.time()
         wait_for(lambda: victim["id"] not in server_ids(ex), 10, "the killed server to leave the registry")
         assert c.proc.poll() is None, "mpirun aborted the cluster when a server was killed"
-        assert len(ex.servers()) == 1
+        # its rank started a replacement
+        wait_for(lambda: len(ex.servers()) == 2, 30, "the killed server's replacement")
+        c.note(s["pid"] for s in ex.servers())
         again = [ex.submit(square, i) for i in range(20)]
         assert [f.result(timeout=30) for f in again] == [i * i for i in range(20)]
         ex.shutdown_cluster()
@@ -348,20 +359,55 @@ def test_head_without_mpirun_and_servers_from_a_later_mpirun(start):
     with dynexec.Executor(connect=c.conn) as ex:
         servers = wait_for(lambda: len(ex.servers()) == 2 and ex.servers(), 30, "2 servers from the later mpirun")
         joined.note(s["pid"] for s in servers)
-        os.kill(servers[0]["pid"], signal.SIGKILL)  # the other rank of that mpirun carries on
-        wait_for(lambda: len(ex.servers()) == 1, 10, "the killed server's lease to expire")
+        os.kill(servers[0]["pid"], signal.SIGKILL)  # its rank starts another; the other rank carries on
+        wait_for(lambda: servers[0]["id"] not in server_ids(ex) and len(ex.servers()) == 2, 30,
+                 "the killed server to be replaced")
+        joined.note(s["pid"] for s in ex.servers())
         assert joined.proc.poll() is None, "mpirun aborted its other rank when one server was killed"
         futures = [ex.submit(square, i) for i in range(50)]
         assert [f.result(timeout=30) for f in futures] == [i * i for i in range(50)]
-        assert {dynexec.find(f.job_id, c.archive).server for f in futures[-5:]} == {servers[1]["id"]}
+        assert servers[0]["id"] not in {dynexec.find(f.job_id, c.archive).server for f in futures}
         if PLUGIN:
             wait_for(lambda: "example.integrate" in ex.servers()[0]["services"], 10, "the plugin's services")
             assert round(ex.submit_service("example.integrate", a=0.0, b=3.141592653589793).result(timeout=30), 6) == 2.0
         plain = start.server(c.conn)  # one more server, without mpirun; SIGTERM makes it leave
-        wait_for(lambda: len(ex.servers()) == 2, 30, "the plain server")
+        wait_for(lambda: len(ex.servers()) == 3, 30, "the plain server")
         plain.proc.send_signal(signal.SIGTERM)
         assert plain.wait_exit(10) == 0, plain.output()
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
     assert joined.wait_exit(20) == 0, joined.output()
     assert wait_gone(c.seen | joined.seen | {c.proc.pid, joined.proc.pid}, 10) == []
+
+
+def test_on_a_cluster_a_job_that_kills_servers_fails_and_running_cancel_kill_tell_the_truth(start, tmp_path):
+    c = start.cluster(3, "--lease-seconds", "2")
+    with dynexec.Executor(connect=c.conn) as ex:
+        c.note(s["pid"] for s in ex.servers())
+        bad = ex.submit(segfault)
+        good = [ex.submit(square, i) for i in range(30)]
+        # Each rank starts a new server when its server dies; the new one tells the head how the old one ended.
+        with pytest.raises(dynexec.ServerDiedError, match="SIGSEGV") as info:
+            bad.result(timeout=60)
+        assert bad.job_id in str(info.value)
+        assert [f.result(timeout=60) for f in good] == [i * i for i in range(30)]
+        assert "starting another" in c.output()
+        wait_for(lambda: len(ex.servers()) == 2, 30, "the servers' replacements")
+        c.note(s["pid"] for s in ex.servers())
+        # running(), cancel() and kill() through the client
+        long = [ex.submit(nap, i, 30) for i in range(2)]  # one on each server
+        queued = ex.submit(nap, 9, 0)                       # behind them
+        wait_for(lambda: all(f.running() for f in long), 30, "the long jobs to start")
+        assert not queued.running()
+        assert long[0].cancel() is False
+        assert queued.cancel() is True and queued.cancelled()
+        assert all(f.kill() for f in long)
+        for f in long:
+            with pytest.raises(dynexec.JobKilledError):
+                f.result(timeout=30)
+        assert ex.submit(square, 7).result(timeout=60) == 49
+        c.note(s["pid"] for s in ex.servers())
+        ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()
+    jobs = archived(c.archive, c.info["session"])
+    assert jobs[queued.job_id][0] == "cancelled" and {jobs[f.job_id][0] for f in long} == {"killed"}

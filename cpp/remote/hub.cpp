@@ -92,6 +92,10 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
     switch (wire::type_of(frames)) {
     case wire::Type::hello_server: {
         auto hello = wire::decode<wire::HelloServer>(frames);
+        if (hello.replaces_pid) // its predecessor died: what ran there is charged now, not at lease expiry
+            for (auto& e : registry_.lookup(Kind::compute_server))
+                if (e.pid == hello.replaces_pid && e.host == hello.host)
+                    registry_.cancel(e.id, hello.replaced_because, /*clean=*/false, /*died=*/true);
         auto proxy = std::make_shared<RemoteServerProxy>(out_, from, std::max(1u, hello.slots));
         Registration reg;
         reg.kind = Kind::compute_server;

@@ -68,7 +68,7 @@ int ServerHost::run() {
     auto sink = std::make_shared<SendBack>(out, jobs_done_, held);
 
     auto hello = [&](wire::Type type = wire::Type::hello_server) {
-        wire::HelloServer h{hostname(), getpid(), options_.slots, {}};
+        wire::HelloServer h{hostname(), getpid(), options_.slots, {}, options_.replaces_pid, options_.replaced_because};
         for (auto& s : catalog.all()) h.services.push_back({s->name, s->doc, s->params, {}});
         auto frames = wire::encode(h, type);
         send_to(sock, "", frames);

@@ -17,6 +17,8 @@ struct HostOptions {
     unsigned slots = 1, threads = 0;
     int parent_pid = 0;       // leave when this process is gone (0: no parent to watch)
     double head_timeout = 10; // leave after this long without a word from the head
+    int replaces_pid = 0;     // the server process this one replaces, and how it ended (see HelloServer)
+    std::string replaced_because;
 };
 
 class ServerHost {

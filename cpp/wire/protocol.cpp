@@ -21,7 +21,9 @@ template <class IO> void fields(IO& io, Result& r) {
 template <class IO> void fields(IO& io, ParamSpec& p) { io(p.name, p.type, p.default_value, p.doc); }
 template <class IO> void fields(IO& io, ServiceDef& d) { io(d.name, d.doc, d.params); }
 template <class IO> void fields(IO& io, ServerInfo& s) { io(s.id, s.host, s.pid, s.lease_expiry, s.services, s.stats); }
-template <class IO> void fields(IO& io, HelloServer& m) { io(m.host, m.pid, m.slots, m.services); }
+template <class IO> void fields(IO& io, HelloServer& m) {
+    io(m.host, m.pid, m.slots, m.services, m.replaces_pid, m.replaced_because);
+}
 template <class IO> void fields(IO& io, Welcome& m) { io(m.id, m.lease_seconds, m.renew_seconds); }
 template <class IO> void fields(IO& io, Renew& m) { io(m.stats); }
 template <class IO> void fields(IO& io, ResultMsg& m) { io(m.result, m.attempt); }

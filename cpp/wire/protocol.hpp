@@ -54,6 +54,8 @@ struct HelloServer {
     int pid = 0;
     unsigned slots = 1;
     std::vector<ServiceDef> services; // signatures: fn is empty
+    int replaces_pid = 0;             // a server process on this host that ended, which this one replaces
+    std::string replaced_because;     // how it ended: its jobs are charged at once, not at lease expiry
 };
 struct Welcome {
     std::string id;

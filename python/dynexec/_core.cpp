@@ -322,14 +322,14 @@ PYBIND11_MODULE(_core, m) {
     py::class_<remote::ServerHost>(m, "ServerHost")
         .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
                          std::string client_secret, unsigned slots, unsigned threads, int parent_pid,
-                         double head_timeout) {
+                         double head_timeout, int replaces_pid, std::string replaced_because) {
                  return new remote::ServerHost({std::move(endpoint), std::move(server_public),
                                                 {std::move(client_public), std::move(client_secret)}, slots, threads,
-                                                parent_pid, head_timeout});
+                                                parent_pid, head_timeout, replaces_pid, std::move(replaced_because)});
              }),
              py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
              py::arg("client_secret_key"), py::arg("slots") = 1, py::arg("threads") = 0, py::arg("parent_pid") = 0,
-             py::arg("head_timeout") = 10.0)
+             py::arg("head_timeout") = 10.0, py::arg("replaces_pid") = 0, py::arg("replaced_because") = "")
         .def("run", &remote::ServerHost::run, py::call_guard<py::gil_scoped_release>())
         .def("stop", &remote::ServerHost::stop)
         .def_property_readonly("id", &remote::ServerHost::id)

@@ -65,12 +65,17 @@ class _Signals:
             self._then(signum)
 
 
-def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout: float = 10.0) -> int:
-    """Runs one compute server as a child process and waits for it; returns 0 however the child ended.
+def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout: float = 10.0,
+                     max_restarts: int = 10) -> int:
+    """Runs one compute server as a child process, starts another when it dies, and returns 0 once it ends
+    for good (told to stop, the head gone, a signal to this rank, or `max_restarts` restarts within
+    RESTART_WINDOW seconds).
 
     Under mpirun a rank that dies makes mpirun abort the whole job; a rank that only watches its server
     and exits normally when the server is gone (kill -9 included) leaves the other ranks running.
     """
+    from .local import describe_end
+
     private = Path(tempfile.mkdtemp(prefix="dynexec-server-"))  # 0700; the file inside is 0600
     child = None
     try:
@@ -83,25 +88,42 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
                 child.send_signal(signal.SIGTERM)
 
         signals = _Signals(forward)
-        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-        if signals.count:  # a signal that came before the child existed
-            forward(signal.SIGTERM)
-        while child.poll() is None:
-            try:
-                child.wait(0.5)
-            except subprocess.TimeoutExpired:
-                pass
-        code = child.returncode
-        if code and code not in (-signal.SIGTERM, -signal.SIGINT, 2, 3):
-            why = f"signal {-code}" if code < 0 else f"exit code {code}"
-            print(f"dynexec: compute server (pid {child.pid}) ended with {why}; this rank leaves the cluster",
-                  file=sys.stderr, flush=True)
-        return 0
+        restarts: list[float] = []
+        replaces: list[str] = []
+        while True:
+            child = subprocess.Popen(cmd + replaces, stdin=subprocess.DEVNULL)
+            if signals.count:  # a signal that came before the child existed
+                forward(signal.SIGTERM)
+            while child.poll() is None:
+                try:
+                    child.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            code = child.returncode
+            # 0: told to stop; 2: the head fell silent; 3: this rank is gone; a signal we forwarded: all final.
+            if signals.count or code in (0, 2, 3, -signal.SIGTERM, -signal.SIGINT):
+                return 0
+            why = describe_end(code)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW]
+            if len(restarts) >= max_restarts:
+                print(f"dynexec: compute server (pid {child.pid}) {why}; {len(restarts)} restarts in the last "
+                      f"{RESTART_WINDOW:g} s, so this rank leaves the cluster", file=sys.stderr, flush=True)
+                return 0
+            restarts.append(now)
+            if code != 4:  # 4: it ended on purpose, to stop a job that would not stop
+                print(f"dynexec: compute server (pid {child.pid}) {why}; starting another "
+                      f"({len(restarts)} of {max_restarts} restarts allowed in {RESTART_WINDOW:g} s)",
+                      file=sys.stderr, flush=True)
+            replaces = ["--replaces", str(child.pid), "--replaced-because", why]
     finally:
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
         shutil.rmtree(private, ignore_errors=True)
+
+
+RESTART_WINDOW = 300.0  # seconds over which a rank's server restarts are counted
 
 
 def _advertised(endpoint: str, host: str) -> str:

@@ -15,9 +15,10 @@ import time
 from . import _core, connection
 
 
-def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0) -> int:
+def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0,
+          replaces: tuple[int, str] = (0, "")) -> int:
     host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["client_public_key"],
-                            info["client_secret_key"], slots, threads, parent_pid, head_timeout)
+                            info["client_secret_key"], slots, threads, parent_pid, head_timeout, *replaces)
     # Python runs signal handlers in the main thread only, between bytecodes: host.run() goes in another
     # thread, so that SIGTERM/SIGINT reach host.stop() while it serves.
     outcome = {}
@@ -69,6 +70,9 @@ def main(argv=None):
                    help="find the head through the MPI name service (mpirun --ompi-server) under NAME, as published "
                         "by `dynexec.cluster --publish NAME`; the secret still comes from --join FILE")
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    # Set by a rank's supervisor for the server that replaces one that died: the head charges its jobs now.
+    p.add_argument("--replaces", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--replaced-because", default="", help=argparse.SUPPRESS)
     p.add_argument("--head-timeout", type=float, default=10.0,
                    help="leave after this many seconds without a word from the head (default 10)")
     a = p.parse_args(argv)
@@ -85,7 +89,7 @@ def main(argv=None):
 
         if under_mpirun():  # a rank that dies makes mpirun abort its other ranks: serve from a child instead
             sys.exit(supervise_server(info, a.slots, a.threads, a.head_timeout))
-    code = serve(info, a.slots, a.threads, a.parent_pid, a.head_timeout)
+    code = serve(info, a.slots, a.threads, a.parent_pid, a.head_timeout, (a.replaces, a.replaced_because))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # do not wait for a job still running: the head has given it to another server
