@@ -355,8 +355,13 @@ def test_head_without_mpirun_and_servers_from_a_later_mpirun(start):
     plugin = ("--plugin", PLUGIN) if PLUGIN else ()  # servers that join load the cluster's plugins
     c = start.cluster(0, "--lease-seconds", "1", *plugin)  # no mpirun: a head only
     assert "ready: 0 servers" in c.output()
-    joined = start.join(c, 2)
     with dynexec.Executor(connect=c.conn) as ex:
+        early = ex.submit(square, 12)  # it waits for a server, and the client can see why
+        status = ex.status()
+        assert status["waiting"] == {"python": 1} and status["servers"] == []
+        assert status["why"] == ["1 job(s) of 'python' wait: no compute server offers it"]
+        joined = start.join(c, 2)
+        assert early.result(timeout=60) == 144
         servers = wait_for(lambda: len(ex.servers()) == 2 and ex.servers(), 30, "2 servers from the later mpirun")
         joined.note(s["pid"] for s in servers)
         os.kill(servers[0]["pid"], signal.SIGKILL)  # its rank starts another; the other rank carries on

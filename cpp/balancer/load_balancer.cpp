@@ -451,6 +451,19 @@ std::optional<JobState> LoadBalancer::state(const JobId& id) const {
     return it->second.job->state();
 }
 
+Backlog LoadBalancer::backlog() const {
+    std::lock_guard lk(mu_);
+    Backlog b;
+    for (auto& [id, a] : jobs_)
+        if (!a.server.empty()) ++(a.job->state() == JobState::running ? b.running : b.queued);
+    for (auto& [service, queue] : waiting_) {
+        std::uint64_t n = std::count_if(queue.begin(), queue.end(),
+                                        [](auto& e) { return e.first->state() != JobState::cancelled; });
+        if (n) b.waiting.push_back({service, n});
+    }
+    return b;
+}
+
 std::size_t LoadBalancer::fail_all(const std::string& error_type, const std::string& message) {
     std::vector<Result> out;
     Answers answers;

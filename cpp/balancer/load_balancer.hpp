@@ -49,6 +49,7 @@ public:
     void cancel(const JobId& id, std::function<void(bool)> done) override;
     bool kill(const JobId& id, Status why) override;
     std::optional<JobState> state(const JobId& id) const override;
+    Backlog backlog() const override;
     std::size_t fail_all(const std::string& error_type, const std::string& message) override;
     std::size_t outstanding() const override;
     void complete(Result result, int attempt) override;

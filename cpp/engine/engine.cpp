@@ -85,6 +85,7 @@ struct Engine::Impl {
             hooks.cancel = [this](const JobId& id, std::function<void(bool)> done) { manager->cancel(id, std::move(done)); };
             hooks.kill = [this](const JobId& id, Status why) { return manager->kill(id, why); };
             hooks.state = [this](const JobId& id) { return manager->state(id); };
+            hooks.backlog = [this] { return backlog(); };
             hooks.servers = [this] { return server_infos(); };
             hooks.shutdown = [this] {
                 std::lock_guard lk(done_mu);
@@ -156,6 +157,19 @@ struct Engine::Impl {
         return entry.id;
     }
 
+    Backlog backlog() const {
+        Backlog total;
+        std::map<std::string, std::uint64_t> waiting;
+        for (auto& e : registry.lookup(Kind::load_balancer)) {
+            auto b = e.balancer->backlog();
+            total.running += b.running;
+            total.queued += b.queued;
+            for (auto& w : b.waiting) waiting[w.service] += w.jobs;
+        }
+        for (auto& [service, n] : waiting) total.waiting.push_back({service, n});
+        return total;
+    }
+
     std::vector<ServerInfo> server_infos() const {
         std::vector<ServerInfo> out;
         for (auto& e : registry.lookup(Kind::compute_server)) {
@@ -208,6 +222,8 @@ std::string Engine::state(const JobId& id) const {
     if (!s || *s == JobState::cancelled) return "";
     return *s == JobState::running ? "running" : "queued";
 }
+
+Backlog Engine::backlog() const { return impl_->backlog(); }
 
 std::size_t Engine::fail_pending(const std::string& error_type, const std::string& message) {
     return impl_->manager->fail_all(error_type, message);

@@ -54,6 +54,8 @@ public:
     bool kill(const JobId& id);
     // "queued" or "running" for an unfinished job; empty once it has finished (or for an unknown ID).
     std::string state(const JobId& id) const;
+    // The unfinished jobs of every balancer: running, queued on servers, waiting by service.
+    Backlog backlog() const;
     // No compute server can be had: every unfinished job fails with this error. Returns how many.
     std::size_t fail_pending(const std::string& error_type, const std::string& message);
     // The compute-server process `pid` on this host has ended (`reason`: a signal, an exit code): its

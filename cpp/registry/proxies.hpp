@@ -9,6 +9,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -19,6 +20,16 @@ struct ServerStats {
     double busy_time = 0;       // seconds spent running jobs
     double last_completion = 0; // wall seconds of the last completion; 0 = never
     std::uint32_t in_flight = 0; // queued on the server or running
+};
+
+// The unfinished jobs of a balancer, as a status display shows them.
+struct ServiceCount {
+    std::string service;
+    std::uint64_t jobs = 0;
+};
+struct Backlog {
+    std::uint64_t running = 0, queued = 0; // on compute servers: started, not yet started
+    std::vector<ServiceCount> waiting;     // in the balancer, by service: no server with room offers it
 };
 
 // Where a compute server sends each finished job. `attempt` identifies the
@@ -70,6 +81,7 @@ public:
     virtual bool kill(const JobId& id, Status why) = 0;
     // The state of one of its unfinished jobs (running once a server has said it started); nullopt if unknown.
     virtual std::optional<JobState> state(const JobId& id) const = 0;
+    virtual Backlog backlog() const { return {}; }
     // Fails every unfinished job with status lost and this error (no compute server can be had).
     virtual std::size_t fail_all(const std::string& error_type, const std::string& message) = 0;
     virtual std::size_t outstanding() const = 0;

@@ -157,6 +157,11 @@ bool Client::kill(const JobId& job) {
     return request(wire::encode(wire::Type::kill, wire::Request{id, job}), id).flag;
 }
 
+Backlog Client::backlog() {
+    auto id = next_id_++;
+    return request(wire::encode(wire::Type::backlog, wire::Request{id, ""}), id).backlog;
+}
+
 std::string Client::state(const JobId& job) {
     auto id = next_id_++;
     return request(wire::encode(wire::Type::state, wire::Request{id, job}), id).message;

@@ -32,6 +32,7 @@ public:
     bool cancel(const JobId& id);
     bool kill(const JobId& id);
     std::string state(const JobId& id); // as Engine::state
+    Backlog backlog();
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<ServerInfo> servers();
     void shutdown_cluster();

@@ -223,6 +223,14 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         out_.push(from, wire::encode(r));
         break;
     }
+    case wire::Type::backlog: {
+        auto m = wire::decode<wire::Request>(frames);
+        wire::Reply r;
+        r.id = m.id;
+        r.backlog = hooks_.backlog();
+        out_.push(from, wire::encode(r));
+        break;
+    }
     case wire::Type::state: {
         auto m = wire::decode<wire::Request>(frames);
         wire::Reply r;

@@ -28,6 +28,7 @@ struct HubHooks {
     std::function<void(const JobId&, std::function<void(bool)>)> cancel;
     std::function<bool(const JobId&, Status)> kill;
     std::function<std::optional<JobState>(const JobId&)> state;
+    std::function<Backlog()> backlog;
     std::function<std::vector<ServerInfo>()> servers;
     std::function<void()> shutdown; // a client asked the whole cluster to stop
 };

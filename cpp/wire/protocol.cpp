@@ -35,7 +35,9 @@ template <class IO> void fields(IO& io, Dispatch& m) { io(m.job_id, m.attempt); 
 template <class IO> void fields(IO& io, Revoked& m) { io(m.job_id, m.attempt, m.ok); }
 template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.why); }
 template <class IO> void fields(IO& io, Leaving& m) { io(m.reason); }
-template <class IO> void fields(IO& io, Reply& m) { io(m.id, m.error_type, m.message, m.flag, m.servers); }
+template <class IO> void fields(IO& io, ServiceCount& c) { io(c.service, c.jobs); }
+template <class IO> void fields(IO& io, Backlog& b) { io(b.running, b.queued, b.waiting); }
+template <class IO> void fields(IO& io, Reply& m) { io(m.id, m.error_type, m.message, m.flag, m.servers, m.backlog); }
 template <class IO> void fields(IO& io, Results& m) { io(m.results); }
 
 template <class T>

@@ -44,6 +44,7 @@ enum class Type : std::uint8_t {
     shutdown,          // Request: stop the whole cluster
     kill,              // Request: stop a job (cancelled if not started, killed if running); Reply.flag
     state,             // Request: Reply.message is the job's state (queued, running) or empty if not unfinished
+    backlog,           // Request: Reply.backlog
     // head -> client
     reply = 48, // Reply
     results,    // Results
@@ -109,6 +110,7 @@ struct Reply {
     std::string message;    // the error, or the job ID of a submit
     bool flag = false;      // cancel: whether it was cancelled
     std::vector<ServerInfo> servers;
+    Backlog backlog;
 };
 struct Results {
     std::vector<Result> results;

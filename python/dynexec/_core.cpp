@@ -186,6 +186,17 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
              },
              py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("kill", &E::kill, py::call_guard<py::gil_scoped_release>())
+        .def("backlog",
+             [](E& e) {
+                 Backlog b;
+                 {
+                     py::gil_scoped_release nogil;
+                     b = e.backlog();
+                 }
+                 py::dict waiting;
+                 for (auto& w : b.waiting) waiting[py::str(w.service)] = w.jobs;
+                 return py::dict("running"_a = b.running, "queued"_a = b.queued, "waiting"_a = waiting);
+             })
         .def("state", &E::state, py::call_guard<py::gil_scoped_release>())
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())

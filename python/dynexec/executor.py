@@ -303,6 +303,19 @@ class Executor(_Executor):
         """Each registered compute server: id, host, pid, lease_expiry, services, statistics."""
         return self._engine.servers()
 
+    def status(self) -> dict:
+        """What the executor is doing, and why jobs wait: {"servers": servers(), "running": jobs started,
+        "queued": jobs on servers not started yet, "waiting": {service: jobs waiting in the load balancer},
+        "why": sentences, e.g. "3 job(s) of 'python' wait: no compute server offers it"}."""
+        servers, backlog = self.servers(), self._engine.backlog()
+        why = [self._broken] if self._broken else []
+        for service, n in sorted(backlog["waiting"].items()):
+            offering = sum(service in s["services"] for s in servers)
+            why.append(f"{n} job(s) of {service!r} wait: " + (
+                "no compute server offers it" if not offering else
+                f"the {offering} compute server(s) that offer it have no room"))
+        return {"servers": servers, **backlog, "why": why}
+
     def add_server(self, slots: int = 1, threads: int = 0, timeout: float = 60.0) -> str:
         """Starts and registers one more compute server; it gets work at once. Returns its ID."""
         if self._local is None:
