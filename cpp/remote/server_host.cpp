@@ -37,6 +37,16 @@ struct SendBack final : CompletionSink {
     }
 };
 
+// Live output while echo is on, batched for the socket's thread. Shared: a job may outlive run().
+struct LiveOutput {
+    std::atomic<bool> echo{false};
+    std::mutex mu;
+    OutputBatcher batcher;
+    void send(Outbox& out) { // under mu: batches reach the outbox in order
+        if (!batcher.empty()) out.push("", wire::encode(wire::OutputMsg{batcher.take()}));
+    }
+};
+
 } // namespace
 
 ServerHost::ServerHost(HostOptions options) : options_(std::move(options)) {}
@@ -59,7 +69,15 @@ int ServerHost::run() {
     Outbox out;
     auto& catalog = ServiceCatalog::process();
     // Owned by a raw pointer on purpose: leaving must not wait for a job the head will run elsewhere.
-    auto* server = new ComputeServer({options_.slots, options_.threads}, catalog);
+    auto live = std::make_shared<LiveOutput>();
+    CaptureOptions capture{options_.capture_output, options_.capture_output && options_.slots == 1,
+                           JobOutput::kDefaultLimit, {}};
+    capture.live = [live, &out](const JobId& id, int stream, std::string_view data, bool final) {
+        if (!live->echo.load(std::memory_order_relaxed)) return; // echo off: nothing is sent
+        std::lock_guard lk(live->mu);
+        if (live->batcher.add(id, stream, data, final, SteadyClock::instance().now())) live->send(out);
+    };
+    auto* server = new ComputeServer({options_.slots, options_.threads, std::move(capture)}, catalog);
     Held held;
     auto sink = std::make_shared<SendBack>(out, jobs_done_, held);
 
@@ -126,6 +144,9 @@ int ServerHost::run() {
                         hello(wire::Type::offer);
                         break;
                     }
+                    case wire::Type::echo:
+                        live->echo = wire::decode<wire::Request>(frames).id != 0;
+                        break;
                     case wire::Type::stop:
                         stop_ = true;
                         break;
@@ -142,6 +163,10 @@ int ServerHost::run() {
         if (items[1].revents & ZMQ_POLLIN)
             for (auto& item : out.take()) send_to(sock, "", item.frames);
         auto now = Clock::now();
+        if (live->echo) {
+            std::lock_guard lk(live->mu);
+            if (live->batcher.due(now)) live->send(out);
+        }
         if (now >= next_renew) {
             auto frames = wire::encode(wire::Renew{server->stats()});
             send_to(sock, "", frames);

@@ -17,6 +17,9 @@ struct HostOptions {
     unsigned slots = 1, threads = 0;
     int parent_pid = 0;       // leave when this process is gone (0: no parent to watch)
     double head_timeout = 10; // leave after this long without a word from the head
+    // Keep each job's stdout/stderr for its result (and echo it live when the head asks). With one slot, file
+    // descriptors 1 and 2 are redirected around each job too: only for a process of its own (one host in it).
+    bool capture_output = false;
 };
 
 class ServerHost {

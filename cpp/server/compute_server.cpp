@@ -44,6 +44,7 @@ ComputeServer::ComputeServer(Options options, const ServiceCatalog& catalog)
       arena_(int(std::max(options.threads ? options.threads : cores(), options.slots)), /*reserved_for_masters=*/0) {
     if (options_.slots == 0) throw std::invalid_argument("a compute server needs at least one slot");
     reserve_workers(options_.slots);
+    if (options_.capture.enabled) capture_ = std::make_unique<OutputCapture>(options_.capture);
 }
 
 ComputeServer::~ComputeServer() { wait_idle(); }
@@ -85,6 +86,7 @@ void ComputeServer::execute(Item& item) {
         r.submit_time = job.submit_time;
         auto t0 = SteadyClock::instance().now();
         r.start_time = wall_time();
+        OutputCapture::Job output(capture_.get(), job.id);
         try {
             auto def = catalog_.find(job.service);
             if (!def) throw ServiceError("UnknownService", fmt::format("server {} does not offer '{}'", id_, job.service));
@@ -104,6 +106,7 @@ void ComputeServer::execute(Item& item) {
             r.error_type = "unknown";
             r.message = "the service threw something that is not a std::exception";
         }
+        output.finish(r);
         r.end_time = wall_time();
         double busy = seconds(SteadyClock::instance().now() - t0);
         {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "registry/proxies.hpp"
+#include "server/output_capture.hpp"
 #include "services/catalog.hpp"
 
 #include <tbb/concurrent_queue.h>
@@ -21,6 +22,7 @@ public:
     struct Options {
         unsigned slots = 1;   // jobs at once
         unsigned threads = 0; // arena concurrency; 0 = every core
+        CaptureOptions capture; // each job's stdout/stderr (server processes only)
     };
 
     ComputeServer(Options options, const ServiceCatalog& catalog);
@@ -54,6 +56,7 @@ private:
     unsigned pumps_ = 0;   // tasks draining queue_, at most slots
     std::condition_variable idle_;
     ServerStats stats_;
+    std::unique_ptr<OutputCapture> capture_; // null: output is not captured
 };
 
 } // namespace dynexec

@@ -5,6 +5,7 @@
 
 #include "common/job.hpp"
 #include "registry/lookup_registry.hpp"
+#include "server/output_capture.hpp"
 #include "services/catalog.hpp"
 
 #include <zmq.hpp>
@@ -24,6 +25,7 @@ enum class Type : std::uint8_t {
     renew,            // Renew
     result,           // ResultMsg
     offer,            // HelloServer: what it offers now (after loading a plugin)
+    output,           // OutputMsg: what running jobs printed, for live echo (sent only while echo is on)
     // head -> compute server
     welcome = 16, // Welcome
     expired,      // (empty): the lease is gone; register again
@@ -32,6 +34,7 @@ enum class Type : std::uint8_t {
     renewed,      // (empty): the lease was renewed; the head is alive
     load_plugin,  // Request (job_id = the plugin's path): load it, then offer its services
     revoke,       // Request (id = the attempt): do not start that dispatch of the job; it runs elsewhere
+    echo,         // Request (id = 1 on, 0 off): send what jobs print while they run (OutputMsg)
     // client -> head
     hello_client = 32, // HelloClient
     submit,            // Submit
@@ -87,6 +90,9 @@ struct Reply {
 struct Results {
     std::vector<Result> results;
 };
+struct OutputMsg {
+    std::vector<OutputChunk> chunks; // in the order written; data travels as bytes
+};
 
 Type type_of(const Frames& frames); // throws std::runtime_error on a malformed message
 
@@ -100,6 +106,7 @@ Frames encode(Type type, const Request&);
 Frames encode(const Submit&);
 Frames encode(const Reply&);
 Frames encode(const Results&);
+Frames encode(const OutputMsg&);
 Frames encode(Type type); // a message with no body
 
 // Each throws std::runtime_error naming what is malformed. Arrays borrow their frames.
