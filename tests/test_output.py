@@ -150,3 +150,34 @@ def test_find_returns_the_output(archive):
         f.result(timeout=30)
     r = dynexec.find(f.job_id, archive=archive)
     assert (r.stdout, r.stderr) == ("archived\n", "")
+
+
+def test_live_echo_in_jupyter_goes_to_the_cell_that_submitted(run_python):
+    # ipykernel's streams carry the running cell's parent header and send on IOPub; a stand-in records that.
+    out = run_python("""
+        import json, sys, dynexec
+
+        class Session:
+            sent = []
+            def send(self, stream, msg_type, content, parent, ident):
+                self.sent.append((stream, msg_type, content, parent["msg_id"], ident.decode()))
+
+        class OutStream:
+            def __init__(self, name):
+                self.session, self.pub_thread, self.topic = Session(), "iopub", f"stream.{name}".encode()
+                self.parent_header = {"msg_id": "cell-1"}
+            def write(self, s): pass
+            def flush(self): pass
+
+        real = sys.stdout
+        with dynexec.Executor(max_workers=1, archive=False, echo_output=True) as ex:
+            sys.stdout, sys.stderr = OutStream("stdout"), OutStream("stderr")
+            f = ex.submit(print, "from the job")
+            sys.stdout.parent_header = sys.stderr.parent_header = {"msg_id": "cell-2"}  # the next cell runs
+            f.result(timeout=30)
+        sys.stdout = real
+        print(json.dumps([Session.sent, f.job_id]))
+    """)
+    sent, job_id = json.loads(out.splitlines()[-1])
+    assert sent == [["iopub", "stream", {"name": "stdout", "text": f"[{job_id}] from the job\n"}, "cell-1",
+                     "stream.stdout"]]
