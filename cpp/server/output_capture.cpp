@@ -103,6 +103,8 @@ FdRedirect::FdRedirect() {
         fcntl(pipe_[i][0], F_SETFL, O_NONBLOCK); // drained until empty, never waited on
     }
     if (pipe2(wake_, O_CLOEXEC) != 0) fail("cannot make a pipe to capture a job's output");
+    // The process's own fd 1 and 2, put back after each job (duplicated once, not per job).
+    for (int i = 0; i < 2; ++i) saved_[i] = fcntl(i + 1, F_DUPFD_CLOEXEC, 3);
     thread_ = std::thread([this] { drain(); });
 }
 
@@ -113,19 +115,16 @@ FdRedirect::~FdRedirect() {
     for (auto& p : pipe_)
         for (int fd : p) close(fd);
     for (int fd : wake_) close(fd);
+    for (int fd : saved_)
+        if (fd >= 0) close(fd);
 }
 
 void FdRedirect::begin(JobOutput& out) {
     std::fflush(nullptr); // what was printed before the job is not the job's
     std::lock_guard lk(mu_);
     if (target_) return;
-    for (int i = 0; i < 2; ++i) {
-        saved_[i] = fcntl(i + 1, F_DUPFD_CLOEXEC, 3);
-        if (saved_[i] < 0 || dup2(pipe_[i][1], i + 1) < 0) {
-            // Capture what we can; the job runs either way.
-            if (saved_[i] >= 0) close(std::exchange(saved_[i], -1));
-        }
-    }
+    for (int i = 0; i < 2; ++i)
+        if (saved_[i] >= 0) (void)dup2(pipe_[i][1], i + 1); // should it fail, the job runs uncaptured
     target_ = &out;
 }
 
@@ -134,10 +133,7 @@ void FdRedirect::end() {
     std::lock_guard lk(mu_);
     if (!target_) return;
     for (int i = 0; i < 2; ++i)
-        if (saved_[i] >= 0) {
-            dup2(saved_[i], i + 1);
-            close(std::exchange(saved_[i], -1));
-        }
+        if (saved_[i] >= 0) (void)dup2(saved_[i], i + 1);
     // Every write that returned before the restore is in the pipe now: take it all.
     for (int i = 0; i < 2; ++i) read_available(i);
     target_ = nullptr;

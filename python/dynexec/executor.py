@@ -148,8 +148,8 @@ class Executor(_Executor):
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
-        if connect is not None and echo_output:
-            raise ValueError("echo_output is not available with connect= (only for servers this Executor starts)")
+            if echo_output:
+                raise ValueError("echo_output is not available with connect= (only for servers this Executor starts)")
             info = connection.read(connect)
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
