@@ -47,6 +47,13 @@ struct Engine::Impl {
     std::uint64_t delivered = 0;
     bool shutdown_requested = false; // a remote client asked the cluster to stop
 
+    // Live output from remote servers, until Python polls it.
+    mutable std::mutex output_mu;
+    std::condition_variable output_cv;
+    std::deque<OutputChunk> output;
+    std::size_t output_bytes = 0;
+    std::uint64_t output_dropped = 0;
+
     std::unique_ptr<ExecutionManager> manager;
     std::unique_ptr<LeaseReaper> reaper;
     std::unique_ptr<remote::Hub> hub;
@@ -92,6 +99,7 @@ struct Engine::Impl {
                 shutdown_requested = true;
                 done_cv.notify_all();
             };
+            hooks.output = [this](std::vector<OutputChunk>&& chunks) { on_output(std::move(chunks)); };
             hub = std::make_unique<remote::Hub>(registry, *options.listen, std::move(hooks), lease, renew);
         }
         int n = options.servers >= 0 ? options.servers : int(std::max(1u, std::thread::hardware_concurrency()));
@@ -118,6 +126,19 @@ struct Engine::Impl {
         for (auto& r : batch) done.push_back(std::move(r));
         delivered += n;
         if (wake || delivered >= manager->submitted()) done_cv.notify_all();
+    }
+
+    void on_output(std::vector<OutputChunk>&& chunks) {
+        std::lock_guard lk(output_mu);
+        for (auto& c : chunks) {
+            if (!c.final && output_bytes + c.data.size() > kOutputBacklog) { // nobody polls fast enough
+                output_dropped += c.data.size();
+                continue;
+            }
+            output_bytes += c.data.size();
+            output.push_back(std::move(c));
+        }
+        output_cv.notify_all();
     }
 
     void start_balancer() {
@@ -322,6 +343,27 @@ void Engine::load_plugin(const std::string& path, const std::vector<std::string>
     };
     while (!everyone_offers() && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
+void Engine::set_echo(bool on) {
+    if (impl_->hub) impl_->hub->set_echo(on);
+}
+
+std::vector<OutputChunk> Engine::poll_output(std::size_t max, std::chrono::milliseconds timeout) {
+    std::unique_lock lk(impl_->output_mu);
+    impl_->output_cv.wait_for(lk, timeout, [&] { return !impl_->output.empty(); });
+    std::vector<OutputChunk> out;
+    while (!impl_->output.empty() && out.size() < max) {
+        impl_->output_bytes -= impl_->output.front().data.size();
+        out.push_back(std::move(impl_->output.front()));
+        impl_->output.pop_front();
+    }
+    return out;
+}
+
+std::uint64_t Engine::output_dropped() const {
+    std::lock_guard lk(impl_->output_mu);
+    return impl_->output_dropped;
 }
 
 std::optional<Result> Engine::find(const JobId& id) const {

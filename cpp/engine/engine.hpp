@@ -7,6 +7,7 @@
 #include "common/job.hpp"
 #include "registry/lookup_registry.hpp"
 #include "remote/hub.hpp"
+#include "server/output_capture.hpp"
 
 #include <chrono>
 #include <filesystem>
@@ -78,6 +79,15 @@ public:
     void refresh_services();
     // Remote compute servers load the plugin too; waits up to `timeout` until every one offers `names`.
     void load_plugin(const std::string& path, const std::vector<std::string>& names, std::chrono::milliseconds timeout);
+
+    // Live echo: compute servers in other processes send what their jobs print while they run (nothing is
+    // sent while off). In-process servers do not capture output.
+    void set_echo(bool on);
+    // Output chunks received since the last call, in order: at most `max`, waiting up to `timeout`.
+    // Chunks beyond kOutputBacklog bytes not yet polled are dropped (counted in output_dropped()).
+    std::vector<OutputChunk> poll_output(std::size_t max, std::chrono::milliseconds timeout);
+    std::uint64_t output_dropped() const;
+    static constexpr std::size_t kOutputBacklog = 16 << 20;
 
     std::optional<Result> find(const JobId& id) const;
     // Stops taking jobs; cancels those not started if `cancel_pending`; waits for the rest if `wait`.

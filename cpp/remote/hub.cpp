@@ -50,6 +50,12 @@ void Hub::load_plugin(const std::string& path) {
         out_.push(routing, wire::encode(wire::Type::load_plugin, wire::Request{0, path}));
 }
 
+void Hub::set_echo(bool on) {
+    std::lock_guard lk(mu_);
+    echo_ = on;
+    for (auto& [routing, proxy] : by_routing_) out_.push(routing, wire::encode(wire::Type::echo, wire::Request{on, ""}));
+}
+
 void Hub::run() {
     zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out_.fd(), ZMQ_POLLIN, 0}};
     auto flush = [&] {
@@ -106,6 +112,7 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         {
             std::lock_guard lk(mu_);
             by_routing_[from] = proxy; // before join: the first job may be sent from inside it
+            if (echo_) out_.push(from, wire::encode(wire::Type::echo, wire::Request{1, ""})); // before any job
         }
         // join() may already send it waiting jobs; the server runs them whether or not it has been welcomed.
         auto id = registry_.join(std::move(reg), lease_).id;
@@ -177,6 +184,11 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         // A result is proof of life: its renewals may be queued behind large results on the same connection.
         if (!id.empty()) registry_.renew(id);
         if (proxy) proxy->on_result(std::move(m)); // else: a server given up on; its jobs run elsewhere
+        break;
+    }
+    case wire::Type::output: {
+        auto m = wire::decode<wire::OutputMsg>(frames);
+        if (hooks_.output) hooks_.output(std::move(m.chunks));
         break;
     }
     case wire::Type::hello_client: {

@@ -31,6 +31,7 @@ struct HubHooks {
     std::function<Backlog()> backlog;
     std::function<std::vector<ServerInfo>()> servers;
     std::function<void()> shutdown; // a client asked the whole cluster to stop
+    std::function<void(std::vector<OutputChunk>&&)> output; // live output of running jobs (while echo is on)
 };
 
 class Hub {
@@ -46,6 +47,8 @@ public:
     bool stop_server(const std::string& server_id);
     // Every remote compute server, now and later, loads this plugin and offers its services.
     void load_plugin(const std::string& path);
+    // Every remote compute server, now and later, sends what its jobs print while they run (hooks.output).
+    void set_echo(bool on);
 
 private:
     void run();
@@ -70,6 +73,7 @@ private:
     std::unordered_map<JobId, std::string> client_of_;                     // job -> client routing id
     std::set<std::string> clients_;
     std::vector<std::string> plugins_; // loaded by every server that joins
+    bool echo_ = false;                // told to every server that joins
 
     std::atomic<bool> stop_{false};
     std::thread thread_;

@@ -41,6 +41,16 @@ struct SendBack final : CompletionSink {
     }
 };
 
+// Live output while echo is on, batched for the socket's thread. Shared: a job may outlive run().
+struct LiveOutput {
+    std::atomic<bool> echo{false};
+    std::mutex mu;
+    OutputBatcher batcher;
+    void send(Outbox& out) { // under mu: batches reach the outbox in order
+        if (!batcher.empty()) out.push("", wire::encode(wire::OutputMsg{batcher.take()}));
+    }
+};
+
 } // namespace
 
 ServerHost::ServerHost(HostOptions options) : options_(std::move(options)) {}
@@ -63,7 +73,19 @@ int ServerHost::run() {
     Outbox out;
     auto& catalog = ServiceCatalog::process();
     // Owned by a raw pointer on purpose: leaving must not wait for a job the head will run elsewhere.
-    auto* server = new ComputeServer({options_.slots, options_.threads}, catalog);
+    auto live = std::make_shared<LiveOutput>();
+    CaptureOptions capture{options_.capture_output, options_.capture_output && options_.slots == 1,
+                           JobOutput::kDefaultLimit, {}};
+    capture.live = [live, &out](const JobId& id, int stream, std::string_view data, bool final) {
+        if (!live->echo.load(std::memory_order_relaxed)) return; // echo off: nothing is sent
+        std::lock_guard lk(live->mu);
+        if (live->batcher.add(id, stream, data, final, SteadyClock::instance().now())) live->send(out);
+    };
+    ComputeServer::Options server_options;
+    server_options.slots = options_.slots;
+    server_options.threads = options_.threads;
+    server_options.capture = std::move(capture);
+    auto* server = new ComputeServer(std::move(server_options), catalog);
     Held held;
     auto sink = std::make_shared<SendBack>(out, jobs_done_, held);
 
@@ -159,6 +181,9 @@ int ServerHost::run() {
                         hello(wire::Type::offer);
                         break;
                     }
+                    case wire::Type::echo:
+                        live->echo = wire::decode<wire::Request>(frames).id != 0;
+                        break;
                     case wire::Type::stop:
                         stop_ = true;
                         break;
@@ -184,6 +209,10 @@ int ServerHost::run() {
             break;
         }
         auto now = Clock::now();
+        if (live->echo) {
+            std::lock_guard lk(live->mu);
+            if (live->batcher.due(now)) live->send(out);
+        }
         if (now >= next_renew) {
             auto frames = wire::encode(wire::Renew{server->stats()});
             send_to(sock, "", frames);

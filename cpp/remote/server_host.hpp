@@ -19,6 +19,9 @@ struct HostOptions {
     double head_timeout = 10; // leave after this long without a word from the head
     int replaces_pid = 0;     // the server process this one replaces, and how it ended (see HelloServer)
     std::string replaced_because;
+    // Keep each job's stdout/stderr for its result (and echo it live when the head asks). With one slot, file
+    // descriptors 1 and 2 are redirected around each job too: only for a process of its own (one host in it).
+    bool capture_output = false;
 };
 
 class ServerHost {

@@ -45,6 +45,7 @@ ComputeServer::ComputeServer(Options options, const ServiceCatalog& catalog)
       arena_(int(std::max(options.threads ? options.threads : cores(), options.slots)), /*reserved_for_masters=*/0) {
     if (options_.slots == 0) throw std::invalid_argument("a compute server needs at least one slot");
     reserve_workers(options_.slots);
+    if (options_.capture.enabled) capture_ = std::make_unique<OutputCapture>(options_.capture);
 }
 
 ComputeServer::~ComputeServer() { wait_idle(); }
@@ -92,6 +93,7 @@ void ComputeServer::execute(Item& item) {
             running_[&job] = {item.job, item.attempt, item.sink, t0, {}, r.start_time};
         }
         job.params.watch_stop(&job.stop_requested);
+        OutputCapture::Job output(capture_.get(), job.id);
         try {
             auto def = catalog_.find(job.service);
             if (!def) throw ServiceError("UnknownService", fmt::format("server {} does not offer '{}'", id_, job.service));
@@ -111,6 +113,7 @@ void ComputeServer::execute(Item& item) {
             r.error_type = "unknown";
             r.message = "the service threw something that is not a std::exception";
         }
+        output.finish(r);
         r.end_time = wall_time();
         double busy = seconds(SteadyClock::instance().now() - t0);
         bool send = true;
@@ -123,6 +126,8 @@ void ComputeServer::execute(Item& item) {
             } else if (it->second.stop != Status::ok) { // it returned once asked to stop: what it made is partial
                 auto stopped = stopped_result(it->second);
                 stopped.end_time = r.end_time;
+                stopped.captured_stdout = std::move(r.captured_stdout); // what it printed is kept
+                stopped.captured_stderr = std::move(r.captured_stderr);
                 r = std::move(stopped);
             }
             running_.erase(it);

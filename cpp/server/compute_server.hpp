@@ -4,6 +4,7 @@
 #pragma once
 
 #include "registry/proxies.hpp"
+#include "server/output_capture.hpp"
 #include "services/catalog.hpp"
 
 #include <tbb/concurrent_queue.h>
@@ -23,6 +24,7 @@ public:
     struct Options {
         unsigned slots = 1;   // jobs at once
         unsigned threads = 0; // arena concurrency; 0 = every core
+        CaptureOptions capture; // each job's stdout/stderr (server processes only)
         double stop_grace = 2.0; // seconds a native service asked to stop has to return before it is abandoned
     };
 
@@ -80,6 +82,7 @@ private:
     ServerStats stats_;
     std::unordered_map<const Job*, Running> running_; // guarded by mu_
     std::size_t given_up_running_ = 0;                // given up on, still on a thread here; guarded by mu_
+    std::unique_ptr<OutputCapture> capture_; // null: output is not captured
 };
 
 } // namespace dynexec

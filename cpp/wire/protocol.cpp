@@ -331,4 +331,32 @@ template <> JobMsg decode(Frames& f) {
     return m;
 }
 
+
+// Output chunks carry raw bytes (a chunk may end inside a UTF-8 sequence): packed as bin, not str.
+Frames encode(const OutputMsg& m) {
+    Out o;
+    o.pk.pack_array(std::uint32_t(m.chunks.size()));
+    for (auto& c : m.chunks) {
+        o.pk.pack_array(4);
+        o.put(c.job_id);
+        o.put(c.stream);
+        o.bin(c.data);
+        o.put(c.final);
+    }
+    return o.finish(Type::output);
+}
+template <> OutputMsg decode(Frames& f) {
+    Body b(f);
+    OutputMsg m;
+    In& list = *b;
+    while (list.i < list.n) {
+        In c = list.sub();
+        auto& chunk = m.chunks.emplace_back();
+        c(chunk.job_id, chunk.stream);
+        chunk.data = c.bin();
+        c(chunk.final);
+    }
+    return m;
+}
+
 } // namespace dynexec::wire

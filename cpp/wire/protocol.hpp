@@ -5,6 +5,7 @@
 
 #include "common/job.hpp"
 #include "registry/lookup_registry.hpp"
+#include "server/output_capture.hpp"
 #include "services/catalog.hpp"
 
 #include <zmq.hpp>
@@ -27,6 +28,7 @@ enum class Type : std::uint8_t {
     started,          // Dispatch: it is starting that dispatch of a job
     revoked,          // Revoked: the answer to a revoke
     leaving,          // Leaving: it ends now, cleanly (e.g. to stop a job that would not stop)
+    output,           // OutputMsg: what running jobs printed, for live echo (sent only while echo is on)
     // head -> compute server
     welcome = 16, // Welcome
     expired,      // (empty): the lease is gone; register again
@@ -36,6 +38,7 @@ enum class Type : std::uint8_t {
     load_plugin,  // Request (job_id = the plugin's path): load it, then offer its services
     revoke,       // Dispatch: do not start that dispatch of the job, if not started; answer with revoked
     stop_job,     // StopJob: stop that dispatch (running: killed or timeout; queued: it never starts)
+    echo,         // Request (id = 1 on, 0 off): send what jobs print while they run (OutputMsg)
     // client -> head
     hello_client = 32, // HelloClient
     submit,            // Submit
@@ -115,6 +118,9 @@ struct Reply {
 struct Results {
     std::vector<Result> results;
 };
+struct OutputMsg {
+    std::vector<OutputChunk> chunks; // in the order written; data travels as bytes
+};
 
 Type type_of(const Frames& frames); // throws std::runtime_error on a malformed message
 
@@ -132,6 +138,7 @@ Frames encode(Type type, const Request&);
 Frames encode(const Submit&);
 Frames encode(const Reply&);
 Frames encode(const Results&);
+Frames encode(const OutputMsg&);
 Frames encode(Type type); // a message with no body
 
 // Each throws std::runtime_error naming what is malformed. Arrays borrow their frames.

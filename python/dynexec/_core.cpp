@@ -200,7 +200,8 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
         .def("state", &E::state, py::call_guard<py::gil_scoped_release>())
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
-        // The collector's fast path: (job_id, is_pickle, raw value) for a success, (job_id, None, Result) otherwise.
+        // The collector's fast path: (job_id, is_pickle, raw value) for a success without output,
+        // (job_id, None, Result) otherwise.
         .def(
             "poll_values",
             [](E& e, std::size_t max, std::chrono::milliseconds timeout) {
@@ -212,7 +213,8 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
                 py::list out(batch.size());
                 for (std::size_t i = 0; i < batch.size(); ++i) {
                     auto& r = batch[i];
-                    if (r.status == Status::ok)
+                    // A success that printed something travels as a Result: its future gets the output too.
+                    if (r.status == Status::ok && r.captured_stdout.empty() && r.captured_stderr.empty())
                         out[i] = py::make_tuple(r.job_id, std::holds_alternative<Pickled>(r.value), from_value(r.value));
                     else { // the ID first: the Result is moved out after
                         py::str id(r.job_id);
@@ -303,6 +305,25 @@ PYBIND11_MODULE(_core, m) {
         .def("find", &Engine::find, py::call_guard<py::gil_scoped_release>())
         .def("fail_pending", &Engine::fail_pending, py::call_guard<py::gil_scoped_release>())
         .def("server_exited", &Engine::server_exited, py::call_guard<py::gil_scoped_release>())
+        .def("set_echo", &Engine::set_echo, py::arg("on"), py::call_guard<py::gil_scoped_release>())
+        // Live output: [(job_id, stream 1|2 (0 on the final chunk), bytes, final)], see dynexec.output.
+        .def(
+            "poll_output",
+            [](Engine& e, std::size_t max, std::chrono::milliseconds timeout) {
+                std::vector<OutputChunk> chunks;
+                {
+                    py::gil_scoped_release nogil;
+                    chunks = e.poll_output(max, timeout);
+                }
+                py::list out(chunks.size());
+                for (std::size_t i = 0; i < chunks.size(); ++i) {
+                    auto& c = chunks[i];
+                    out[i] = py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final);
+                }
+                return out;
+            },
+            py::arg("max"), py::arg("timeout"))
+        .def_property_readonly("output_dropped", &Engine::output_dropped)
         .def("stats",
              [](const Engine& e) {
                  auto s = e.stats();
@@ -333,14 +354,17 @@ PYBIND11_MODULE(_core, m) {
     py::class_<remote::ServerHost>(m, "ServerHost")
         .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
                          std::string client_secret, unsigned slots, unsigned threads, int parent_pid,
-                         double head_timeout, int replaces_pid, std::string replaced_because) {
+                         double head_timeout, int replaces_pid, std::string replaced_because, bool capture_output) {
                  return new remote::ServerHost({std::move(endpoint), std::move(server_public),
                                                 {std::move(client_public), std::move(client_secret)}, slots, threads,
-                                                parent_pid, head_timeout, replaces_pid, std::move(replaced_because)});
+                                                parent_pid, head_timeout, replaces_pid, std::move(replaced_because),
+                                                capture_output});
              }),
              py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
              py::arg("client_secret_key"), py::arg("slots") = 1, py::arg("threads") = 0, py::arg("parent_pid") = 0,
-             py::arg("head_timeout") = 10.0, py::arg("replaces_pid") = 0, py::arg("replaced_because") = "")
+             py::arg("head_timeout") = 10.0, py::arg("replaces_pid") = 0, py::arg("replaced_because") = "",
+             // A server process (python -m dynexec.server) is a process of its own: it captures its jobs' output.
+             py::arg("capture_output") = true)
         .def("run", &remote::ServerHost::run, py::call_guard<py::gil_scoped_release>())
         .def("stop", &remote::ServerHost::stop)
         .def_property_readonly("id", &remote::ServerHost::id)
@@ -351,6 +375,15 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(k.public_key, k.secret_key);
     });
 
+    // For dynexec._runner's per-thread sys.stdout/sys.stderr: whether this thread runs a job whose output is
+    // captured, and a write to that job's stream (1 or 2); false when there is none. Keeps the GIL: cheap.
+    m.def("_job_capturing", [] { return JobOutput::current() != nullptr; });
+    m.def("_job_write", [](int stream, const py::bytes& data) {
+        auto* out = JobOutput::current();
+        if (!out) return false;
+        out->write(stream, std::string_view(PyBytes_AS_STRING(data.ptr()), std::size_t(PyBytes_GET_SIZE(data.ptr()))));
+        return true;
+    });
     m.def("find", &ResultsFinder::find, py::arg("archive"), py::arg("job_id"), py::call_guard<py::gil_scoped_release>());
     m.def("load_services",
           [](const std::string& path) { return ServiceCatalog::process().load_plugin(path); },

@@ -1,5 +1,7 @@
 """Runs one pickled Python job inside a compute server. Called from C++ with the GIL held."""
+import io
 import pickle
+import sys
 import traceback
 
 import cloudpickle
@@ -38,10 +40,95 @@ def _function(blob: bytes):
     return fn
 
 
+class _JobStream(io.TextIOBase):
+    """sys.stdout or sys.stderr of a server process that captures output: what a thread running a job
+    writes goes to that job's output (dynexec._core keeps it per job); other threads write where the
+    replaced stream did."""
+
+    def __init__(self, number: int, original):
+        self._number, self._original = number, original
+        self.buffer = _JobBuffer(number, getattr(original, "buffer", None))
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        # surrogateescape: undecodable bytes that Python smuggled in as surrogates go back as bytes; the
+        # server turns anything that is not valid UTF-8 into U+FFFD.
+        if _core._job_write(self._number, s.encode("utf-8", "surrogateescape")):
+            return len(s)
+        return self._original.write(s)
+
+    def flush(self):
+        if not _core._job_capturing():  # a job's writes are not buffered here
+            self._original.flush()
+
+    def isatty(self):
+        return False if _core._job_capturing() else self._original.isatty()
+
+    def fileno(self):  # e.g. a subprocess given sys.stdout: with one slot, fd 1 is captured too
+        return self._original.fileno()
+
+    def writable(self):
+        return True
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def errors(self):
+        return "surrogateescape"
+
+    def __getattr__(self, name):  # anything else (line_buffering, name, ...) as the replaced stream has it
+        return getattr(self._original, name)
+
+
+class _JobBuffer(io.RawIOBase):
+    """sys.stdout.buffer for bytes: a job's go to its output, others' to the replaced buffer."""
+
+    def __init__(self, number: int, original):
+        self._number, self._original = number, original
+
+    def write(self, b):
+        data = bytes(b)
+        if _core._job_write(self._number, data):
+            return len(data)
+        if self._original is None:
+            raise io.UnsupportedOperation("this stream has no binary buffer")
+        return self._original.write(data)
+
+    def writable(self):
+        return True
+
+    def flush(self):
+        if self._original is not None and not _core._job_capturing():
+            self._original.flush()
+
+
+_core = None  # dynexec._core, once a job runs in a server that captures output
+_streams_checked = False
+
+
+def _install_streams() -> None:
+    """Once per server process, on its first job: if its compute server captures output, print() and
+    sys.stderr writes of each job go to that job (per thread, so jobs in other slots do not mix)."""
+    global _core, _streams_checked
+    from . import _core as core
+
+    _streams_checked = True  # capture is a property of the process: it does not change later
+
+    if core._job_capturing():
+        _core = core
+        sys.stdout = _JobStream(1, sys.stdout)
+        sys.stderr = _JobStream(2, sys.stderr)
+
+
 def run(payload):
     """Returns ("array", ndarray) | ("pickle", bytes) | ("error", type, message, traceback, pickled exception).
 
     `payload` pickles (pickled callable, args, kwargs); see dynexec.executor.job_payload."""
+    if not _streams_checked:
+        _install_streams()
     try:
         blob, args, kwargs = pickle.loads(payload)
         fn = _function(blob)

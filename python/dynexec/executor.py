@@ -76,7 +76,13 @@ _condition_lock = threading.Lock()  # makes each future's Condition exactly once
 
 
 class JobFuture(Future):
-    """A Future for one job; `job_id` finds its result in the archive later."""
+    """A Future for one job; `job_id` finds its result in the archive later.
+
+    `stdout` and `stderr`: what the job printed (as Result.stdout/.stderr), set when its result arrives,
+    before the future is done; "" until then, and for jobs run in this process (processes=False)."""
+
+    stdout = ""
+    stderr = ""
 
     def __init__(self, executor: Executor, job_id: str = ""):
         # Future.__init__ but for its Condition, made on first use: a queued job's future is half the size.
@@ -143,20 +149,26 @@ class Executor(_Executor):
         core; False runs them as threads of this process (Python jobs then share the GIL).
     connect: a cluster's connection file (see `python -m dynexec.cluster`): submit to that cluster instead
         of starting servers here; max_workers, policy, archive and the server settings belong to the cluster.
+    echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
+        labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job). Not with connect=; with
+        processes=False, jobs print here directly anyway.
     """
 
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0,
-                 time_limit: float | None = None, retries: int = 0):
+                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False):
         self._local = None
+        self._echo = None
         self._session = None
         self._broken = None  # why no compute server can be had, once that is so
         self._defaults = _job_options(time_limit, retries)
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
+            if echo_output:
+                raise ValueError("echo_output is not available with connect= (only for servers this Executor starts)")
             info = connection.read(connect)
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
@@ -200,6 +212,10 @@ class Executor(_Executor):
                 raise
         else:
             self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args)
+        if echo_output and processes:
+            from .output import Echo
+            self._echo = Echo(self._engine)
+            weakref.finalize(self, self._echo.stop, 0)  # dropped without shutdown(): its thread ends too
         self._start_collector()
         if self._local is not None:
             self._local.supervise(self._engine, _on_broken(weakref.ref(self)), self._closing)
@@ -265,12 +281,15 @@ class Executor(_Executor):
     def _submit_many(self, send) -> list[JobFuture]:
         """`send()` submits and returns the job IDs; their futures are registered before the collector can
         see a result."""
+        where = self._echo.where() if self._echo is not None else None
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken:
                 raise BrokenExecutorError(self._broken)
             futures = [JobFuture(self, job_id) for job_id in send()]  # under the lock, so is the collector
+            if self._echo is not None:
+                self._echo.track(futures, where)
             self._futures.update((f.job_id, f) for f in futures)
         return futures
 
@@ -373,6 +392,8 @@ class Executor(_Executor):
             self._closing.set()
             def close():
                 self._engine.shutdown(True, cancel_futures)
+                if self._echo is not None:  # every result is in, and output travels ahead of its result
+                    self._echo.stop()
                 if self._local is not None:  # the head has told them to leave
                     self._local.stop()
                 self._engine_done.set()
@@ -468,6 +489,7 @@ def _settle(future: JobFuture, r: _core.Result) -> None:
     if future.cancelled():
         return
     result = Result.from_core(r)
+    future.stdout, future.stderr = result.stdout, result.stderr
     if r.status == "ok":
         future.set_result(result.value)
     else:
