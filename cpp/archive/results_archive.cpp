@@ -644,6 +644,8 @@ struct ResultsArchive::Impl {
                 heap_size = std::max<std::uint64_t>(heap_size, extent(heap.id()));
             } catch (const ArchiveError&) {
             }
+            // HDF5 may lose a chunk whose write failed, also the bytes later written into it: start afresh.
+            heap_size = (heap_size / kHeapChunk + 2) * kHeapChunk;
             fail(pending, e, failures);
             return failures;
         }
