@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -604,10 +605,47 @@ struct ResultsArchive::Impl {
         }
     }
 
+    // Bytes the batch may add to the file, counted high: its values and texts, a new chunk of rows and of
+    // /heap on either side, and room for HDF5's own metadata.
+    std::uint64_t room_needed(const std::vector<Result>& batch) const {
+        std::uint64_t bytes = 256 * 1024 + 2 * kHeapChunk + 2 * kRowsPerChunk * sizeof(Row);
+        for (const Result& r : batch) {
+            bytes += sizeof(Row) + r.owner.size() + r.service.size() + r.server.size() + r.error_type.size() +
+                     r.message.size() + r.traceback.size() + r.captured_stdout.size() + r.captured_stderr.size();
+            std::visit(
+                [&](const auto& v) {
+                    using T = std::decay_t<decltype(v)>;
+                    if constexpr (std::is_same_v<T, std::string>) bytes += v.size();
+                    else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) bytes += v.data.size();
+                    else if constexpr (std::is_same_v<T, Array>) bytes += v.nbytes + 4096; // its own dataset
+                },
+                r.value);
+        }
+        return bytes;
+    }
+
+    // Fails the whole batch before HDF5 sees it when the disk cannot take it: HDF5 does not recover every
+    // write it could not finish (a chunk whose write failed may lose later writes into it), so a full disk
+    // must be met here, not inside H5Fflush.
+    bool refuse_when_full(const std::vector<Result>& batch, Failures& failures) {
+        struct statvfs fs_info;
+        if (::statvfs(dir.c_str(), &fs_info) != 0) return false; // cannot tell: let the write find out
+        std::uint64_t free = std::uint64_t(fs_info.f_bavail) * fs_info.f_frsize, need = room_needed(batch);
+        if (free >= need) return false;
+        failures.os_errno = ENOSPC;
+        failures.detail = fmt::format("the disk of '{}' has {} bytes free; this batch of {} results needs about {}",
+                                      dir.string(), free, batch.size(), need);
+        std::string why = fmt::format("{} (errno {}): {} bytes free, about {} needed",
+                                      std::error_code(ENOSPC, std::generic_category()).message(), ENOSPC, free, need);
+        for (std::size_t i = 0; i < batch.size(); ++i) failures.list.push_back({i, why});
+        return true;
+    }
+
     // Two steps, each flushed: the batch's bytes (/heap; encode() wrote /values), then its rows. A row never
     // reaches the file before the bytes it points to, whatever fails in between.
     Failures write(const std::vector<Result>& batch) {
         Failures failures;
+        if (refuse_when_full(batch, failures)) return failures;
         std::vector<Pending> pending;
         pending.reserve(batch.size());
         Heap h{heap_size, {}, {}};
