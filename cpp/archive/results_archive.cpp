@@ -699,7 +699,8 @@ struct ResultsArchive::Impl {
             }
         }
         std::vector<std::pair<std::uint64_t, std::size_t>> written; // (first row, rows) of each run
-        std::vector<Pending> kept;
+        std::vector<std::pair<std::size_t, std::size_t>> kept;      // [a, b) of `pending`, for each run written
+        std::size_t kept_count = 0;
         std::vector<Row> run;
         for (std::size_t a = 0, b; a < pending.size(); a = b) {
             for (b = a + 1; b < pending.size() && joinable(pending[b - 1].row, pending[b].row); ++b) {
@@ -710,7 +711,8 @@ struct ResultsArchive::Impl {
             try {
                 h5::write_range(results.id(), kit.row.id(), first, run.size(), run.data());
                 written.emplace_back(first, run.size());
-                kept.insert(kept.end(), pending.begin() + a, pending.begin() + b);
+                kept.emplace_back(a, b);
+                kept_count += b - a;
             } catch (const ArchiveError& e) {
                 fail(std::span(pending).subspan(a, b - a), e, failures);
             }
@@ -722,10 +724,10 @@ struct ResultsArchive::Impl {
             // Which rows reached the file is unknown: take them all back. Their bytes are in the file, so a
             // row that did get there reads as what it is until the zeros are flushed with a later batch.
             unwrite(written);
-            fail(kept, e, failures);
+            for (auto [a, b] : kept) fail(std::span(pending).subspan(a, b - a), e, failures);
             return failures;
         }
-        count += kept.size();
+        count += kept_count;
         return failures;
     }
 
