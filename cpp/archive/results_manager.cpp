@@ -150,9 +150,9 @@ struct ResultsManager::Core {
             print = !std::exchange(printed, true);
         }
         if (print)
-            fmt::print(stderr, "dynexec: {}{} Later archive failures are not printed; they are counted in "
+            fmt::print(stderr, "dynexec: {}{}{} Later archive failures are not printed; they are counted in "
                                "Executor.stats()[\"archive_error\"].\n",
-                       message, advice.empty() ? "" : " " + advice);
+                       message, message.ends_with('.') ? "" : ".", advice.empty() ? "" : " " + advice);
     }
 
     std::string file() const {
