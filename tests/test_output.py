@@ -142,8 +142,6 @@ def test_nothing_is_echoed_unless_asked(run_python):
     assert out == "captured 'quiet\\n'\n"
 
 
-@pytest.mark.xfail(reason="the archive's stdout/stderr columns land separately (cpp/archive); remove this mark then",
-                   strict=False)
 def test_find_returns_the_output(archive):
     with dynexec.Executor(max_workers=1, archive=archive) as ex:
         f = ex.submit(print, "archived")

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -580,6 +581,141 @@ TEST_F(ArchiveTest, FinderUsesTheLiveManagerThenTheFile) {
     EXPECT_FALSE(ResultsFinder::find(dir, other.next())); // no such file
     EXPECT_THROW(ResultsFinder::find(dir, "0123-bad"), InvalidJob);
     EXPECT_THROW(ResultsFinder::find(dir, ""), InvalidJob);
+}
+
+TEST_F(ArchiveTest, KeepsWhatTheJobPrintedAndTheNewStatuses) {
+    Result killed = ok_result(ids.next(), std::monostate{});
+    killed.status = Status::killed;
+    killed.captured_stdout = "step 1\nstep 2 ✓\n";
+    killed.captured_stderr = "warning: slow\n";
+    Result timeout = ok_result(ids.next(), std::monostate{});
+    timeout.status = Status::timeout;
+    ResultsArchive archive(dir, ids.session());
+    archive.write({killed, timeout});
+    auto k = archive.read(killed.job_id), t = archive.read(timeout.job_id);
+    ASSERT_TRUE(k && t);
+    EXPECT_EQ(k->status, Status::killed);
+    EXPECT_EQ(k->captured_stdout, killed.captured_stdout);
+    EXPECT_EQ(k->captured_stderr, killed.captured_stderr);
+    EXPECT_EQ(t->status, Status::timeout);
+    EXPECT_EQ(t->captured_stdout, "");
+}
+
+TEST_F(ArchiveTest, ManagerFailsOnlyTheJobWhoseStringIsNotUtf8) {
+    std::mutex mu;
+    std::vector<Result> seen;
+    ResultsManager m(dir, ids.session(), [&](std::vector<Result>&& batch) {
+        std::lock_guard lk(mu);
+        for (auto& r : batch) seen.push_back(std::move(r));
+    });
+    Result bad_value = ok_result(ids.next(), std::string("caf\xe9 au lait"));
+    bad_value.service = "test.latin1";
+    Result bad_message = ok_result(ids.next(), std::monostate{});
+    bad_message.status = Status::error;
+    bad_message.error_type = "std::runtime_error";
+    bad_message.message = "bad \xff\xfe";
+    Result good = ok_result(ids.next(), std::string("h\xc3\xa9llo")); // é, valid
+    good.traceback = "trace \xed\xa0\x80"; // a surrogate: escaped, the result stays ok
+    for (auto* r : {&bad_value, &bad_message, &good}) m.accept(*r);
+    m.drain();
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(seen[0].status, Status::error);
+    EXPECT_EQ(seen[0].error_type, "dynexec.ResultDecodeError");
+    EXPECT_NE(seen[0].message.find("job " + bad_value.job_id + ": service test.latin1 returned a string that is not UTF-8"),
+              std::string::npos) << seen[0].message;
+    EXPECT_NE(seen[0].message.find("caf\\xe9 au lait"), std::string::npos) << seen[0].message;
+    EXPECT_EQ(seen[1].error_type, "dynexec.ResultDecodeError");
+    EXPECT_NE(seen[1].message.find("returned a string that is not UTF-8 as its error message"), std::string::npos)
+        << seen[1].message;
+    EXPECT_EQ(seen[2].status, Status::ok);
+    EXPECT_EQ(std::get<std::string>(seen[2].value), "h\xc3\xa9llo");
+    EXPECT_EQ(seen[2].traceback, "trace \\xed\\xa0\\x80");
+    // All three are archived, as delivered.
+    EXPECT_EQ(m.find(bad_value.job_id)->error_type, "dynexec.ResultDecodeError");
+    EXPECT_EQ(std::get<std::string>(m.find(good.job_id)->value), "h\xc3\xa9llo");
+}
+
+// A tmpfs of a few hundred KiB, mounted for one test and always unmounted; skips unless root may mount.
+class FullDiskTest : public ArchiveTest {
+protected:
+    void SetUp() override {
+        ArchiveTest::SetUp();
+        if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a tmpfs";
+        fs::create_directories(dir);
+        if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0)
+            GTEST_SKIP() << "cannot mount a tmpfs here: " << std::strerror(errno);
+        mounted = true;
+    }
+    void TearDown() override {
+        if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
+        ArchiveTest::TearDown();
+    }
+    void grow(const char* size) {
+        ASSERT_EQ(::mount("tmpfs", dir.c_str(), "tmpfs", MS_REMOUNT, size), 0) << std::strerror(errno);
+    }
+    bool mounted = false;
+};
+
+TEST_F(FullDiskTest, NoFutureSucceedsWithoutItsResultInTheFileAndWritingResumes) {
+    // The disk fills at a different point of a batch (heap bytes, rows, metadata) for each size.
+    for (const char* size : {"size=192k", "size=256k", "size=300k", "size=352k", "size=420k"}) {
+        SCOPED_TRACE(size);
+        fs::remove_all(dir / "archive");
+        grow(size);
+        JobIdGenerator ids; // a new session, a new file
+        std::mutex mu;
+        std::vector<Result> seen;
+        auto m = std::make_unique<ResultsManager>(dir / "archive", ids.session(), [&](std::vector<Result>&& batch) {
+            std::lock_guard lk(mu);
+            for (auto& r : batch) seen.push_back(std::move(r));
+        });
+        auto payload = [](std::uint64_t seq) { return std::string(1000 + seq % 7, char('a' + seq % 26)) + std::to_string(seq); };
+        std::vector<JobId> jobs;
+        auto run = [&](int batches, int per_batch) {
+            for (int b = 0; b < batches; ++b) {
+                for (int i = 0; i < per_batch; ++i) {
+                    jobs.push_back(ids.next());
+                    Result r = ok_result(jobs.back(), payload(JobIdGenerator::sequence_of(jobs.back())));
+                    if (i % 3 == 0) r.value = std::int64_t(JobIdGenerator::sequence_of(jobs.back())); // rows, no bytes
+                    m->accept(std::move(r));
+                }
+                m->drain(); // one batch at a time, so that the disk fills between and within batches
+            }
+        };
+        run(40, 20 + int(std::strlen(size)) % 7); // ~550 KiB into a smaller disk
+        auto failed_when_full = [&] {
+            std::lock_guard lk(mu);
+            return std::count_if(seen.begin(), seen.end(), [](const Result& r) { return r.status != Status::ok; });
+        }();
+        ASSERT_GT(failed_when_full, 0) << "the disk never filled";
+        EXPECT_NE(m->last_error().find("No space left on device"), std::string::npos) << m->last_error();
+        grow("size=16m");
+        std::size_t before = jobs.size();
+        run(10, 20);
+        m->close();
+        m.reset();
+
+        std::lock_guard lk(mu);
+        ASSERT_EQ(seen.size(), jobs.size());
+        for (auto& r : seen) {
+            SCOPED_TRACE(r.job_id);
+            auto stored = ResultsArchive::read_from(dir / "archive", r.job_id);
+            std::uint64_t seq = JobIdGenerator::sequence_of(r.job_id);
+            if (r.status == Status::ok) {
+                ASSERT_TRUE(stored) << "reported success, not in the archive";
+                if (auto* i = std::get_if<std::int64_t>(&stored->value)) EXPECT_EQ(*i, std::int64_t(seq));
+                else EXPECT_EQ(std::get<std::string>(stored->value), payload(seq));
+            } else {
+                EXPECT_EQ(r.error_type, "dynexec.ArchiveError");
+                EXPECT_NE(r.message.find(r.job_id), std::string::npos) << r.message;
+                EXPECT_NE(r.message.find(".h5"), std::string::npos) << r.message;
+                EXPECT_NE(r.message.find("No space left on device"), std::string::npos) << r.message;
+                EXPECT_FALSE(stored) << "failed, yet a row reads as a result";
+            }
+        }
+        // Space came back: every later result is archived.
+        for (std::size_t i = before; i < seen.size(); ++i) EXPECT_EQ(seen[i].status, Status::ok) << seen[i].message;
+    }
 }
 
 } // namespace

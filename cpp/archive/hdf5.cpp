@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <system_error>
 
 namespace dynexec::h5 {
 namespace {
@@ -25,8 +26,24 @@ template <class T> T check(T v, std::string_view op, const std::string& object) 
     return v;
 }
 
+struct Stack {
+    std::string text;
+    int os_errno = 0;
+};
+
+// The errno HDF5's file drivers write into their messages ("..., errno = 28, error message = ...").
+int errno_in(std::string_view desc) {
+    auto at = desc.find("errno = ");
+    if (at == std::string_view::npos) return 0;
+    int v = 0;
+    for (auto i = at + 8; i < desc.size() && desc[i] >= '0' && desc[i] <= '9' && v < 100000; ++i) v = v * 10 + (desc[i] - '0');
+    return v;
+}
+
 herr_t collect(unsigned, const H5E_error2_t* e, void* data) {
-    auto& out = *static_cast<std::string*>(data);
+    auto& stack = *static_cast<Stack*>(data);
+    auto& out = stack.text;
+    if (!stack.os_errno && e->desc) stack.os_errno = errno_in(e->desc);
     std::string line = fmt::format("{}(): {}", e->func_name ? e->func_name : "?", e->desc ? e->desc : "");
     for (auto& c : line)
         if (c == '\n') c = ' '; // some descriptions embed a ctime() date
@@ -37,11 +54,12 @@ herr_t collect(unsigned, const H5E_error2_t* e, void* data) {
 }
 
 // The current thread's error stack, outermost call first, then cleared.
-std::string error_stack() {
-    std::string out;
+Stack error_stack() {
+    Stack out;
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect, &out);
     H5Eclear2(H5E_DEFAULT);
-    return out.empty() ? "no HDF5 error message" : out;
+    if (out.text.empty()) out.text = "no HDF5 error message";
+    return out;
 }
 
 } // namespace
@@ -58,7 +76,10 @@ Quiet::~Quiet() {
 }
 
 void fail(std::string_view op, const std::string& object) {
-    throw ArchiveError(fmt::format("HDF5 {} failed on '{}': {}", op, object, error_stack()));
+    Stack stack = error_stack();
+    // The OS error first: it is what a user can act on (a full disk, a failing device).
+    std::string os = stack.os_errno ? fmt::format("{} (errno {}); ", std::error_code(stack.os_errno, std::generic_category()).message(), stack.os_errno) : "";
+    throw Error(fmt::format("HDF5 {} failed on '{}': {}{}", op, object, os, stack.text), stack.os_errno);
 }
 
 std::string describe(hid_t loc, std::string_view name) {

@@ -6,6 +6,8 @@
 // Debian build is threadsafe: one global lock).
 #pragma once
 
+#include "common/errors.hpp"
+
 #include <hdf5.h>
 
 #include <cstddef>
@@ -27,7 +29,14 @@ public:
     Quiet& operator=(const Quiet&) = delete;
 };
 
-// Throws ArchiveError for a failed `op` on `object`, with HDF5's error stack.
+// A failed HDF5 call. `os_errno` is the errno of the failed system call HDF5
+// reports on its error stack (ENOSPC, EIO, ...); 0 if there was none.
+struct Error : ArchiveError {
+    Error(const std::string& what, int os_errno) : ArchiveError(what), os_errno(os_errno) {}
+    int os_errno;
+};
+
+// Throws Error for a failed `op` on `object`, with HDF5's error stack.
 [[noreturn]] void fail(std::string_view op, const std::string& object);
 // "file.h5:/group/name" for error messages; only computed on failure.
 std::string describe(hid_t loc, std::string_view name = {});

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,7 +32,8 @@ constexpr const char* kResults = "results";
 constexpr const char* kHeap = "heap";
 constexpr const char* kValues = "values";
 constexpr const char* kFormat = "dynexec results archive";
-constexpr int kVersion = 2;
+constexpr int kVersion = 3;      // written
+constexpr int kOldestRead = 2;   // read: version 2 has no stdout/stderr columns
 
 constexpr hsize_t kRowsPerChunk = 256;
 constexpr hsize_t kHeapChunk = 16 * 1024;
@@ -72,9 +74,10 @@ struct Row {
     double float_value;
     std::uint64_t shape[kMaxDims];
     Ref value, owner, service, server, error_type, message, traceback;
+    Ref stdout_text, stderr_text; // version 3
 };
 static_assert(std::is_trivially_copyable_v<Row> && std::is_standard_layout_v<Row>);
-static_assert(sizeof(Row) == 232, "no padding: readers see exactly these fields");
+static_assert(sizeof(Row) == 264, "no padding: readers see exactly these fields");
 
 h5::Type make_row_type(hid_t status, hid_t kind) {
     const hsize_t two = 2, dims = kMaxDims;
@@ -102,6 +105,8 @@ h5::Type make_row_type(hid_t status, hid_t kind) {
     add("error_type", offsetof(Row, error_type), ref.id());
     add("message", offsetof(Row, message), ref.id());
     add("traceback", offsetof(Row, traceback), ref.id());
+    add("stdout", offsetof(Row, stdout_text), ref.id());
+    add("stderr", offsetof(Row, stderr_text), ref.id());
     return t;
 }
 
@@ -181,16 +186,21 @@ std::string dtype_of(hid_t type, hid_t dataset) {
     throw ArchiveError(fmt::format("dataset '{}' has a datatype dynexec cannot read as an array", h5::describe(dataset)));
 }
 
-// Checks that `file` is an archive of this layout and of `session`.
-void check_layout(hid_t file, const std::string& session, const Kit& kit) {
+// Checks that `file` is an archive of this layout and of `session`: version 3 to write to it, 2 or 3 to read.
+void check_layout(hid_t file, const std::string& session, const Kit& kit, bool writing) {
     if (!h5::exists(file, kResults)) {
         if (h5::exists(file, "jobs"))
             throw ArchiveError("it has the group-per-job layout (/jobs) of an older dynexec, which this one cannot read");
         throw ArchiveError(fmt::format("it has no /{} dataset: not a dynexec results archive", kResults));
     }
     int version = h5::int_attribute(file, "version");
-    if (version != kVersion)
-        throw ArchiveError(fmt::format("it has layout version {}; this dynexec reads version {}", version, kVersion));
+    if (writing && version != kVersion)
+        throw ArchiveError(fmt::format("it has layout version {}; this dynexec reads versions {} to {} but writes only "
+                                       "version {} (find() and read_archive() still read it)",
+                                       version, kOldestRead, kVersion, kVersion));
+    if (version < kOldestRead || version > kVersion)
+        throw ArchiveError(fmt::format("it has layout version {}; this dynexec reads versions {} to {}", version,
+                                       kOldestRead, kVersion));
     std::string of = h5::string_attribute(file, "session", kit.str.id());
     if (of != session) throw ArchiveError(fmt::format("it holds the results of session {}, not of session {}", of, session));
 }
@@ -285,7 +295,7 @@ struct Reader {
 
     // nullopt if no result was written to the row.
     std::optional<Result> read(const JobId& id, std::uint64_t row_index, const fs::path& path) const {
-        Row row;
+        Row row{}; // members a version-2 file lacks (stdout, stderr) stay empty: HDF5 converts by name
         h5::read_range(results, kit.row.id(), row_index, 1, &row);
         if (row.status == 0) return std::nullopt;
         if (row.status >= std::size(kStatusNames))
@@ -297,6 +307,8 @@ struct Reader {
         r.error_type = text(row.error_type);
         r.message = text(row.message);
         r.traceback = text(row.traceback);
+        r.captured_stdout = text(row.stdout_text);
+        r.captured_stderr = text(row.stderr_text);
         r.owner = text(row.owner);
         r.service = text(row.service);
         r.server = text(row.server);
@@ -335,6 +347,7 @@ struct ResultsArchive::Impl {
     hsize_t rows = 0;            // the extent of /results
     std::uint64_t heap_size = 0; // the extent of /heap
     std::unordered_map<std::string, Ref, StringHash, std::equal_to<>> interned;
+    bool values_unflushed = false; // a /values dataset was written since the last flush
 
     // One write()'s bytes for /heap, appended in one go.
     struct Heap {
@@ -380,7 +393,7 @@ struct ResultsArchive::Impl {
     void reopen() {
         h5::PList fapl = h5::file_access();
         h5file = h5::open_file(file.string(), true, fapl.id());
-        check_layout(h5file.id(), session, kit);
+        check_layout(h5file.id(), session, kit, true);
         results = h5::open_dataset(h5file.id(), kResults, dapl.id());
         heap = h5::open_dataset(h5file.id(), kHeap, dapl.id());
         values = h5::exists(h5file.id(), kValues) ? h5::open_group(h5file.id(), kValues)
@@ -453,6 +466,7 @@ struct ResultsArchive::Impl {
         if (h5::exists(values.id(), id)) h5::unlink(values.id(), id);
         h5::Space space = h5::simple_space(dims);
         h5::Dataset ds = h5::create_dataset(values.id(), id, type, space.id(), contiguous.id());
+        values_unflushed = true;
         try {
             if (nbytes > 0) h5::write(ds.id(), type, data);
         } catch (...) {
@@ -532,6 +546,8 @@ struct ResultsArchive::Impl {
         row.error_type = intern(r.error_type, h);
         row.message = h.append(r.message);
         row.traceback = h.append(r.traceback);
+        row.stdout_text = h.append(r.captured_stdout);
+        row.stderr_text = h.append(r.captured_stderr);
         return row;
     }
 
@@ -548,18 +564,88 @@ struct ResultsArchive::Impl {
         std::size_t index; // in the batch
         Row data;
     };
-    using Failures = std::vector<std::pair<std::size_t, std::string>>; // batch index, reason
+    struct Failure {
+        std::size_t index; // in the batch
+        std::string reason;
+        bool duplicate = false;
+    };
+    struct Failures {
+        std::vector<Failure> list;
+        int os_errno = 0;   // of the first failed system call
+        std::string detail; // HDF5's full account of the first failed write or flush
+    };
 
-    void fail(std::span<const Pending> ps, const std::string& why, Failures& failures) {
+    // A failed write or flush: every result in `ps` is left out, and its row marked free again.
+    void fail(std::span<const Pending> ps, const ArchiveError& e, Failures& failures) {
+        auto* h5e = dynamic_cast<const h5::Error*>(&e);
+        int os_errno = h5e ? h5e->os_errno : 0;
+        // The OS error is what a user can act on; HDF5's stack goes to what() once.
+        std::string why = os_errno ? fmt::format("{} (errno {})", std::error_code(os_errno, std::generic_category()).message(), os_errno)
+                                   : std::string(e.what());
+        if (failures.detail.empty()) {
+            failures.detail = e.what();
+            failures.os_errno = os_errno;
+        }
         for (const auto& p : ps) {
             mark(p.row, false);
-            failures.emplace_back(p.index, why);
+            failures.list.push_back({p.index, why});
         }
     }
 
-    // Builds every row in memory, appends the batch's bytes to /heap, then writes the rows in runs.
+    // Zeros over rows of this batch that may have reached the file's cache: a later flush makes them absent.
+    void unwrite(std::span<const std::pair<std::uint64_t, std::size_t>> runs) noexcept {
+        std::vector<Row> zeros;
+        for (auto [first, n] : runs) {
+            zeros.assign(n, Row{});
+            try {
+                h5::write_range(results.id(), kit.row.id(), first, n, zeros.data());
+            } catch (const ArchiveError&) {
+                // Still full: the rows were never flushed, so the file has them absent, or holds their heap bytes.
+            }
+        }
+    }
+
+    // Bytes the batch may add to the file, counted high: its values and texts, a new chunk of rows and of
+    // /heap on either side, and room for HDF5's own metadata.
+    std::uint64_t room_needed(const std::vector<Result>& batch) const {
+        std::uint64_t bytes = 256 * 1024 + 2 * kHeapChunk + 2 * kRowsPerChunk * sizeof(Row);
+        for (const Result& r : batch) {
+            bytes += sizeof(Row) + r.owner.size() + r.service.size() + r.server.size() + r.error_type.size() +
+                     r.message.size() + r.traceback.size() + r.captured_stdout.size() + r.captured_stderr.size();
+            std::visit(
+                [&](const auto& v) {
+                    using T = std::decay_t<decltype(v)>;
+                    if constexpr (std::is_same_v<T, std::string>) bytes += v.size();
+                    else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) bytes += v.data.size();
+                    else if constexpr (std::is_same_v<T, Array>) bytes += v.nbytes + 4096; // its own dataset
+                },
+                r.value);
+        }
+        return bytes;
+    }
+
+    // Fails the whole batch before HDF5 sees it when the disk cannot take it: HDF5 does not recover every
+    // write it could not finish (a chunk whose write failed may lose later writes into it), so a full disk
+    // must be met here, not inside H5Fflush.
+    bool refuse_when_full(const std::vector<Result>& batch, Failures& failures) {
+        struct statvfs fs_info;
+        if (::statvfs(dir.c_str(), &fs_info) != 0) return false; // cannot tell: let the write find out
+        std::uint64_t free = std::uint64_t(fs_info.f_bavail) * fs_info.f_frsize, need = room_needed(batch);
+        if (free >= need) return false;
+        failures.os_errno = ENOSPC;
+        failures.detail = fmt::format("the disk of '{}' has {} bytes free; this batch of {} results needs about {}",
+                                      dir.string(), free, batch.size(), need);
+        std::string why = fmt::format("{} (errno {}): {} bytes free, about {} needed",
+                                      std::error_code(ENOSPC, std::generic_category()).message(), ENOSPC, free, need);
+        for (std::size_t i = 0; i < batch.size(); ++i) failures.list.push_back({i, why});
+        return true;
+    }
+
+    // Two steps, each flushed: the batch's bytes (/heap; encode() wrote /values), then its rows. A row never
+    // reaches the file before the bytes it points to, whatever fails in between.
     Failures write(const std::vector<Result>& batch) {
         Failures failures;
+        if (refuse_when_full(batch, failures)) return failures;
         std::vector<Pending> pending;
         pending.reserve(batch.size());
         Heap h{heap_size, {}, {}};
@@ -567,27 +653,39 @@ struct ResultsArchive::Impl {
             const Result& r = batch[i];
             try {
                 std::uint64_t row = row_of(r.job_id, session, file);
-                if (is_archived(row)) throw ArchiveError(fmt::format("job {} is already archived", r.job_id));
+                if (is_archived(row)) {
+                    failures.list.push_back({i, fmt::format("job {} is already archived", r.job_id), true});
+                    continue;
+                }
                 Row data = encode(r, h);
                 mark(row, true);
                 pending.push_back({row, i, data});
             } catch (const std::exception& e) { // ArchiveError, InvalidJob, or a malformed value
                 std::string why = e.what();
-                failures.emplace_back(i, why.find(r.job_id) == std::string::npos ? fmt::format("job {}: {}", r.job_id, why) : why);
+                failures.list.push_back(
+                    {i, why.find(r.job_id) == std::string::npos ? fmt::format("job {}: {}", r.job_id, why) : why});
             }
         }
         if (pending.empty()) return failures;
 
-        if (!h.bytes.empty()) {
-            try {
+        try {
+            if (!h.bytes.empty()) {
                 h5::set_extent(heap.id(), heap_size + h.bytes.size());
-                h5::write_range(heap.id(), H5T_NATIVE_UINT8, heap_size, h.bytes.size(), h.bytes.data());
-                heap_size += h.bytes.size();
-            } catch (const ArchiveError& e) {
-                for (const auto& k : h.interned) interned.erase(k);
-                fail(pending, e.what(), failures);
-                return failures;
+                heap_size += h.bytes.size(); // grown: these bytes are never handed out again, even if lost
+                h5::write_range(heap.id(), H5T_NATIVE_UINT8, h.base, h.bytes.size(), h.bytes.data());
             }
+            if (!h.bytes.empty() || values_unflushed) h5::flush(h5file.id()); // rows of ints point to nothing new
+            values_unflushed = false;
+        } catch (const ArchiveError& e) {
+            for (const auto& k : h.interned) interned.erase(k); // they may never reach the file
+            try {
+                heap_size = std::max<std::uint64_t>(heap_size, extent(heap.id()));
+            } catch (const ArchiveError&) {
+            }
+            // HDF5 may lose a chunk whose write failed, also the bytes later written into it: start afresh.
+            heap_size = (heap_size / kHeapChunk + 2) * kHeapChunk;
+            fail(pending, e, failures);
+            return failures;
         }
 
         std::sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) { return a.row < b.row; });
@@ -596,10 +694,13 @@ struct ResultsArchive::Impl {
                 h5::set_extent(results.id(), need);
                 rows = need;
             } catch (const ArchiveError& e) {
-                fail(pending, e.what(), failures);
+                fail(pending, e, failures);
                 return failures;
             }
         }
+        std::vector<std::pair<std::uint64_t, std::size_t>> written; // (first row, rows) of each run
+        std::vector<std::pair<std::size_t, std::size_t>> kept;      // [a, b) of `pending`, for each run written
+        std::size_t kept_count = 0;
         std::vector<Row> run;
         for (std::size_t a = 0, b; a < pending.size(); a = b) {
             for (b = a + 1; b < pending.size() && joinable(pending[b - 1].row, pending[b].row); ++b) {
@@ -609,11 +710,24 @@ struct ResultsArchive::Impl {
             for (std::size_t k = a; k < b; ++k) run[pending[k].row - first] = pending[k].data;
             try {
                 h5::write_range(results.id(), kit.row.id(), first, run.size(), run.data());
-                count += b - a;
+                written.emplace_back(first, run.size());
+                kept.emplace_back(a, b);
+                kept_count += b - a;
             } catch (const ArchiveError& e) {
-                fail(std::span(pending).subspan(a, b - a), e.what(), failures);
+                fail(std::span(pending).subspan(a, b - a), e, failures);
             }
         }
+        if (kept.empty()) return failures;
+        try {
+            h5::flush(h5file.id());
+        } catch (const ArchiveError& e) {
+            // Which rows reached the file is unknown: take them all back. Their bytes are in the file, so a
+            // row that did get there reads as what it is until the zeros are flushed with a later batch.
+            unwrite(written);
+            for (auto [a, b] : kept) fail(std::span(pending).subspan(a, b - a), e, failures);
+            return failures;
+        }
+        count += kept_count;
         return failures;
     }
 
@@ -653,17 +767,23 @@ void ResultsArchive::write(const std::vector<Result>& batch) {
     impl_->require_open();
     h5::Quiet q;
     auto failures = impl_->write(batch);
-    if (failures.empty()) return;
-    std::sort(failures.begin(), failures.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto& list = failures.list;
+    if (list.empty()) return;
+    std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
     constexpr std::size_t kShown = 5;
     std::string why;
-    for (std::size_t i = 0; i < std::min(kShown, failures.size()); ++i) why += (i ? "; " : "") + failures[i].second;
-    if (failures.size() > kShown) why += fmt::format("; and {} more", failures.size() - kShown);
-    std::vector<JobId> failed;
-    for (const auto& f : failures) failed.push_back(batch[f.first].job_id);
+    for (std::size_t i = 0; i < std::min(kShown, list.size()); ++i) {
+        const auto& f = list[i];
+        bool named = f.reason.find(batch[f.index].job_id) != std::string::npos;
+        why += (i ? "; " : "") + (named ? f.reason : fmt::format("job {}: {}", batch[f.index].job_id, f.reason));
+    }
+    if (list.size() > kShown) why += fmt::format("; and {} more", list.size() - kShown);
+    if (!failures.detail.empty()) why += fmt::format(" [{}]", failures.detail);
+    std::vector<ArchiveWriteError::Failure> out;
+    for (auto& f : list) out.push_back({batch[f.index].job_id, std::move(f.reason), f.duplicate});
     std::string what =
-        fmt::format("{} of {} results not archived in '{}': {}", failed.size(), batch.size(), impl_->file.string(), why);
-    throw ArchiveWriteError(what, std::move(failed));
+        fmt::format("{} of {} results not archived in '{}': {}", out.size(), batch.size(), impl_->file.string(), why);
+    throw ArchiveWriteError(what, std::move(out), failures.os_errno);
 }
 
 void ResultsArchive::flush() {
@@ -739,7 +859,7 @@ std::optional<Result> ResultsArchive::read_from(const fs::path& dir, const JobId
         Kit kit;
         h5::PList fapl = h5::file_access();
         h5::File f = h5::open_file(file.string(), false, fapl.id());
-        check_layout(f.id(), session, kit);
+        check_layout(f.id(), session, kit, false);
         h5::Dataset results = h5::open_dataset(f.id(), kResults);
         if (row >= extent(results.id())) return std::nullopt;
         h5::Dataset heap = h5::open_dataset(f.id(), kHeap);

@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <iterator>
+#include <string_view>
+#include <system_error>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -29,6 +32,97 @@ Registry& registry() {
     return *r;
 }
 
+// The offset of the first byte of `s` that is not part of well-formed UTF-8 (as Python decodes it: no
+// overlong forms, no surrogates, nothing past U+10FFFF); npos if there is none.
+std::size_t invalid_utf8_at(std::string_view s) {
+    auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+    for (std::size_t i = 0; i < s.size();) {
+        unsigned c = byte(i);
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        std::size_t n;
+        unsigned lo = 0x80, hi = 0xbf; // the range of the second byte
+        if (c >= 0xc2 && c <= 0xdf) n = 1;
+        else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            if (c == 0xe0) lo = 0xa0;      // overlong
+            else if (c == 0xed) hi = 0x9f; // surrogates
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            if (c == 0xf0) lo = 0x90;      // overlong
+            else if (c == 0xf4) hi = 0x8f; // past U+10FFFF
+        } else return i;
+        if (i + n >= s.size()) return i; // truncated
+        if (byte(i + 1) < lo || byte(i + 1) > hi) return i;
+        for (std::size_t k = 2; k <= n; ++k)
+            if ((byte(i + k) & 0xc0) != 0x80) return i;
+        i += n + 1;
+    }
+    return std::string_view::npos;
+}
+
+// `s` with every byte that is not well-formed UTF-8 written as \xNN, at most `max` bytes of it.
+std::string escaped(std::string_view s, std::size_t max = std::string::npos) {
+    std::string out;
+    bool cut = s.size() > max;
+    if (cut) s = s.substr(0, max);
+    while (!s.empty()) {
+        std::size_t bad = invalid_utf8_at(s);
+        out.append(s.substr(0, std::min(bad, s.size())));
+        if (bad == std::string_view::npos) break;
+        out += fmt::format("\\x{:02x}", static_cast<unsigned char>(s[bad]));
+        s.remove_prefix(bad + 1);
+    }
+    if (cut) out += "...";
+    return out;
+}
+
+std::string describe_bad_utf8(std::string_view s) {
+    std::size_t at = invalid_utf8_at(s);
+    return fmt::format("byte 0x{:02x} at offset {} of {}; escaped: \"{}\"", static_cast<unsigned char>(s[at]), at,
+                       s.size(), escaped(s, 200));
+}
+
+// A result whose value or error text is not UTF-8 becomes an error of that job (Python could not decode it,
+// and h5py readers expect UTF-8); other texts keep what they said, their bad bytes escaped.
+void check_texts(Result& r) {
+    auto* str = std::get_if<std::string>(&r.value);
+    std::string what;
+    if (str && invalid_utf8_at(*str) != std::string_view::npos) what = fmt::format("as its value ({})", describe_bad_utf8(*str));
+    else if (invalid_utf8_at(r.error_type) != std::string_view::npos)
+        what = fmt::format("as its error type ({})", describe_bad_utf8(r.error_type));
+    else if (invalid_utf8_at(r.message) != std::string_view::npos)
+        what = fmt::format("as its error message ({}{})", r.error_type.empty() ? "" : escaped(r.error_type, 200) + ": ",
+                           describe_bad_utf8(r.message));
+    for (auto* t : {&r.traceback, &r.owner, &r.service, &r.server, &r.captured_stdout, &r.captured_stderr})
+        if (invalid_utf8_at(*t) != std::string_view::npos) *t = escaped(*t);
+    if (what.empty()) return;
+    r.message = fmt::format("job {}: service {} returned a string that is not UTF-8 {}", r.job_id,
+                            r.service.empty() ? "(unknown)" : r.service, what);
+    r.status = Status::error;
+    r.error_type = "dynexec.ResultDecodeError";
+    r.value = std::monostate{};
+}
+
+// What a future gets instead of a result that is not in the archive.
+void mark_not_archived(Result& r, const std::string& file, const std::string& reason) {
+    std::string was = r.status == Status::ok
+                          ? std::string()
+                          : fmt::format(" (the job ended with status {}{}{})", status_name(r.status),
+                                        r.error_type.empty() ? "" : ": " + r.error_type,
+                                        r.message.empty() ? "" : ": " + r.message);
+    bool named = reason.find(r.job_id) != std::string::npos;
+    r.message = named ? fmt::format("{} (archive '{}'){}", reason, file, was)
+                      : fmt::format("the result of job {} could not be written to the results archive '{}': {}{}",
+                                    r.job_id, file, reason, was);
+    r.status = Status::error;
+    r.error_type = "dynexec.ArchiveError";
+    r.value = std::monostate{};
+    r.location.clear();
+}
+
 } // namespace
 
 struct ResultsManager::Core {
@@ -42,19 +136,27 @@ struct ResultsManager::Core {
     std::deque<Result> queue;
     std::uint64_t accepted = 0, delivered = 0;
     bool stopping = false, exited = false, printed = false;
+    std::uint64_t not_archived = 0; // results delivered as errors because the archive could not take them
     std::string last_error;
 
-    void record(const std::string& message) {
+    // Keeps the failure; prints the first one only, in plain words (`advice` says what the user can do).
+    void record(const std::string& message, const std::string& advice = {}) {
         bool print;
         {
             std::lock_guard lk(mu);
-            last_error = message;
+            last_error = not_archived ? fmt::format("{} results not archived so far; the latest failure: {}",
+                                                    not_archived, message)
+                                      : message;
             print = !std::exchange(printed, true);
         }
         if (print)
-            fmt::print(stderr, "dynexec: results archive error (results are still delivered; later errors are "
-                               "not printed, see last_error()): {}\n",
-                       message);
+            fmt::print(stderr, "dynexec: {}{}{} Later archive failures are not printed; they are counted in "
+                               "Executor.stats()[\"archive_error\"].\n",
+                       message, message.ends_with('.') ? "" : ".", advice.empty() ? "" : " " + advice);
+    }
+
+    std::string file() const {
+        return archive ? archive->file().string() : dir ? ResultsArchive::file_of(*dir, session).string() : "";
     }
 
     void hand_on(std::vector<Result>& batch) {
@@ -68,28 +170,59 @@ struct ResultsManager::Core {
         }
     }
 
-    // Archives the batch and sets the location of each result that made it to the file.
+    // Archives the batch and sets the location of each result that made it to the file; the others become
+    // errors (dynexec.ArchiveError), so that no future reports a success the archive does not hold.
     void archive_batch(std::vector<Result>& batch) {
+        for (auto& r : batch) check_texts(r);
         if (!archive) return;
         for (auto& r : batch) r.location.clear();
-        std::unordered_set<JobId> failed;
+        std::unordered_map<JobId, const ArchiveWriteError::Failure*> failed;
+        std::string reason;
+        int os_errno = 0;
+        std::optional<ArchiveWriteError> error;
         try {
-            archive->write(batch);
-        } catch (const ArchiveWriteError& e) {
-            record(e.what());
-            failed.insert(e.failed.begin(), e.failed.end());
+            archive->write(batch); // written and flushed: the group commit
+        } catch (ArchiveWriteError& e) {
+            error.emplace(std::move(e));
+            for (const auto& f : error->failures) failed.emplace(f.job_id, &f);
+            os_errno = error->os_errno;
         } catch (const std::exception& e) {
-            record(e.what());
-            return;
+            reason = e.what(); // the archive is closed or broken: nothing of the batch is in it
         }
-        try {
-            archive->flush(); // once per batch: the group commit
-        } catch (const std::exception& e) {
-            record(e.what());
-            return;
+        std::size_t lost = 0;
+        for (auto& r : batch) {
+            auto it = failed.find(r.job_id);
+            if (reason.empty() && it == failed.end()) {
+                r.location = archive->location_of(r.job_id); // written, so a valid ID
+                continue;
+            }
+            if (it != failed.end() && it->second->duplicate) continue; // its first result is archived, and won
+            mark_not_archived(r, archive->file().string(), it != failed.end() ? it->second->reason : reason);
+            ++lost;
         }
-        for (auto& r : batch)
-            if (!failed.count(r.job_id)) r.location = archive->location_of(r.job_id); // written, so a valid ID
+        if (!lost && !error) return;
+        {
+            std::lock_guard lk(mu);
+            not_archived += lost;
+        }
+        std::string what = error ? error->what() : reason;
+        if (!lost) return record(what); // only duplicates: nothing a user must do
+        std::string advice = fmt::format(
+            "{} result{} of this batch could not be written, so {} future{} fail{} with dynexec.ArchiveError instead "
+            "of reporting success. Archiving resumes by itself with the next results once the file can be written "
+            "again{}.",
+            lost, lost == 1 ? "" : "s", lost == 1 ? "its" : "their", lost == 1 ? "" : "s", lost == 1 ? "s" : "",
+            os_errno == ENOSPC || os_errno == EDQUOT ? " (free space on its disk, or give the Executor another archive=)"
+                                                     : "");
+        record(fmt::format("cannot write results to the archive '{}': {}.", file(),
+                           os_errno ? fmt::format("{} (errno {})",
+                                                  std::error_code(os_errno, std::generic_category()).message(), os_errno)
+                                    : what),
+               advice);
+        if (os_errno) { // the full HDF5 account stays available to whoever reads last_error()
+            std::lock_guard lk(mu);
+            last_error += fmt::format(" [{}]", what);
+        }
     }
 
     void run() {
@@ -196,6 +329,7 @@ void ResultsManager::accept(Result result) {
     }
     std::vector<Result> one;
     one.push_back(std::move(result));
+    check_texts(one.back());
     core_->hand_on(one);
     {
         std::lock_guard lk(core_->mu);

@@ -1,8 +1,13 @@
 // The results manager: takes every finished result from the load balancers,
 // archives it, and only then hands it on for delivery to its owner. One
 // writer thread writes whatever has queued as one batch and flushes once per
-// batch (group commit). A failed write never loses a result: it is delivered
-// without a location and the failure is kept in last_error().
+// batch (group commit). A result that could not be written and flushed is
+// delivered as an error (error_type "dynexec.ArchiveError", naming the job,
+// the file and the OS error), never as a success; the first such failure is
+// printed once on stderr, later ones are counted in last_error(). The next
+// batch is tried as usual, so archiving resumes once the disk has room.
+// A result whose value or error message is not UTF-8 is delivered as an error
+// of its job ("dynexec.ResultDecodeError"): no reader is left to choke on it.
 #pragma once
 
 #include "archive/results_archive.hpp"

@@ -14,7 +14,8 @@ _os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 from . import _core
 from .errors import (ArchiveError, BrokenExecutorError, InvalidJobError, JobKilledError, JobTimeoutError, RemoteError,
-                     ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, UnknownServiceError)
+                     ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
+                     UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
 from .results import Result, default_archive, find, read_archive
 
@@ -22,8 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES", "ArchiveError", "BrokenExecutorError", "Executor", "InvalidJobError", "JobFuture", "JobKilledError",
-    "JobTimeoutError", "RemoteError", "Result", "ResultNotFoundError", "ServerDiedError", "ServerLostError",
-    "ShutDownError", "UnknownServiceError", "default_archive", "find",
+    "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError", "ServerDiedError",
+    "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
     "get_include", "load_services", "read_archive", "services",
 ]
 

@@ -104,6 +104,34 @@ py::object from_value(const Value& v) {
         v);
 }
 
+// A text field for Python: never raises; bytes that are not UTF-8 (an archive written before they were
+// checked) show as \\xNN.
+py::str text(const std::string& s) {
+    PyObject* o = PyUnicode_DecodeUTF8(s.data(), py::ssize_t(s.size()), "backslashreplace");
+    if (!o) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(o);
+}
+
+// One result for the collector: (job_id, is_pickle, raw value) for a success without output, (job_id, None,
+// Result) otherwise.
+// A value that cannot become a Python object fails its own job only, never the batch it came in.
+py::object collector_item(Result& r) {
+    py::str id = text(r.job_id); // the ID first: the Result is moved out after
+    // A success that printed something travels as a Result too: its future gets the output.
+    if (r.status == Status::ok && r.captured_stdout.empty() && r.captured_stderr.empty()) {
+        try {
+            return py::make_tuple(id, std::holds_alternative<Pickled>(r.value), from_value(r.value));
+        } catch (const std::exception& e) { // py::error_already_set (a str that is not UTF-8), bad_alloc, ...
+            r.status = Status::error;
+            r.error_type = "dynexec.ResultDecodeError";
+            r.message = fmt::format("job {}: the result of service {} cannot be converted to a Python object: {}",
+                                    r.job_id, r.service, e.what());
+            r.value = std::monostate{};
+        }
+    }
+    return py::make_tuple(id, py::none(), py::cast(std::move(r)));
+}
+
 std::string_view value_kind(const Value& v) {
     static constexpr std::string_view names[] = {"none", "bool", "int", "float", "str", "bytes", "pickle", "array"};
     return names[v.index()];
@@ -211,16 +239,7 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
                     batch = e.poll(max, timeout);
                 }
                 py::list out(batch.size());
-                for (std::size_t i = 0; i < batch.size(); ++i) {
-                    auto& r = batch[i];
-                    // A success that printed something travels as a Result: its future gets the output too.
-                    if (r.status == Status::ok && r.captured_stdout.empty() && r.captured_stderr.empty())
-                        out[i] = py::make_tuple(r.job_id, std::holds_alternative<Pickled>(r.value), from_value(r.value));
-                    else { // the ID first: the Result is moved out after
-                        py::str id(r.job_id);
-                        out[i] = py::make_tuple(id, py::none(), py::cast(std::move(r)));
-                    }
-                }
+                for (std::size_t i = 0; i < batch.size(); ++i) out[i] = collector_item(batch[i]);
                 return out;
             },
             py::arg("max"), py::arg("timeout"))
@@ -253,23 +272,23 @@ PYBIND11_MODULE(_core, m) {
                                    run_python});
 
     py::class_<Result>(m, "Result")
-        .def_readonly("job_id", &Result::job_id)
+        .def_property_readonly("job_id", [](const Result& r) { return text(r.job_id); })
         .def_property_readonly("status", [](const Result& r) { return std::string(status_name(r.status)); })
         .def_property_readonly("raw_value", [](const Result& r) { return from_value(r.value); })
         .def_property_readonly("value_kind", [](const Result& r) { return std::string(value_kind(r.value)); })
-        .def_readonly("error_type", &Result::error_type)
-        .def_readonly("message", &Result::message)
-        .def_readonly("traceback", &Result::traceback)
-        .def_readonly("owner", &Result::owner)
-        .def_readonly("service", &Result::service)
-        .def_readonly("server", &Result::server)
+        .def_property_readonly("error_type", [](const Result& r) { return text(r.error_type); })
+        .def_property_readonly("message", [](const Result& r) { return text(r.message); })
+        .def_property_readonly("traceback", [](const Result& r) { return text(r.traceback); })
+        .def_property_readonly("owner", [](const Result& r) { return text(r.owner); })
+        .def_property_readonly("service", [](const Result& r) { return text(r.service); })
+        .def_property_readonly("server", [](const Result& r) { return text(r.server); })
         .def_readonly("submit_time", &Result::submit_time)
         .def_readonly("start_time", &Result::start_time)
         .def_readonly("end_time", &Result::end_time)
         .def_readonly("attempts", &Result::attempts)
-        .def_readonly("location", &Result::location)
-        .def_readonly("stdout", &Result::captured_stdout)
-        .def_readonly("stderr", &Result::captured_stderr);
+        .def_property_readonly("location", [](const Result& r) { return text(r.location); })
+        .def_property_readonly("stdout", [](const Result& r) { return text(r.captured_stdout); })
+        .def_property_readonly("stderr", [](const Result& r) { return text(r.captured_stderr); });
 
     py::class_<Engine> engine(m, "Engine");
     def_job_calls(engine);

@@ -10,6 +10,7 @@ __all__ = [
     "JobKilledError",
     "JobTimeoutError",
     "RemoteError",
+    "ResultDecodeError",
     "ResultNotFoundError",
     "ServerDiedError",
     "ServerLostError",
@@ -24,6 +25,39 @@ class ServerLostError(RuntimeError):
 
 class ResultNotFoundError(LookupError):
     """The archive holds no result for this job ID (yet)."""
+
+
+class ResultDecodeError(ValueError):
+    """A job's result is archived but cannot be decoded here: its class cannot be imported in this process,
+    its bytes are damaged, or a native service returned a string that is not UTF-8.
+
+    `job_id` names the job; `missing` the module or class this process could not import (None if that was not
+    the reason). It is about the job's result, never its call: the job ran.
+    """
+
+    def __init__(self, message, job_id="", missing=None):
+        super().__init__(message)
+        self.job_id = job_id
+        self.missing = missing
+
+
+def _decode_error(job_id: str, exc: BaseException, what: str = "result") -> ResultDecodeError:
+    """The ResultDecodeError for `exc`, raised while unpickling the `what` of job `job_id`."""
+    missing = None
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        missing = exc.name
+        reason = f"module {missing!r} cannot be imported in this process"
+    elif isinstance(exc, (AttributeError, ImportError)):  # pickle: "Can't get attribute 'C' on <module 'm' ...>"
+        missing = getattr(exc, "name", None) or str(exc)
+        reason = f"its class cannot be found in this process ({type(exc).__name__}: {exc})"
+    else:
+        reason = f"its bytes cannot be unpickled ({type(exc).__name__}: {exc})"
+    err = ResultDecodeError(f"job {job_id}: its {what} cannot be unpickled here: {reason}. The job itself ran; it "
+                            f"is its {what}, not its call, that this process cannot decode "
+                            f"(make {missing or 'its module'} importable here to read it)",
+                            job_id, missing)
+    err.__cause__ = exc
+    return err
 
 
 class RemoteError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import _core, connection
 from ._pickling import dumps
-from .errors import BrokenExecutorError, InvalidJobError
+from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from .results import Result, default_archive
 
@@ -466,10 +466,19 @@ def _collect(executor_ref, engine, futures, lock, closing, engine_done):
                 if pickled is None:
                     _settle(future, raw)  # not a success: raw is the whole result
                 elif not future.cancelled():
-                    future.set_result(loads(raw) if pickled else raw)
-            except BaseException as exc:  # e.g. a result that cannot be unpickled: fail its future, not this thread
+                    try:
+                        value = loads(raw) if pickled else raw
+                    except Exception as exc:  # its class is not importable here: say so, naming the job
+                        future.set_exception(_decode_error(future.job_id, exc))
+                    else:
+                        future.set_result(value)
+                    value = None
+            except BaseException as exc:  # whatever else goes wrong with one result fails its future, not this thread
                 if not future.done():
-                    future.set_exception(exc)
+                    try:
+                        future.set_exception(exc)
+                    except BaseException:
+                        pass
         idle = not batch
         batch = settle = future = raw = None  # hold no result while polling: a user may drop it, and it may be large
         if idle:
@@ -490,7 +499,7 @@ def _settle(future: JobFuture, r: _core.Result) -> None:
         return
     result = Result.from_core(r)
     future.stdout, future.stderr = result.stdout, result.stderr
-    if r.status == "ok":
+    if r.status == "ok" and result.decode_error is None:
         future.set_result(result.value)
     else:
         future.set_exception(result.exception())

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .errors import (BrokenExecutorError, JobKilledError, JobTimeoutError, RemoteError, ResultNotFoundError,
-                     ServerDiedError, ServerLostError, _RemoteTraceback)
+from .errors import (ArchiveError, BrokenExecutorError, JobKilledError, JobTimeoutError, RemoteError, ResultDecodeError,
+                     ResultNotFoundError, ServerDiedError, ServerLostError, _decode_error, _RemoteTraceback)
 
 
 def default_archive() -> Path:
@@ -32,9 +32,17 @@ _NATIVE_ERRORS = {
 }
 
 
+# Errors the engine itself gives a job's result (error_type "dynexec.<name>").
+_ENGINE_ERRORS = {"dynexec.ArchiveError": ArchiveError, "dynexec.ResultDecodeError": ResultDecodeError}
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """One job's result. `value` is the return value; `exception()` rebuilds the failure."""
+    """One job's result. `value` is the return value; `exception()` rebuilds the failure.
+
+    When the value cannot be decoded in this process (its class is not importable here, its bytes are damaged),
+    every other field is still there, `decode_error` says what failed, and reading `value` raises it.
+    """
 
     job_id: str
     status: str  # "ok", "error", "cancelled", "lost", "killed" or "timeout"
@@ -53,24 +61,47 @@ class Result:
     stdout: str = ""
     stderr: str = ""
     _error_payload: bytes = dataclasses.field(default=b"", repr=False)
+    decode_error: ResultDecodeError | None = dataclasses.field(default=None, compare=False)
+
+    def __repr__(self):  # never raises, also for a value that cannot be decoded
+        parts = []
+        for f in dataclasses.fields(self):
+            if f.name == "value" and self.decode_error is not None:
+                parts.append("value=<cannot be decoded>")
+            elif f.repr:
+                parts.append(f"{f.name}={self.__dict__[f.name]!r}")
+        return f"Result({', '.join(parts)})"
 
     @classmethod
     def from_core(cls, r: _core.Result) -> Result:
-        raw, kind = r.raw_value, r.value_kind
-        value, payload = None, b""
+        job_id = r.job_id
+        value, payload, error = None, b"", None
+        try:
+            raw, kind = r.raw_value, r.value_kind
+        except Exception as exc:  # a str that is not UTF-8, in an archive written before such values were refused
+            raw, kind = None, "none"
+            error = ResultDecodeError(f"job {job_id}: its result cannot be decoded here: {exc}", job_id)
+            error.__cause__ = exc
         if r.status == "error":
             payload = raw if kind == "pickle" else b""
         elif kind == "pickle":
-            value = pickle.loads(raw)
+            try:
+                value = pickle.loads(raw)
+            except Exception as exc:  # its class is not importable here: the other fields still are
+                error = _decode_error(job_id, exc)
         else:
             value = raw
-        return cls(r.job_id, r.status, value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server,
-                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, r.stdout, r.stderr, payload)
+        return cls(job_id, r.status, value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server,
+                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, r.stdout, r.stderr, payload, error)
 
     def exception(self) -> BaseException | None:
-        """The job's exception, with its own type and the remote traceback as its cause; None if it succeeded."""
+        """The job's exception, with its own type and the remote traceback as its cause; None if it succeeded.
+        For a success whose value cannot be decoded here, its ResultDecodeError."""
         if self.status == "ok":
-            return None
+            return self.decode_error
+        if self.error_type in _ENGINE_ERRORS:  # the job's result, not the job, failed: no remote traceback
+            cls = _ENGINE_ERRORS[self.error_type]
+            return cls(self.message, self.job_id) if cls is ResultDecodeError else cls(self.message)
         if self.status == "lost":
             kind = {"ServerDiedError": ServerDiedError, "BrokenExecutor": BrokenExecutorError}.get(self.error_type)
             return (kind or ServerLostError)(self.message)
@@ -94,20 +125,30 @@ class Result:
         return exc
 
 
+_ARRAY_DTYPES = {"f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"}
+_TEXT_FIELDS = ("error_type", "message", "traceback", "owner", "service", "server", "stdout", "stderr")
+_ROWS_PER_READ = 256  # a chunk of /results: what one damaged chunk can take with it
+
+
 def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
     """Reads a results archive file with h5py and numpy alone: {job_id: record}, in job order.
 
     `path` is one session's file, `<archive>/<session>.h5`; `job_ids` limits the records to those jobs
     (jobs not in the file are left out). Each record is a dict with job_id, status ("ok", "error",
-    "cancelled", "lost"), value_kind, value, error_type, message, traceback, owner, service, server,
-    submit_time, start_time, end_time (Unix seconds) and attempts. `value` is decoded: None, bool, int,
-    float, str, bytes, a numpy array with its dtype and shape, or for value_kind "pickle" the unpickled
-    object (for a failed job its pickled exception, left as bytes if it cannot be unpickled here).
+    "cancelled", "lost", "killed", "timeout"), value_kind, value, error_type, message, traceback, owner, service,
+    server, stdout, stderr (what the job printed; "" in a version-2 file), submit_time, start_time, end_time
+    (Unix seconds), attempts and decode_error. `value` is decoded: None, bool, int, float, str, bytes, a numpy
+    array with its dtype and shape, or for value_kind "pickle" the unpickled object (for a failed job, its
+    exception).
+
+    One bad row never hides the others: a value that cannot be decoded here (its class is not importable, its
+    bytes are damaged) leaves that record's `value` None and says why in `decode_error` (None for a record read
+    whole); its other fields are all there. A row HDF5 cannot read at all has status None.
 
     The file is plain HDF5 (the layout is in cpp/archive/results_archive.hpp): /results holds a row per
     job (row = sequence number - 1), texts and small values are (offset, size) slices of /heap, and
-    values over 64 KiB are datasets /values/<job_id>. Raises ValueError if the file is not such an
-    archive, or if a job ID is not one of its session.
+    values over 64 KiB are datasets /values/<job_id>. Raises ValueError naming the file if it is not such an
+    archive (layout version 2 or 3), or if a job ID is not one of its session.
     """
     import h5py
     import numpy as np
@@ -115,17 +156,29 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
     def names(field):  # code -> name, from the enum type the file declares
         return {v: k for k, v in h5py.check_enum_dtype(field).items()}
 
-    with h5py.File(path, "r") as f:
-        if "results" not in f or f.attrs.get("version") != 2:
-            raise ValueError(f"{path} is not a dynexec results archive (layout version 2)")
-        session = f.attrs["session"]
-        session = session.decode() if isinstance(session, bytes) else str(session)
-        results, heap_ds = f["results"], f["heap"]
-        statuses, kinds = names(results.dtype["status"]), names(results.dtype["value_kind"])
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+    with f:
+        try:
+            version = f.attrs.get("version")
+            if "results" not in f or "heap" not in f or version not in (2, 3):
+                raise ValueError("no /results and /heap of layout version 2 or 3")
+            session = f.attrs["session"]
+            session = session.decode() if isinstance(session, bytes) else str(session)
+            results, heap_ds = f["results"], f["heap"]
+            statuses, kinds = names(results.dtype["status"]), names(results.dtype["value_kind"])
+            heap_size = int(heap_ds.size)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+        texts = [k for k in _TEXT_FIELDS if k in results.dtype.names]  # version 2 has no stdout, stderr
+        n = len(results)
+
         if job_ids is None:
-            rows = results[()]
-            index = np.flatnonzero(rows["status"])
-            rows = rows[index]
+            wanted = None
         else:
             wanted = set()
             for job_id in job_ids:
@@ -134,19 +187,54 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
                     raise ValueError(f"{job_id!r} is not a dynexec job ID")
                 if head != session:
                     raise ValueError(f"job {job_id} is not of session {session}, whose archive is {path}")
-                if int(seq) <= len(results):
+                if int(seq) <= n:
                     wanted.add(int(seq) - 1)
-            index = np.array(sorted(wanted), dtype=np.int64)
-            rows = results[index] if len(index) else results[:0]
-            keep = rows["status"] != 0
-            index, rows = index[keep], rows[keep]
+            wanted = sorted(wanted)
+
+        def rows():  # (row index, row or the exception that kept HDF5 from reading it), rows of a result only
+            def one_by_one(indices):
+                for i in indices:
+                    try:
+                        yield i, results[i]
+                    except Exception as exc:
+                        yield i, exc
+            if wanted is None:
+                try:
+                    blocks = [(0, results[()])]  # the usual case: one read
+                except Exception:
+                    blocks = []
+                    for start in range(0, n, _ROWS_PER_READ):
+                        stop = min(n, start + _ROWS_PER_READ)
+                        try:
+                            blocks.append((start, results[start:stop]))
+                        except Exception:  # a damaged chunk: read what can be read of it
+                            yield from ((i, r) for i, r in one_by_one(range(start, stop))
+                                        if isinstance(r, Exception) or r["status"] != 0)
+                for start, block in blocks:
+                    for k in np.flatnonzero(block["status"]):
+                        yield start + int(k), block[k]
+                return
+            try:
+                block = results[np.array(wanted, dtype=np.int64)] if wanted else results[:0]
+                pairs = zip(wanted, block)
+            except Exception:
+                pairs = one_by_one(wanted)
+            yield from ((i, r) for i, r in pairs if isinstance(r, Exception) or r["status"] != 0)
+
         # Small heaps are read whole; from a big one, only the slices asked for.
-        whole = heap_ds[()].tobytes() if job_ids is None and heap_ds.size <= 1 << 28 else None
+        whole = None
+        if job_ids is None and heap_size <= 1 << 28:
+            try:
+                whole = heap_ds[()].tobytes()
+            except Exception:  # a damaged chunk: read slice by slice, so that only the rows using it suffer
+                whole = None
 
         def heap(ref):
             offset, size = int(ref[0]), int(ref[1])
             if size == 0:
                 return b""
+            if offset > heap_size or size > heap_size - offset:  # a damaged reference: never read past the end
+                raise ValueError(f"its slice [{offset}, +{size}) lies past the end of /heap ({heap_size} bytes)")
             return whole[offset:offset + size] if whole is not None else heap_ds[offset:offset + size].tobytes()
 
         def value_of(job_id, row, kind, status):
@@ -160,8 +248,14 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
             if kind == "array":
                 if stored is not None:
                     return stored
-                shape = tuple(int(d) for d in row["shape"][:int(row["ndim"])])
-                return np.frombuffer(heap(row["value"]), dtype=row["dtype"].decode()).reshape(shape).copy()
+                dtype, ndim = row["dtype"].decode("ascii", "replace"), int(row["ndim"])
+                if dtype not in _ARRAY_DTYPES or ndim > 8:
+                    raise ValueError(f"its array has dtype {dtype!r} and {ndim} dimensions, which dynexec never writes")
+                shape = tuple(int(d) for d in row["shape"][:ndim])
+                data = heap(row["value"])
+                if int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize != len(data):
+                    raise ValueError(f"its array of shape {shape} and dtype {dtype} does not fit its {len(data)} bytes")
+                return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
             raw = stored.tobytes() if stored is not None else heap(row["value"])
             if kind == "str":
                 return raw.decode("utf-8")
@@ -169,22 +263,46 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
                 return raw
             try:
                 return pickle.loads(raw)
-            except Exception:
-                if status == "ok":
-                    raise
-                return raw  # an exception whose class is not importable here
+            except Exception as exc:
+                raise _decode_error(job_id, exc, "result" if status == "ok" else "exception") from exc
+
+        def record(job_id, row):
+            rec = {"job_id": job_id, "status": None, "value_kind": None, "value": None,
+                   **{k: "" for k in _TEXT_FIELDS}, "submit_time": 0.0, "start_time": 0.0, "end_time": 0.0,
+                   "attempts": 0, "decode_error": None}
+            if isinstance(row, Exception):
+                rec["decode_error"] = f"job {job_id}: row {int(job_id[-10:]) - 1} of /results cannot be read: {row}"
+                return rec
+            problems = []
+            code, kind_code = int(row["status"]), int(row["value_kind"])
+            rec["status"], rec["value_kind"] = statuses.get(code), kinds.get(kind_code)
+            if rec["status"] is None:
+                problems.append(f"its status code {code} is unknown")
+            for k in texts:
+                try:
+                    rec[k] = heap(row[k]).decode("utf-8")
+                except Exception as exc:
+                    problems.append(f"its {k} cannot be read: {exc}")
+            for k in ("submit_time", "start_time", "end_time"):
+                rec[k] = float(row[k])
+            rec["attempts"] = int(row["attempts"])
+            if rec["value_kind"] is None:
+                problems.append(f"its value kind code {kind_code} is unknown")
+            else:
+                try:
+                    rec["value"] = value_of(job_id, row, rec["value_kind"], rec["status"])
+                except ResultDecodeError as exc:
+                    problems.append(str(exc).removeprefix(f"job {job_id}: "))
+                except Exception as exc:
+                    problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
+            if problems:
+                rec["decode_error"] = f"job {job_id}: " + "; ".join(problems)
+            return rec
 
         out = {}
-        for i, row in zip(index, rows):
+        for i, row in rows():
             job_id = f"{session}-{int(i) + 1:010d}"
-            status, kind = statuses[int(row["status"])], kinds[int(row["value_kind"])]
-            out[job_id] = {
-                "job_id": job_id, "status": status, "value_kind": kind, "value": value_of(job_id, row, kind, status),
-                **{k: heap(row[k]).decode("utf-8")
-                   for k in ("error_type", "message", "traceback", "owner", "service", "server")},
-                "submit_time": float(row["submit_time"]), "start_time": float(row["start_time"]),
-                "end_time": float(row["end_time"]), "attempts": int(row["attempts"]),
-            }
+            out[job_id] = record(job_id, row)
         return out
 
 
@@ -199,3 +317,19 @@ def find(job_id: str, archive: str | os.PathLike | None = None) -> Result:
     if r is None:
         raise ResultNotFoundError(f"no result for job {job_id} in archive {directory}")
     return Result.from_core(r)
+
+
+def _value(self):
+    error = self.__dict__.get("decode_error")
+    if error is not None:
+        raise error
+    return self.__dict__["value"]
+
+
+def _set_value(self, value):  # only the dataclass __init__ sets it
+    self.__dict__["value"] = value
+
+
+# `value` raises the decode error instead of passing for a None: the archive never says what it does not know.
+Result.value = property(_value, _set_value, doc="The job's return value; raises ResultDecodeError if it cannot be "
+                                                "decoded in this process.")
