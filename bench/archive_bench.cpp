@@ -41,7 +41,7 @@ std::vector<Result> small_batch(JobIdGenerator& ids, std::size_t n) {
     return batch;
 }
 
-// One group commit of `range(0)` small int results: write, then flush, as the results manager does.
+// One group commit of `range(0)` small int results: write (which flushes), as the results manager does.
 void BM_WriteSmallInts(benchmark::State& state) {
     Scratch s;
     JobIdGenerator ids;
@@ -52,13 +52,12 @@ void BM_WriteSmallInts(benchmark::State& state) {
         auto batch = small_batch(ids, n);
         state.ResumeTiming();
         archive.write(batch);
-        archive.flush();
     }
     state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
 BENCHMARK(BM_WriteSmallInts)->Arg(1)->Arg(16)->Arg(1024)->Arg(4096)->UseRealTime();
 
-// One float64 array of range(0) MiB per result, each written and flushed (as the results manager
+// One float64 array of range(0) MiB per result, each written (write() flushes, as the results manager needs)
 // does), into a file that keeps growing.
 void BM_WriteLargeArray(benchmark::State& state) {
     Scratch s;
@@ -69,7 +68,6 @@ void BM_WriteLargeArray(benchmark::State& state) {
     for (std::size_t i = 0; i < span.size(); ++i) span[i] = double(i);
     for (auto _ : state) {
         archive.write({testing::ok_result(ids.next(), array)});
-        archive.flush();
     }
     state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(bytes));
 }
@@ -89,7 +87,6 @@ void BM_LikeDdArchive(benchmark::State& state) {
             ResultsArchive archive(s.dir, ids.session());
             for (std::size_t i = 0; i < count; ++i) {
                 archive.write({testing::ok_result(ids.next(), array)});
-                archive.flush();
             }
             int fd = ::open(archive.file().c_str(), O_RDONLY | O_CLOEXEC);
             if (fd < 0 || ::fdatasync(fd) != 0) state.SkipWithError("fdatasync of the archive failed");
