@@ -94,6 +94,15 @@ void Hub::reply_error(const std::string& to, std::uint64_t id, const std::except
     out_.push(to, wire::encode(r));
 }
 
+// A client's request answered at once: `fill` sets the reply's fields.
+template <class Fill> void Hub::answer(const std::string& to, wire::Frames& frames, Fill fill) {
+    auto m = wire::decode<wire::Request>(frames);
+    wire::Reply r;
+    r.id = m.id;
+    fill(m, r);
+    out_.push(to, wire::encode(r));
+}
+
 void Hub::handle(const std::string& from, wire::Frames& frames) {
     switch (wire::type_of(frames)) {
     case wire::Type::hello_server: {
@@ -227,38 +236,20 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
         });
         break;
     }
-    case wire::Type::kill: {
-        auto m = wire::decode<wire::Request>(frames);
-        wire::Reply r;
-        r.id = m.id;
-        r.flag = hooks_.kill(m.job_id, Status::killed);
-        out_.push(from, wire::encode(r));
+    case wire::Type::kill:
+        answer(from, frames, [&](const wire::Request& m, wire::Reply& r) { r.flag = hooks_.kill(m.job_id, Status::killed); });
         break;
-    }
-    case wire::Type::backlog: {
-        auto m = wire::decode<wire::Request>(frames);
-        wire::Reply r;
-        r.id = m.id;
-        r.backlog = hooks_.backlog();
-        out_.push(from, wire::encode(r));
+    case wire::Type::backlog:
+        answer(from, frames, [&](const wire::Request&, wire::Reply& r) { r.backlog = hooks_.backlog(); });
         break;
-    }
-    case wire::Type::state: {
-        auto m = wire::decode<wire::Request>(frames);
-        wire::Reply r;
-        r.id = m.id;
-        if (auto st = hooks_.state(m.job_id)) r.message = *st == JobState::running ? "running" : "queued";
-        out_.push(from, wire::encode(r));
+    case wire::Type::state:
+        answer(from, frames, [&](const wire::Request& m, wire::Reply& r) {
+            if (auto st = hooks_.state(m.job_id)) r.message = *st == JobState::running ? "running" : "queued";
+        });
         break;
-    }
-    case wire::Type::servers: {
-        auto m = wire::decode<wire::Request>(frames);
-        wire::Reply r;
-        r.id = m.id;
-        r.servers = hooks_.servers();
-        out_.push(from, wire::encode(r));
+    case wire::Type::servers:
+        answer(from, frames, [&](const wire::Request&, wire::Reply& r) { r.servers = hooks_.servers(); });
         break;
-    }
     case wire::Type::shutdown: {
         auto m = wire::decode<wire::Request>(frames);
         wire::Reply r;

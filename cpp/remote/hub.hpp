@@ -55,6 +55,7 @@ private:
     void handle(const std::string& from, wire::Frames& frames);
     void on_registry_event(const RegistryEvent& ev);
     void reply_error(const std::string& to, std::uint64_t id, const std::exception& e);
+    template <class Fill> void answer(const std::string& to, wire::Frames& frames, Fill fill);
 
     LookupRegistry& registry_;
     HubOptions options_;

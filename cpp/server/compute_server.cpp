@@ -80,12 +80,7 @@ void ComputeServer::execute(Item& item) {
     bool started = job.try_start(item.attempt);
     if (started) {
         item.sink->started(job.id, item.attempt);
-        Result r;
-        r.job_id = job.id;
-        r.owner = job.owner;
-        r.service = job.service;
-        r.server = id_;
-        r.submit_time = job.submit_time;
+        Result r = result_of(job);
         auto t0 = SteadyClock::instance().now();
         r.start_time = wall_time();
         {
@@ -143,14 +138,19 @@ void ComputeServer::execute(Item& item) {
     --stats_.in_flight;
 }
 
-Result ComputeServer::stopped_result(const Running& run) const {
-    auto& job = *run.job;
+Result ComputeServer::result_of(const Job& job) const {
     Result r;
     r.job_id = job.id;
     r.owner = job.owner;
     r.service = job.service;
     r.server = id_;
     r.submit_time = job.submit_time;
+    return r;
+}
+
+Result ComputeServer::stopped_result(const Running& run) const {
+    auto& job = *run.job;
+    Result r = result_of(job);
     r.start_time = run.start_wall;
     r.end_time = wall_time();
     r.status = run.stop;

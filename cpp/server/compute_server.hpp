@@ -66,6 +66,8 @@ private:
     };
     void pump();
     void execute(Item& item);
+    // A result with what the job says of itself filled in.
+    Result result_of(const Job& job) const;
     // The result of a job stopped before it returned. Needs mu_.
     Result stopped_result(const Running& r) const;
     // Marks a stop request; returns the result to send now if the job is given up on at once. Needs mu_.

@@ -149,6 +149,8 @@ class Executor(_Executor):
         core; False runs them as threads of this process (Python jobs then share the GIL).
     connect: a cluster's connection file (see `python -m dynexec.cluster`): submit to that cluster instead
         of starting servers here; max_workers, policy, archive and the server settings belong to the cluster.
+    time_limit, retries: defaults for every job's options (see options()): seconds a job may run (None: no
+        limit) and how often a job that raises is run again (0).
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job). Not with connect=; with
         processes=False, jobs print here directly anyway.
