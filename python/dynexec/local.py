@@ -39,7 +39,9 @@ class LocalServers:
                "--slots", str(self._slots), "--threads", str(self._threads), "--parent-pid", str(os.getpid())]
         # Like multiprocessing's spawn: the servers import what this process can (callables pickled by reference).
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + [p for p in sys.path if p]))
-        new = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env) for _ in range(n)]
+        # A process group of their own: Ctrl-C in a terminal or Jupyter's interrupt (SIGINT to the caller's
+        # group) interrupts the caller only. They still leave when it is gone (--parent-pid).
+        new = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, process_group=0) for _ in range(n)]
         self.procs += new
         return new
 
