@@ -3,8 +3,7 @@
 Registers with the head named in the connection file, on a lease it renews, runs the jobs it is sent
 (Python callables and native services) and sends the results back. Under mpirun, every rank becomes one
 compute server (run by a child process of the rank, so that kill -9 of one server does not make mpirun
-abort the others). It leaves when the head says stop, when the head falls silent (unless started by a
-local Executor with --parent-pid: then when that process is gone), or on SIGTERM/SIGINT.
+abort the others). It leaves when the head says stop, when the head falls silent, or on SIGTERM/SIGINT.
 """
 import argparse
 import os
@@ -17,10 +16,6 @@ from . import _core, connection
 
 
 def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0) -> int:
-    if parent_pid:
-        # The head is in the parent: it may be silent for long (stopped with Ctrl-Z or SIGSTOP, a debugger)
-        # and still come back. The parent watch is what ends this server.
-        head_timeout = float("inf")
     host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["client_public_key"],
                             info["client_secret_key"], slots, threads, parent_pid, head_timeout)
     # Python runs signal handlers in the main thread only, between bytecodes: host.run() goes in another
@@ -75,7 +70,8 @@ def main(argv=None):
                         "by `dynexec.cluster --publish NAME`; the secret still comes from --join FILE")
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--head-timeout", type=float, default=10.0,
-                   help="leave after this many seconds without a word from the head (default 10)")
+                   help="leave after this many seconds without a word from the head (default 10; inf: never, "
+                        "for a head that may be stopped and resumed, with --parent-pid to leave when it is gone)")
     a = p.parse_args(argv)
     if a.slots < 1:
         p.error("--slots must be at least 1")
