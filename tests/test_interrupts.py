@@ -189,6 +189,25 @@ def test_ctrl_c_inside_with_cancels_the_backlog_and_exits(script):
     assert wait_gone(s.server_pids) == []
 
 
+def test_a_script_interrupted_outside_with_exits_without_running_the_backlog(script):
+    s = script("""
+        import time, dynexec
+        from concurrent.futures import wait
+        ex = dynexec.Executor(max_workers=2, archive=False)
+        print("servers", *sorted(x["pid"] for x in ex.servers()))
+        futures = [ex.submit(time.sleep, 0.02) for _ in range(20_000)]
+        print("waiting")
+        wait(futures)  # Ctrl-C here is not caught: the exit hook shuts the executor down
+    """)
+    s.expect("servers")
+    s.expect("waiting")
+    time.sleep(0.5)
+    s.signal_group(signal.SIGINT)
+    assert s.wait(30) in (-signal.SIGINT, 130)
+    assert "KeyboardInterrupt" in s.err()
+    assert wait_gone(s.server_pids) == []
+
+
 def test_a_second_ctrl_c_during_the_exit_ends_the_process(script):
     # The running jobs take 600 s: the first Ctrl-C's shutdown waits for them, the second must not. Servers
     # in threads of the script: a job started there cannot be taken back.

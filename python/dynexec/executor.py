@@ -352,9 +352,11 @@ class Executor(_Executor):
 
         if self._interrupted or interrupted:
             self.shutdown(wait=False, cancel_futures=True)
-            if not _wait_for(self._engine_done, _EXIT_GRACE):
-                print("dynexec: exiting without waiting for running jobs (the Executor's shutdown was "
-                      "interrupted)", file=sys.stderr)
+            deadline = time.monotonic() + _EXIT_GRACE
+            if _wait_for(self._engine_done, _EXIT_GRACE):
+                self._collector.join(max(0.0, deadline - time.monotonic()))  # it ends once idle
+            else:
+                print("dynexec: exiting without waiting for running jobs (interrupted)", file=sys.stderr)
             return
         self.shutdown(wait=False)
         lonely_since = None
@@ -480,7 +482,7 @@ def _shutdown_all():
         for ex in executors:
             ex._shutdown_at_exit(interrupted)
         if interrupted or any(ex._interrupted for ex in executors):
-            if not all(ex._engine_done.is_set() for ex in executors):
+            if not all(ex._engine_done.is_set() and not ex._collector.is_alive() for ex in executors):
                 _exit_now()
             return  # what it was told to stop waiting for, it does not wait for here either
         waited = {ex._collector for ex in executors}
