@@ -12,9 +12,18 @@ namespace dynexec {
 
 class LeaseReaper {
 public:
+    // A call far later than `period` means the whole process was stopped, not that every server died: the
+    // registry then extends the leases it could not have seen renewed (see LookupRegistry::detect_stalls).
     LeaseReaper(LookupRegistry& registry, Duration period)
-        : thread_(period, [&registry] { registry.expire_due(); }) {}
+        : thread_(period, [&registry] { registry.expire_due(); }) {
+        registry.detect_stalls(stall_gap(period));
+    }
     void stop() { thread_.stop(); }
+
+    // Far beyond scheduling delays on a busy machine, and well below a lease's renewal margin.
+    static Duration stall_gap(Duration period) {
+        return std::max(Duration(period * 50), Duration(std::chrono::milliseconds(250)));
+    }
 
 private:
     PeriodicThread thread_;

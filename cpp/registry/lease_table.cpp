@@ -51,4 +51,14 @@ std::optional<TimePoint> LeaseTable::next_expiry() const {
     return next;
 }
 
+std::size_t LeaseTable::extend_stalled(TimePoint since, TimePoint now) {
+    std::size_t n = 0;
+    for (auto& [id, l] : leases_)
+        if (l.expiry > since && l.expiry < now + l.duration) {
+            l.expiry = now + l.duration;
+            ++n;
+        }
+    return n;
+}
+
 } // namespace dynexec

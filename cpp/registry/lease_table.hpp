@@ -23,6 +23,9 @@ public:
     // Removes and returns every lease whose expiry is at or before `now`, oldest first.
     std::vector<std::string> take_expired(TimePoint now);
     std::optional<TimePoint> next_expiry() const;
+    // After a stall of the owner (no renewal could be seen from `since` to `now`): every lease still live
+    // at `since` runs at least its full duration from `now`. Returns how many were extended.
+    std::size_t extend_stalled(TimePoint since, TimePoint now);
     std::size_t size() const { return leases_.size(); }
 
 private:

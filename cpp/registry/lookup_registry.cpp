@@ -15,6 +15,7 @@ Entry LookupRegistry::join(Registration reg, Duration lease) {
     static_cast<Registration&>(e) = std::move(reg);
     {
         std::lock_guard lk(mu_);
+        catch_up_locked(clock_.now());
         e.id = fmt::format("{}-{}", e.kind == Kind::compute_server ? "server" : "balancer", ++next_id_);
         e.expiry = leases_.grant(e.id, lease, clock_.now());
         entries_[e.id] = e;
@@ -27,6 +28,7 @@ Entry LookupRegistry::join(Registration reg, Duration lease) {
 
 bool LookupRegistry::renew(const std::string& id, const std::optional<ServerStats>& stats) {
     std::lock_guard lk(mu_);
+    catch_up_locked(clock_.now());
     auto expiry = leases_.renew(id, clock_.now());
     if (!expiry) return false;
     auto& e = entries_.at(id);
@@ -39,6 +41,7 @@ bool LookupRegistry::cancel(const std::string& id, std::string reason, bool clea
     std::vector<RegistryEvent> events;
     {
         std::lock_guard lk(mu_);
+        catch_up_locked(clock_.now());
         if (!leases_.cancel(id)) return false;
         events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), std::move(reason), clean, died});
         entries_.erase(id);
@@ -53,7 +56,9 @@ void LookupRegistry::expire_due() {
     std::vector<RegistryEvent> events;
     {
         std::lock_guard lk(mu_);
-        for (auto& id : leases_.take_expired(clock_.now())) {
+        auto now = clock_.now();
+        catch_up_locked(now);
+        for (auto& id : leases_.take_expired(now)) {
             events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "lease expired"});
             entries_.erase(id);
             std::erase(order_, id);
@@ -61,6 +66,18 @@ void LookupRegistry::expire_due() {
         }
     }
     if (!events.empty()) notify(events);
+}
+
+void LookupRegistry::detect_stalls(Duration gap) {
+    std::lock_guard lk(mu_);
+    stall_gap_ = gap;
+    last_alive_ = clock_.now();
+}
+
+void LookupRegistry::catch_up_locked(TimePoint now) {
+    if (stalled_locked(now) && leases_.extend_stalled(last_alive_, now))
+        for (auto& [id, e] : entries_) e.expiry = leases_.expiry(id).value_or(e.expiry);
+    last_alive_ = std::max(last_alive_, now);
 }
 
 void LookupRegistry::set_services(const std::string& id, std::vector<ServicePtr> services) {
@@ -83,7 +100,7 @@ std::vector<Entry> LookupRegistry::lookup(Kind kind, std::optional<std::string_v
     for (auto& id : order_) {
         auto& e = entries_.at(id);
         // A lease past its expiry is gone even before the reaper has removed it.
-        if (e.kind != kind || e.expiry <= now) continue;
+        if (e.kind != kind || lapsed_locked(e, now)) continue;
         if (service && !e.offers(*service)) continue;
         out.push_back(e);
     }
@@ -101,7 +118,7 @@ ServicePtr LookupRegistry::find_service(std::string_view service) const {
     std::lock_guard lk(mu_);
     auto now = clock_.now();
     for (auto& [id, e] : entries_)
-        if (e.expiry > now)
+        if (!lapsed_locked(e, now))
             for (auto& s : e.services)
                 if (s->name == service) return s;
     return nullptr;

@@ -59,7 +59,7 @@ class LookupRegistry {
 public:
     using Listener = std::function<void(const RegistryEvent&)>;
 
-    explicit LookupRegistry(const Clock& clock = SteadyClock::instance()) : clock_(clock) {}
+    explicit LookupRegistry(const Clock& clock = SteadyClock::instance()) : clock_(clock), last_alive_(clock.now()) {}
     // Drops the entries first: a proxy released here may unsubscribe from this registry on its way out.
     ~LookupRegistry() { std::exchange(entries_, {}).clear(); }
 
@@ -72,6 +72,10 @@ public:
     bool cancel(const std::string& id, std::string reason = "cancelled", bool clean = true, bool died = false);
     // Removes every entry whose lease has run out; listeners hear of each.
     void expire_due();
+    // Calls (expire_due, renewals, ...) more than `gap` apart mean this whole process was stopped (SIGSTOP,
+    // Ctrl-Z): no renewal could have been seen meanwhile, so every lease live before the gap runs its full
+    // duration from the first call after it instead of all expiring at once. Off until called.
+    void detect_stalls(Duration gap);
     // Replaces what a compute server offers (after a plugin loads).
     void set_services(const std::string& id, std::vector<ServicePtr> services);
 
@@ -90,6 +94,12 @@ public:
 
 private:
     void notify(const std::vector<RegistryEvent>& events);
+    bool stalled_locked(TimePoint now) const { return now - last_alive_ > stall_gap_; }
+    // Past its expiry, unless that is only because of a stall not caught up with yet.
+    bool lapsed_locked(const Entry& e, TimePoint now) const {
+        return e.expiry <= now && !(stalled_locked(now) && e.expiry > last_alive_);
+    }
+    void catch_up_locked(TimePoint now);
 
     const Clock& clock_;
     mutable std::mutex mu_;
@@ -98,6 +108,8 @@ private:
     std::vector<std::string> order_; // registration order
     std::uint64_t next_id_ = 0;
     std::atomic<std::uint64_t> generation_{0};
+    Duration stall_gap_ = Duration::max();
+    TimePoint last_alive_; // the last call that could have seen a renewal
 
     std::mutex listeners_mu_; // held while notifying: events reach each listener in order
     std::vector<std::pair<int, Listener>> listeners_;

@@ -1,3 +1,4 @@
+#include "registry/lease_drivers.hpp"
 #include "registry/lookup_registry.hpp"
 #include "testing/fakes.hpp"
 
@@ -106,4 +107,82 @@ TEST_F(RegistryTest, SetServicesChangesWhatIsOffered) {
     registry.set_services(a.id, {test_service("new.one")});
     EXPECT_TRUE(registry.lookup(Kind::compute_server, "test.echo").empty());
     EXPECT_EQ(registry.lookup(Kind::compute_server, "new.one").size(), 1u);
+}
+
+TEST(LeaseTable, ExtendStalledGivesLeasesLiveBeforeTheStallAFullDurationFromNow) {
+    LeaseTable t;
+    TimePoint now{};
+    t.grant("gone", 1s, now);   // ran out before the stall began: stays due
+    t.grant("short", 3s, now);  // ran out during the stall
+    t.grant("long", 60s, now);  // live, but its renewals during the stall were not seen either
+    auto since = now + 2s, resumed = now + 10s;
+    EXPECT_EQ(t.extend_stalled(since, resumed), 2u);
+    EXPECT_EQ(t.expiry("short"), resumed + 3s);
+    EXPECT_EQ(t.expiry("long"), resumed + 60s);
+    EXPECT_EQ(t.extend_stalled(resumed, resumed), 0u); // already a full duration ahead
+    EXPECT_EQ(t.take_expired(resumed), std::vector<std::string>{"gone"});
+}
+
+// The reaper runs every few ms; a gap of seconds means the whole process was stopped (SIGSTOP, Ctrl-Z),
+// during which the servers' renewals could not be read: they must not all be dropped at once.
+TEST_F(RegistryTest, AStalledProcessKeepsTheLeasesItCouldNotSeeRenewed) {
+    registry.detect_stalls(250ms);
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    auto b = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    Registration lb;
+    lb.kind = Kind::load_balancer;
+    auto c = registry.join(lb, 2s);
+    clock.advance(10s); // stopped for far longer than the lease
+    // Before the reaper has caught up, lookups do not declare them gone (nor start a second balancer).
+    EXPECT_EQ(registry.lookup(Kind::compute_server).size(), 2u);
+    EXPECT_EQ(registry.lookup(Kind::load_balancer).size(), 1u);
+    registry.expire_due();
+    EXPECT_EQ(events.size(), 3u); // joins only: nobody left
+    EXPECT_EQ(registry.get(a.id)->expiry, clock.now() + 2s);
+    ASSERT_TRUE(registry.renew(b.id)); // the renewals queued during the stall arrive
+    ASSERT_TRUE(registry.renew(c.id));
+    // a has really died: once the process runs normally, its lease runs out as usual.
+    for (int i = 0; i < 25; ++i) {
+        clock.advance(100ms);
+        registry.expire_due();
+        if (i % 5 == 0) {
+            registry.renew(b.id);
+            registry.renew(c.id);
+        }
+    }
+    ASSERT_EQ(events.size(), 4u);
+    EXPECT_EQ(events[3].entry.id, a.id);
+    EXPECT_EQ(events[3].reason, "lease expired");
+    EXPECT_TRUE(registry.get(b.id));
+}
+
+TEST_F(RegistryTest, ARenewalAfterAStallIsHonouredBeforeTheReaperRuns) {
+    registry.detect_stalls(250ms);
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    clock.advance(5s);
+    EXPECT_TRUE(registry.renew(a.id)); // the hub's thread may wake before the reaper's
+    registry.expire_due();
+    EXPECT_EQ(events.size(), 1u);
+}
+
+TEST_F(RegistryTest, WithoutStallDetectionOrForShortGapsLeasesRunOutOnTime) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    clock.advance(5s);
+    EXPECT_FALSE(registry.renew(a.id));
+    registry.expire_due();
+    ASSERT_EQ(events.size(), 2u);
+
+    registry.detect_stalls(250ms);
+    auto b = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    for (int i = 0; i < 21; ++i) { // the reaper keeps its pace: an unrenewed lease expires
+        clock.advance(100ms);
+        registry.expire_due();
+    }
+    ASSERT_EQ(events.size(), 4u);
+    EXPECT_EQ(events[3].entry.id, b.id);
+}
+
+TEST(LeaseReaper, StallGapIsFarAboveItsPeriod) {
+    EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(5)), std::chrono::milliseconds(250));
+    EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(100)), std::chrono::seconds(5));
 }

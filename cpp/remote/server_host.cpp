@@ -96,6 +96,10 @@ int ServerHost::run() {
         send_to(sock, "", frames);
     };
     hello();
+    // Between a hello and its welcome, more `expired` answers (to renewals sent before) must not register
+    // this server a second time; a hello left unanswered for long is sent again.
+    bool registering = true;
+    auto hello_sent = Clock::now();
 
     auto renew_every = std::chrono::milliseconds(250);
     auto head_timeout = std::chrono::duration<double>(options_.head_timeout);
@@ -114,6 +118,7 @@ int ServerHost::run() {
                     switch (wire::type_of(frames)) {
                     case wire::Type::welcome: {
                         auto w = wire::decode<wire::Welcome>(frames);
+                        registering = false;
                         std::lock_guard lk(mu_);
                         id_ = w.id;
                         renew_every = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -168,9 +173,13 @@ int ServerHost::run() {
                         }
                         break;
                     }
-                    case wire::Type::expired:
-                        hello();
-                        break; // our lease lapsed: register anew
+                    case wire::Type::expired: // our lease lapsed: register anew, once
+                        if (!registering || Clock::now() - hello_sent > std::chrono::seconds(2)) {
+                            registering = true;
+                            hello_sent = Clock::now();
+                            hello();
+                        }
+                        break;
                     case wire::Type::load_plugin: {
                         auto path = wire::decode<wire::Request>(frames).job_id;
                         try {

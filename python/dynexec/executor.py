@@ -380,32 +380,105 @@ class Executor(_Executor):
         return find(job_id, self._archive)
 
     # -- shutting down ----------------------------------------------------------------------------
+    _closer: threading.Thread | None = None  # runs the engine's shutdown, which cannot be interrupted
+    _close_error: BaseException | None = None
+    _interrupted = False  # a wait in shutdown() was cut short by Ctrl-C: the exit hook waits only briefly
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # Ctrl-C leaving the block cancels what has not started, instead of running the whole backlog first.
+        self.shutdown(wait=True, cancel_futures=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        return False
+
     def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._lock:
-            first = not self._shutdown
-            self._shutdown = True
-            queued = list(self._futures.values()) if cancel_futures else []
-        # Cancel queued jobs before returning, as concurrent.futures does, also with wait=False or on a second
-        # call (the engine's own cancel_pending happens later, in the closing thread, and its shutdown(False, True)
-        # would block until running jobs end). Those already started just say so.
-        for future in queued:
-            future.cancel()
-        if first:
-            self._closing.set()
-            def close():
-                self._engine.shutdown(True, cancel_futures)
-                if self._echo is not None:  # every result is in, and output travels ahead of its result
-                    self._echo.stop()
-                if self._local is not None:  # the head has told them to leave
-                    self._local.stop()
-                self._engine_done.set()
+        try:
+            with self._lock:
+                self._shutdown = True
+                queued = list(self._futures.values()) if cancel_futures else []
+            # Cancel queued jobs before returning, as concurrent.futures does, also with wait=False or on a second
+            # call (the engine's own cancel_pending happens later, in the closing thread, and its
+            # shutdown(False, True) would block until running jobs end). Those already started just say so.
+            for future in queued:
+                future.cancel()
+            with self._lock:
+                closer = None
+                if self._closer is None:
+                    self._closing.set()
+                    closer = self._closer = threading.Thread(target=self._close, args=(cancel_futures,),
+                                                             name="dynexec-shutdown", daemon=True)
+            if closer is not None:
+                closer.start()
             if wait:
-                close()
+                # The engine's shutdown runs on the closer thread, so that Ctrl-C reaches this one at once.
+                _wait_for(self._engine_done)
+                _join(self._collector)
+                if self._close_error is not None:
+                    raise self._close_error
+        except KeyboardInterrupt:
+            self._interrupted = True
+            raise
+
+    def _close(self, cancel_futures: bool) -> None:
+        try:
+            self._engine.shutdown(True, cancel_futures)
+            if self._echo is not None:  # every result is in, and output travels ahead of its result
+                self._echo.stop()
+            if self._local is not None:  # the head has told them to leave
+                self._local.stop()
+        except BaseException as exc:
+            self._close_error = exc
+        finally:
+            self._engine_done.set()
+
+    def _shutdown_at_exit(self, interrupted: bool = False) -> None:
+        """shutdown() at interpreter exit, which must end: it never waits for long after an interrupted
+        shutdown or script (`interrupted`), nor for jobs that no compute server is there to run."""
+        import sys
+
+        if self._interrupted or interrupted:
+            self.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + _EXIT_GRACE
+            if _wait_for(self._engine_done, _EXIT_GRACE):
+                self._collector.join(max(0.0, deadline - time.monotonic()))  # it ends once idle
             else:
-                threading.Thread(target=close, name="dynexec-shutdown", daemon=True).start()
-        if wait:
-            self._engine_done.wait()
-            self._collector.join()
+                print("dynexec: exiting without waiting for running jobs (interrupted)", file=sys.stderr)
+            return
+        self.shutdown(wait=False)
+        lonely_since = None
+        while not _wait_for(self._engine_done, 0.25):
+            with self._lock:
+                waiting = len(self._futures)
+            try:
+                lonely = waiting > 0 and not self._engine.servers()
+            except Exception:  # e.g. a cluster no longer answering: that is not "no servers"
+                lonely = False
+            if not lonely:
+                lonely_since = None
+            elif lonely_since is None:
+                lonely_since = time.monotonic()
+            elif time.monotonic() - lonely_since > _NO_SERVER_GRACE:
+                print(f"dynexec: at exit, no compute server is registered to run {waiting} waiting job(s); "
+                      f"cancelled what had not started", file=sys.stderr)
+                self.shutdown(wait=False, cancel_futures=True)
+                lonely_since = float("inf")  # said once; the cancelled ones settle now
+        _join(self._collector)
+
+
+_EXIT_GRACE = 2.0  # seconds the exit hook gives running jobs after an interrupted shutdown
+_NO_SERVER_GRACE = 3.0  # seconds jobs may wait at exit with no compute server registered (one may join)
+
+
+def _wait_for(event: threading.Event, timeout: float | None = None) -> bool:
+    """event.wait(timeout), in short slices so that Ctrl-C is seen at once."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not event.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def _join(thread: threading.Thread) -> None:
+    while thread.is_alive():
+        thread.join(0.1)
 
 
 class JobOptions:
@@ -540,10 +613,40 @@ def _run_chunk(fn, chunk):
 
 
 def _shutdown_all():
-    for ex in list(_live_executors):
-        ex.shutdown(wait=True)
-    for collector in list(_collectors):  # those of dropped executors close their engines themselves
-        collector.join()
+    import sys
+
+    # The script itself ended on Ctrl-C (Python sets last_type for an exception it reports at exit): it wants
+    # out, not the rest of the backlog.
+    interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
+    try:
+        executors = list(_live_executors)
+        for ex in executors:
+            ex._shutdown_at_exit(interrupted)
+        if interrupted or any(ex._interrupted for ex in executors):
+            if not all(ex._engine_done.is_set() and not ex._collector.is_alive() for ex in executors):
+                _exit_now()
+            return  # what it was told to stop waiting for, it does not wait for here either
+        waited = {ex._collector for ex in executors}
+        for collector in list(_collectors):  # those of dropped executors close their engines themselves
+            if collector not in waited:
+                _join(collector)
+    except KeyboardInterrupt:  # Ctrl-C while exiting: exit now (local servers leave when this process is gone)
+        print("dynexec: interrupted at exit; not waiting for running jobs", file=sys.stderr)
+        _exit_now()
+
+
+def _exit_now(code: int = 130) -> None:
+    """Ends the process at once, as a shell reports Ctrl-C (128 + SIGINT): an engine still shutting down has
+    threads that the interpreter's finalization and C++ static destructors would trip over (std::terminate).
+    Local servers leave when they see this process gone."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 threading._register_atexit(_shutdown_all)  # before threads are joined at exit, as concurrent.futures does

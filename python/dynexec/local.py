@@ -48,11 +48,16 @@ class LocalServers:
         self.connection_file = connection.write(self._dir / "connection.json", endpoint, keys)
 
     def start(self, n: int) -> list[subprocess.Popen]:
+        # The head is this process: silent for long when it is stopped (Ctrl-Z, SIGSTOP, a debugger), it still
+        # comes back, so they do not leave on its silence (--head-timeout inf) but when it is gone (--parent-pid).
         cmd = [sys.executable, "-m", "dynexec.server", "--join", str(self.connection_file),
-               "--slots", str(self._slots), "--threads", str(self._threads), "--parent-pid", str(os.getpid())]
+               "--slots", str(self._slots), "--threads", str(self._threads), "--parent-pid", str(os.getpid()),
+               "--head-timeout", "inf"]
         # Like multiprocessing's spawn: the servers import what this process can (callables pickled by reference).
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + [p for p in sys.path if p]))
-        new = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env) for _ in range(n)]
+        # A process group of their own: Ctrl-C in a terminal or Jupyter's interrupt (SIGINT to the caller's
+        # group) interrupts the caller only.
+        new = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, process_group=0) for _ in range(n)]
         with self._lock:
             self.procs += new
         return new

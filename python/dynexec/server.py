@@ -74,7 +74,8 @@ def main(argv=None):
     p.add_argument("--replaces", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--replaced-because", default="", help=argparse.SUPPRESS)
     p.add_argument("--head-timeout", type=float, default=10.0,
-                   help="leave after this many seconds without a word from the head (default 10)")
+                   help="leave after this many seconds without a word from the head (default 10; inf: never, "
+                        "for a head that may be stopped and resumed, with --parent-pid to leave when it is gone)")
     a = p.parse_args(argv)
     if a.slots < 1:
         p.error("--slots must be at least 1")
