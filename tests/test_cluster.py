@@ -411,8 +411,15 @@ def test_on_a_cluster_a_job_that_kills_servers_fails_and_running_cancel_kill_tel
             with pytest.raises(dynexec.JobKilledError):
                 f.result(timeout=30)
         assert ex.submit(square, 7).result(timeout=60) == 49
+        limited = ex.options(time_limit=0.5).submit(nap, 1, 60)  # a time limit holds on cluster servers too
+        with pytest.raises(dynexec.JobTimeoutError):
+            limited.result(timeout=60)
+        printed = ex.submit(print, "from a cluster server")  # and what a job prints is kept
+        printed.result(timeout=60)
+        assert printed.stdout == "from a cluster server\n"
         c.note(s["pid"] for s in ex.servers())
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
     jobs = archived(c.archive, c.info["session"])
     assert jobs[queued.job_id][0] == "cancelled" and {jobs[f.job_id][0] for f in long} == {"killed"}
+    assert jobs[limited.job_id][0] == "timeout"
