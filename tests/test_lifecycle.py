@@ -301,3 +301,13 @@ def test_retries_run_a_failing_job_again(archive, tmp_path):
         with pytest.raises(ValueError, match="run 1 fails"):
             ex.submit(fail_until, tmp_path / "other", 1).result(timeout=30)  # no retries by default
     assert len(lines(counter)) == 3
+
+
+def test_shutdown_cancels_a_backlog_before_servers_can_take_it(archive):
+    # Cancelling one job after another let each freed server slot take the next job about to be cancelled
+    # (then cancelled only after a round trip to that server): thousands ran. Now the waiting ones go first.
+    ex = dynexec.Executor(max_workers=2, archive=False)
+    futures = [ex.submit(time.sleep, 0.01) for _ in range(20_000)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    ran = sum(not f.cancelled() for f in futures)
+    assert ran < 200, f"{ran} of {len(futures)} jobs ran although shutdown cancelled them"

@@ -418,6 +418,30 @@ void LoadBalancer::cancel(const JobId& id, std::function<void(bool)> done) {
     deliver(out, answers);
 }
 
+std::vector<bool> LoadBalancer::cancel_many(const std::vector<JobId>& ids) {
+    std::vector<bool> out(ids.size(), false);
+    std::vector<std::size_t> on_servers;
+    std::vector<Result> results;
+    Answers answers;
+    {
+        std::lock_guard lk(mu_);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            auto it = jobs_.find(ids[i]);
+            if (it == jobs_.end()) continue;
+            if (!it->second.server.empty()) {
+                on_servers.push_back(i);
+            } else if (it->second.job->try_cancel()) {
+                --waiting_count_;
+                cancelled_locked(it, results);
+                out[i] = true;
+            }
+        }
+    }
+    deliver(results, answers);
+    for (auto i : on_servers) out[i] = cancel(ids[i]); // a server may have to confirm
+    return out;
+}
+
 bool LoadBalancer::kill(const JobId& id, Status why) {
     std::vector<Result> out;
     Answers answers;
@@ -495,9 +519,8 @@ std::size_t LoadBalancer::cancel_all() {
         std::lock_guard lk(mu_);
         for (auto& [id, a] : jobs_) ids.push_back(id);
     }
-    std::size_t n = 0;
-    for (auto& id : ids) n += cancel(id);
-    return n;
+    auto answers = cancel_many(ids);
+    return std::size_t(std::count(answers.begin(), answers.end(), true));
 }
 
 std::size_t LoadBalancer::outstanding() const {

@@ -47,6 +47,7 @@ public:
     void dispatch(std::vector<JobPtr> jobs) override;
     using LoadBalancerProxy::cancel;
     void cancel(const JobId& id, std::function<void(bool)> done) override;
+    std::vector<bool> cancel_many(const std::vector<JobId>& ids) override;
     bool kill(const JobId& id, Status why) override;
     std::optional<JobState> state(const JobId& id) const override;
     Backlog backlog() const override;

@@ -500,3 +500,21 @@ TEST_F(LifecycleTest, FailAllEndsEveryUnfinishedJobWithTheReason) {
     EXPECT_FALSE(a->finish(1)); // queued ones never start
     EXPECT_EQ(lb->outstanding(), 0u);
 }
+
+TEST_F(LifecycleTest, CancelManyTakesTheWaitingJobsFirstSoNoneIsSentToAServerMeanwhile) {
+    auto lb = balancer();
+    auto [a, aid] = server();
+    std::vector<JobId> ids;
+    for (int i = 0; i < 6; ++i) {
+        ids.push_back("j" + std::to_string(i));
+        lb->dispatch(make_job(ids.back()));
+    }
+    ASSERT_EQ(a->runs.size(), 2u); // j0 and j1 are on the server, the rest wait here
+    ASSERT_TRUE(a->start(0));      // j0 runs
+    auto answers = lb->cancel_many(ids);
+    EXPECT_EQ(answers, (std::vector<bool>{false, true, true, true, true, true}));
+    EXPECT_EQ(a->runs.size(), 2u); // the slot j1 left was not given to a job being cancelled
+    EXPECT_EQ(results->results.size(), 5u);
+    EXPECT_TRUE(a->finish(0));
+    EXPECT_EQ(lb->outstanding(), 0u);
+}

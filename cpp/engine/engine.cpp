@@ -236,6 +236,8 @@ std::vector<JobId> Engine::submit_many(const std::string& service, const std::ve
 
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
 
+std::vector<bool> Engine::cancel_many(const std::vector<JobId>& ids) { return impl_->manager->cancel_many(ids); }
+
 bool Engine::kill(const JobId& id) { return impl_->manager->kill(id, Status::killed); }
 
 std::string Engine::state(const JobId& id) const {

@@ -51,6 +51,8 @@ public:
                                    const JobOptions& options = {});
     // True if the job will never start (it had not); waits for a server in another process to confirm.
     bool cancel(const JobId& id);
+    // Many at once: those still waiting in the balancer first, none of them started meanwhile.
+    std::vector<bool> cancel_many(const std::vector<JobId>& ids);
     // Stops a job: cancelled if it has not started, killed if it runs. False if it is not unfinished.
     bool kill(const JobId& id);
     // "queued" or "running" for an unfinished job; empty once it has finished (or for an unknown ID).

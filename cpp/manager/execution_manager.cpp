@@ -140,6 +140,26 @@ bool ExecutionManager::cancel(const JobId& id) {
     return b && b->cancel(id);
 }
 
+std::vector<bool> ExecutionManager::cancel_many(const std::vector<JobId>& ids) {
+    std::vector<bool> out(ids.size(), false);
+    // Which balancer holds each (there is one, but for a hand-over), then one call per balancer.
+    auto balancers = registry_.lookup(Kind::load_balancer);
+    std::vector<std::vector<std::size_t>> held(balancers.size());
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        for (std::size_t b = 0; b < balancers.size(); ++b)
+            if (balancers[b].balancer->state(ids[i])) {
+                held[b].push_back(i);
+                break;
+            }
+    for (std::size_t b = 0; b < balancers.size(); ++b) {
+        std::vector<JobId> mine;
+        for (auto i : held[b]) mine.push_back(ids[i]);
+        auto answers = balancers[b].balancer->cancel_many(mine);
+        for (std::size_t k = 0; k < held[b].size(); ++k) out[held[b][k]] = answers[k];
+    }
+    return out;
+}
+
 bool ExecutionManager::kill(const JobId& id, Status why) {
     auto b = holder(id);
     return b && b->kill(id, why);

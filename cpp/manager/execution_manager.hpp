@@ -33,6 +33,7 @@ public:
     // Cancels a job that has not started yet: done(true) once it never will (see LoadBalancerProxy::cancel).
     void cancel(const JobId& id, std::function<void(bool)> done);
     bool cancel(const JobId& id); // waits for the answer
+    std::vector<bool> cancel_many(const std::vector<JobId>& ids); // see LoadBalancerProxy::cancel_many
     // Stops a job (cancelled if not started, else status `why`); false if no balancer has it unfinished.
     bool kill(const JobId& id, Status why = Status::killed);
     // The state of an unfinished job; nullopt once finished (or unknown).

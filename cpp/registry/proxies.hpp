@@ -76,6 +76,13 @@ public:
     virtual void cancel(const JobId& id, std::function<void(bool)> done) = 0;
     // The same, waiting for the answer.
     bool cancel(const JobId& id);
+    // Many at once, waiting for the answers: those waiting in the balancer go first, under one hold of its
+    // lock, so that none of them is sent to a server meanwhile.
+    virtual std::vector<bool> cancel_many(const std::vector<JobId>& ids) {
+        std::vector<bool> out;
+        for (auto& id : ids) out.push_back(cancel(id));
+        return out;
+    }
     // Stops a job: one not started yet is cancelled, a running one ends with status `why` (killed, timeout).
     // False if it is not one of this balancer's unfinished jobs.
     virtual bool kill(const JobId& id, Status why) = 0;

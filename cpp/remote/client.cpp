@@ -152,6 +152,12 @@ bool Client::cancel(const JobId& job) {
     return request(wire::encode(wire::Type::cancel, wire::Request{id, job}), id).flag;
 }
 
+std::vector<bool> Client::cancel_many(const std::vector<JobId>& ids) {
+    std::vector<bool> out;
+    for (auto& id : ids) out.push_back(cancel(id));
+    return out;
+}
+
 bool Client::kill(const JobId& job) {
     auto id = next_id_++;
     return request(wire::encode(wire::Type::kill, wire::Request{id, job}), id).flag;

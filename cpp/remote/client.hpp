@@ -31,6 +31,7 @@ public:
                                    const JobOptions& options = {});
     bool cancel(const JobId& id);
     bool kill(const JobId& id);
+    std::vector<bool> cancel_many(const std::vector<JobId>& ids); // one request each, for now
     std::string state(const JobId& id); // as Engine::state
     Backlog backlog();
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);

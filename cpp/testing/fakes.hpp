@@ -53,7 +53,8 @@ struct FakeServer final : ComputeServerProxy {
     // `run_seconds` >= 0 stamps the result with start and end times that far apart.
     bool finish(std::size_t i, Value v = 1.0, double run_seconds = -1) {
         auto& r = runs.at(i);
-        if (!r.job->try_start(r.attempt) && !(remote && r.job->state() == JobState::running)) return false;
+        bool running_here = r.job->state() == JobState::running && r.job->attempt() == r.attempt; // start()ed
+        if (!running_here && !r.job->try_start(r.attempt)) return false;
         Result res;
         res.job_id = r.job->id;
         res.value = std::move(v);

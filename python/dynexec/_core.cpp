@@ -227,6 +227,7 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
              })
         .def("state", &E::state, py::call_guard<py::gil_scoped_release>())
         .def("cancel", &E::cancel, py::call_guard<py::gil_scoped_release>())
+        .def("cancel_many", &E::cancel_many, py::arg("job_ids"), py::call_guard<py::gil_scoped_release>())
         .def("poll", &E::poll, py::arg("max"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
         // The collector's fast path: (job_id, is_pickle, raw value) for a success without output,
         // (job_id, None, Result) otherwise.

@@ -14,7 +14,7 @@ import time
 import weakref
 from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
@@ -106,7 +106,11 @@ class JobFuture(Future):
         with self._condition:
             if self._state != PENDING:
                 return super().cancel()
-        if self._engine.cancel(self.job_id):
+        return self._cancelled(self._engine.cancel(self.job_id))
+
+    def _cancelled(self, ok: bool) -> bool:
+        """The engine's answer to cancelling this job: True = it never starts."""
+        if ok:
             return super().cancel()
         with self._condition:  # it has started: say so
             if self._state == PENDING:
@@ -397,8 +401,7 @@ class Executor(_Executor):
             # Cancel queued jobs before returning, as concurrent.futures does, also with wait=False or on a second
             # call (the engine's own cancel_pending happens later, in the closing thread, and its
             # shutdown(False, True) would block until running jobs end). Those already started just say so.
-            for future in queued:
-                future.cancel()
+            _cancel_many(self._engine, queued)
             with self._lock:
                 closer = None
                 if self._closer is None:
@@ -565,10 +568,25 @@ def _collect(executor_ref, engine, futures, lock, closing, engine_done):
                 engine_done.set()
 
 
+def _cancel_many(engine, futures) -> None:
+    """Cancels many jobs in one call into the engine (one release of the GIL, not one per job: with the
+    collector busy, each would wait for the GIL again); those already started just say so."""
+    pending, others = [], []
+    for f in futures:
+        (pending if f._state == PENDING else others).append(f)
+    for future, ok in zip(pending, engine.cancel_many([f.job_id for f in pending])):
+        future._cancelled(ok)
+    for future in others:
+        future.cancel()
+
+
 def _settle(future: JobFuture, r: _core.Result) -> None:
     if r.status == "cancelled":
-        Future.cancel(future)
-        future.set_running_or_notify_cancel()
+        with future._condition:
+            if future._state == RUNNING:  # guessed started (the engine had cancelled it already): it never ran
+                future._state = PENDING
+        if Future.cancel(future) and future._state == CANCELLED:
+            future.set_running_or_notify_cancel()
         return
     if future.cancelled():
         return
