@@ -177,6 +177,18 @@ py::list server_list(const std::vector<ServerInfo>& infos) {
     return out;
 }
 
+// Polls with the GIL released (core threads need it meanwhile), then converts each item under it.
+template <class Poll, class Convert> py::list polled(Poll poll, Convert convert) {
+    decltype(poll()) items;
+    {
+        py::gil_scoped_release nogil;
+        items = poll();
+    }
+    py::list out(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) out[i] = convert(items[i]);
+    return out;
+}
+
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
 template <class E> void def_job_calls(py::class_<E>& cls) {
     cls.def("submit",
@@ -234,14 +246,7 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
         .def(
             "poll_values",
             [](E& e, std::size_t max, std::chrono::milliseconds timeout) {
-                std::vector<Result> batch;
-                {
-                    py::gil_scoped_release nogil;
-                    batch = e.poll(max, timeout);
-                }
-                py::list out(batch.size());
-                for (std::size_t i = 0; i < batch.size(); ++i) out[i] = collector_item(batch[i]);
-                return out;
+                return polled([&] { return e.poll(max, timeout); }, collector_item);
             },
             py::arg("max"), py::arg("timeout"))
         .def("servers",
@@ -330,17 +335,9 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "poll_output",
             [](Engine& e, std::size_t max, std::chrono::milliseconds timeout) {
-                std::vector<OutputChunk> chunks;
-                {
-                    py::gil_scoped_release nogil;
-                    chunks = e.poll_output(max, timeout);
-                }
-                py::list out(chunks.size());
-                for (std::size_t i = 0; i < chunks.size(); ++i) {
-                    auto& c = chunks[i];
-                    out[i] = py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final);
-                }
-                return out;
+                return polled([&] { return e.poll_output(max, timeout); }, [](OutputChunk& c) -> py::object {
+                    return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final);
+                });
             },
             py::arg("max"), py::arg("timeout"))
         .def_property_readonly("output_dropped", &Engine::output_dropped)
