@@ -232,18 +232,22 @@ def test_cancel_and_running_tell_the_truth_for_a_job_queued_on_a_busy_server(arc
 
 
 def test_with_work_stealing_no_job_runs_twice(archive, tmp_path):
-    n = 300
     with dynexec.Executor(max_workers=2, archive=archive, policy="round_robin") as ex:
-        first = [ex.submit(mark, tmp_path, f"a{i}", 0.002) for i in range(n // 2)]
-        ex.add_server()  # a newcomer steals from the queues
-        second = [ex.submit(mark, tmp_path, f"b{i}", 0.02 if i % 7 == 0 else 0.001) for i in range(n // 2)]
-        futures = first + second
-        [f.result(timeout=120) for f in futures]
+        warm = [ex.submit(mark, tmp_path, f"w{i}") for i in range(200)]  # tiny jobs: servers take deep queues
+        [f.result(timeout=60) for f in warm]
+        futures = []
+        for r in range(10):  # a long job with short ones queued behind it: the other server steals them
+            futures.append(ex.submit(mark, tmp_path, f"long{r}", 0.05))
+            futures += [ex.submit(mark, tmp_path, f"r{r}-{i}") for i in range(20)]
+            if r == 5:
+                ex.add_server()  # a newcomer steals too
+            [f.result(timeout=60) for f in futures]
         stats = ex.stats()
+    futures += warm
     ran = {f.result(): len(lines(tmp_path / f.result())) for f in futures}
     assert set(ran.values()) == {1}, {k: v for k, v in ran.items() if v != 1}
     assert {dynexec.find(f.job_id, archive).attempts for f in futures} == {1}
-    assert stats["stolen"] > 0, stats  # stealing did happen
+    assert stats["stolen"] >= 5, stats  # stealing did happen
 
 
 # -- kill() and time limits --------------------------------------------------------------------------------------
