@@ -423,3 +423,20 @@ def test_on_a_cluster_a_job_that_kills_servers_fails_and_running_cancel_kill_tel
     jobs = archived(c.archive, c.info["session"])
     assert jobs[queued.job_id][0] == "cancelled" and {jobs[f.job_id][0] for f in long} == {"killed"}
     assert jobs[limited.job_id][0] == "timeout"
+
+
+def test_a_cluster_client_sees_what_its_jobs_print_while_they_run(start, capsys):
+    c = start.cluster(2)
+    with dynexec.Executor(connect=c.conn, echo_output=True) as ex:
+        c.note(s["pid"] for s in ex.servers())
+        f = ex.submit(print, "hello from the cluster")
+        f.result(timeout=60)
+        assert f.stdout == "hello from the cluster\n"
+        with dynexec.Executor(connect=c.conn) as quiet:  # another client, without echo: sees nothing of it
+            g = quiet.submit(print, "not echoed")
+            g.result(timeout=60)
+        ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()
+    out = capsys.readouterr().out
+    assert f"[{f.job_id}] hello from the cluster" in out, out
+    assert "not echoed" not in out

@@ -181,6 +181,3 @@ def test_live_echo_in_jupyter_goes_to_the_cell_that_submitted(run_python):
                      "stream.stdout"]]
 
 
-def test_echo_is_refused_with_connect():
-    with pytest.raises(ValueError, match="echo_output is not available with connect="):
-        dynexec.Executor(connect="no-such-cluster.json", echo_output=True)

@@ -89,7 +89,7 @@ public:
     // Chunks beyond kOutputBacklog bytes not yet polled are dropped (counted in output_dropped()).
     std::vector<OutputChunk> poll_output(std::size_t max, std::chrono::milliseconds timeout);
     std::uint64_t output_dropped() const;
-    static constexpr std::size_t kOutputBacklog = 16 << 20;
+    static constexpr std::size_t kOutputBacklog = kLiveOutputBacklog;
 
     std::optional<Result> find(const JobId& id) const;
     // Stops taking jobs; cancels those not started if `cancel_pending`; waits for the rest if `wait`.

@@ -71,6 +71,15 @@ void Client::run() {
                         it->second.set_value(std::move(r));
                         waiting_.erase(it);
                     }
+                } else if (wire::type_of(frames) == wire::Type::output) {
+                    auto m = wire::decode<wire::OutputMsg>(frames);
+                    std::lock_guard lk(mu_);
+                    for (auto& c : m.chunks) {
+                        if (!c.final && output_bytes_ + c.data.size() > kLiveOutputBacklog) continue; // nobody polls
+                        output_bytes_ += c.data.size();
+                        output_.push_back(std::move(c));
+                    }
+                    output_cv_.notify_all();
                 } else if (wire::type_of(frames) == wire::Type::results) {
                     auto m = wire::decode<wire::Results>(frames);
                     std::lock_guard lk(mu_);
@@ -166,6 +175,23 @@ bool Client::kill(const JobId& job) {
 Backlog Client::backlog() {
     auto id = next_id_++;
     return request(wire::encode(wire::Type::backlog, wire::Request{id, ""}), id).backlog;
+}
+
+void Client::set_echo(bool on) {
+    auto id = next_id_++;
+    request(wire::encode(wire::Type::echo, wire::Request{id, on ? "on" : "off"}), id);
+}
+
+std::vector<OutputChunk> Client::poll_output(std::size_t max, std::chrono::milliseconds timeout) {
+    std::unique_lock lk(mu_);
+    output_cv_.wait_for(lk, timeout, [&] { return !output_.empty(); });
+    std::vector<OutputChunk> out;
+    while (!output_.empty() && out.size() < max) {
+        output_bytes_ -= output_.front().data.size();
+        out.push_back(std::move(output_.front()));
+        output_.pop_front();
+    }
+    return out;
 }
 
 std::string Client::state(const JobId& job) {

@@ -34,6 +34,9 @@ public:
     std::vector<bool> cancel_many(const std::vector<JobId>& ids); // one request each, for now
     std::string state(const JobId& id); // as Engine::state
     Backlog backlog();
+    // Live output of this client's jobs while they run (see Engine::poll_output), once set_echo(true).
+    void set_echo(bool on);
+    std::vector<OutputChunk> poll_output(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<ServerInfo> servers();
     void shutdown_cluster();
@@ -61,6 +64,9 @@ private:
     std::uint64_t delivered_ = 0;
     std::set<JobId> outstanding_; // submitted, not back yet
     std::set<JobId> early_;       // back before their submit() returned
+    std::deque<OutputChunk> output_; // live output, until polled (at most kLiveOutputBacklog bytes)
+    std::size_t output_bytes_ = 0;
+    std::condition_variable output_cv_;
     std::thread thread_;
 };
 

@@ -52,6 +52,13 @@ void Hub::load_plugin(const std::string& path) {
 
 void Hub::set_echo(bool on) {
     std::lock_guard lk(mu_);
+    local_echo_ = on;
+    servers_echo_locked();
+}
+
+void Hub::servers_echo_locked() {
+    bool on = local_echo_ || !echo_clients_.empty();
+    if (on == echo_) return;
     echo_ = on;
     for (auto& [routing, proxy] : by_routing_) out_.push(routing, wire::encode(wire::Type::echo, wire::Request{on, ""}));
 }
@@ -197,7 +204,35 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
     }
     case wire::Type::output: {
         auto m = wire::decode<wire::OutputMsg>(frames);
-        if (hooks_.output) hooks_.output(std::move(m.chunks));
+        // Output of a remote client's job goes to that client; the rest to this process.
+        std::map<std::string, wire::OutputMsg> to_clients;
+        std::vector<OutputChunk> local;
+        {
+            std::lock_guard lk(mu_);
+            for (auto& c : m.chunks) {
+                auto it = client_of_.find(c.job_id);
+                if (it == client_of_.end()) {
+                    if (local_echo_) local.push_back(std::move(c));
+                } else if (echo_clients_.count(it->second)) {
+                    to_clients[it->second].chunks.push_back(std::move(c));
+                }
+            }
+        }
+        for (auto& [client, msg] : to_clients) out_.push(client, wire::encode(msg));
+        if (hooks_.output && !local.empty()) hooks_.output(std::move(local));
+        break;
+    }
+    case wire::Type::echo: { // a client wants what its jobs print, while they run
+        auto m = wire::decode<wire::Request>(frames); // job_id: "on" or "off"
+        {
+            std::lock_guard lk(mu_);
+            if (m.job_id == "on") echo_clients_.insert(from);
+            else echo_clients_.erase(from);
+            servers_echo_locked(); // servers send output for every job while anyone wants some
+        }
+        wire::Reply r;
+        r.id = m.id;
+        out_.push(from, wire::encode(r));
         break;
     }
     case wire::Type::hello_client: {

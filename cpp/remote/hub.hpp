@@ -55,6 +55,7 @@ private:
     void handle(const std::string& from, wire::Frames& frames);
     void on_registry_event(const RegistryEvent& ev);
     void reply_error(const std::string& to, std::uint64_t id, const std::exception& e);
+    void servers_echo_locked(); // tells servers whether to send live output, if that changed. Needs mu_.
     template <class Fill> void answer(const std::string& to, wire::Frames& frames, Fill fill);
 
     LookupRegistry& registry_;
@@ -73,8 +74,10 @@ private:
     std::map<std::string, std::string> server_id_;                         // routing id -> registry id
     std::unordered_map<JobId, std::string> client_of_;                     // job -> client routing id
     std::set<std::string> clients_;
+    std::set<std::string> echo_clients_; // clients that asked for their jobs' live output
     std::vector<std::string> plugins_; // loaded by every server that joins
-    bool echo_ = false;                // told to every server that joins
+    bool echo_ = false;                // told to every server that joins: local_echo_ or a client wants it
+    bool local_echo_ = false;          // this process wants the output of its own jobs (set_echo)
 
     std::atomic<bool> stop_{false};
     std::thread thread_;

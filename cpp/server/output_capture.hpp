@@ -28,6 +28,9 @@ struct OutputChunk {
     bool final = false;
 };
 
+// Live output received and not yet polled, at most (beyond it, chunks are dropped: nobody reads them).
+constexpr std::size_t kLiveOutputBacklog = 16 << 20;
+
 // Where live output goes while a job runs; called on the job's threads. Must be cheap and not block.
 using OutputSink = std::function<void(const JobId&, int stream, std::string_view data, bool final)>;
 

@@ -48,6 +48,7 @@ enum class Type : std::uint8_t {
     kill,              // Request: stop a job (cancelled if not started, killed if running); Reply.flag
     state,             // Request: Reply.message is the job's state (queued, running) or empty if not unfinished
     backlog,           // Request: Reply.backlog
+    // (echo, from a client: Request with job_id "on" or "off": its jobs' live output comes as OutputMsg)
     // head -> client
     reply = 48, // Reply
     results,    // Results

@@ -189,6 +189,9 @@ template <class Poll, class Convert> py::list polled(Poll poll, Convert convert)
     return out;
 }
 
+// Live output: (job_id, stream 1|2 (0 on the final chunk), bytes, final), see dynexec.output.
+py::object output_item(OutputChunk& c) { return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final); }
+
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
 template <class E> void def_job_calls(py::class_<E>& cls) {
     cls.def("submit",
@@ -335,9 +338,7 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "poll_output",
             [](Engine& e, std::size_t max, std::chrono::milliseconds timeout) {
-                return polled([&] { return e.poll_output(max, timeout); }, [](OutputChunk& c) -> py::object {
-                    return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final);
-                });
+                return polled([&] { return e.poll_output(max, timeout); }, output_item);
             },
             py::arg("max"), py::arg("timeout"))
         .def_property_readonly("output_dropped", &Engine::output_dropped)
@@ -364,6 +365,13 @@ PYBIND11_MODULE(_core, m) {
              py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
              py::arg("client_secret_key"), py::arg("timeout") = 10.0)
         .def("shutdown_cluster", &remote::Client::shutdown_cluster, py::call_guard<py::gil_scoped_release>())
+        .def("set_echo", &remote::Client::set_echo, py::arg("on"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "poll_output",
+            [](remote::Client& c, std::size_t max, std::chrono::milliseconds timeout) {
+                return polled([&] { return c.poll_output(max, timeout); }, output_item);
+            },
+            py::arg("max"), py::arg("timeout"))
         .def("stats", [](const remote::Client& c) {
             return py::dict("submitted"_a = c.submitted(), "delivered"_a = c.delivered());
         });

@@ -156,7 +156,7 @@ class Executor(_Executor):
     time_limit, retries: defaults for every job's options (see options()): seconds a job may run (None: no
         limit) and how often a job that raises is run again (0).
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
-        labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job). Not with connect=; with
+        labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
     """
 
@@ -173,14 +173,13 @@ class Executor(_Executor):
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
-            if echo_output:
-                raise ValueError("echo_output is not available with connect= (only for servers this Executor starts)")
             info = connection.read(connect)
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
             self._owner = owner or _default_owner()
             self._engine = _core.Client(info["endpoint"], info["server_public_key"], info["client_public_key"],
                                         info["client_secret_key"], float(start_timeout))
+            self._start_echo(echo_output)
             self._start_collector()
             return
         if max_workers is None:
@@ -218,13 +217,16 @@ class Executor(_Executor):
                 raise
         else:
             self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args)
-        if echo_output and processes:
-            from .output import Echo
-            self._echo = Echo(self._engine)
-            weakref.finalize(self, self._echo.stop, 0)  # dropped without shutdown(): its thread ends too
+        self._start_echo(echo_output and processes)
         self._start_collector()
         if self._local is not None:
             self._local.supervise(self._engine, _on_broken(weakref.ref(self)), self._closing)
+
+    def _start_echo(self, on: bool) -> None:
+        if on:
+            from .output import Echo
+            self._echo = Echo(self._engine)
+            weakref.finalize(self, self._echo.stop, 0)  # dropped without shutdown(): its thread ends too
 
     def _start_collector(self):
         self._futures: dict[str, JobFuture] = {}
