@@ -92,7 +92,7 @@ std::pair<const std::string, LoadBalancer::Server>& LoadBalancer::server_locked(
     return *it;
 }
 
-bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out) {
+bool LoadBalancer::give_up_locked(const JobPtr& job, Assignment& a, std::vector<Result>& out) {
     if (int(a.vanished.size()) < options_.max_attempts) return false;
     out.push_back(result_without_run(
         *job, Status::lost, a.died ? "ServerDiedError" : "ServerLostError",
@@ -100,7 +100,6 @@ bool LoadBalancer::give_up_locked(const JobPtr& job, int attempt, Assignment& a,
                     "(max_attempts={}): {}",
                     job->id, a.vanished.size(), options_.max_attempts, fmt::join(a.vanished, "; "))));
     out.back().attempts = a.starts;
-    (void)attempt;
     jobs_.erase(job->id);
     ++stats_.lost;
     return true;
@@ -198,6 +197,11 @@ void LoadBalancer::send_locked(Assignment& a, const std::string& server_id, Serv
     server.proxy->run(a.job, attempt, shared_from_this());
 }
 
+void LoadBalancer::refuse_cancels_locked(Assignment& a, Answers& answers) {
+    for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
+    a.revoking = 0;
+}
+
 void LoadBalancer::requeue_locked(Assignment& a, int attempt) {
     a.server.clear();
     a.job->requeue(attempt);
@@ -257,8 +261,7 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
             for (auto& job : orphans) {
                 auto& a = jobs_.at(job->id);
                 bool started = job->state() == JobState::running || presumed.count(job.get());
-                for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
-                a.revoking = 0;
+                refuse_cancels_locked(a, answers);
                 a.server.clear();
                 int attempt = job->attempt() + 1;
                 if (started) ++a.starts;
@@ -280,7 +283,7 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
                     a.died = a.died || ev.died;
                 }
                 ++stats_.redispatched;
-                if (give_up_locked(job, attempt, a, out)) continue;
+                if (give_up_locked(job, a, out)) continue;
                 requeue_locked(a, attempt); // the vanished server's dispatch can no longer start or report
             }
         }
@@ -307,8 +310,7 @@ void LoadBalancer::complete(Result result, int attempt) {
             return;
         }
         auto& a = it->second;
-        for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
-        a.revoking = 0;
+        refuse_cancels_locked(a, answers);
         auto s = servers_.find(a.server);
         if (s != servers_.end()) {
             if (s->second.outstanding > 0) --s->second.outstanding;
@@ -495,7 +497,7 @@ std::size_t LoadBalancer::fail_all(const std::string& error_type, const std::str
         std::lock_guard lk(mu_);
         for (auto& [id, a] : jobs_) {
             a.job->try_cancel(); // one still queued somewhere never starts
-            for (auto& done : std::exchange(a.cancels, {})) answers.emplace_back(std::move(done), false);
+            refuse_cancels_locked(a, answers);
             auto r = result_without_run(*a.job, Status::lost, error_type, fmt::format("job {}: {}", id, message));
             r.attempts = a.starts;
             out.push_back(std::move(r));

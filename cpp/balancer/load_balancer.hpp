@@ -100,9 +100,11 @@ private:
     // Sends `job` to the most eligible server with room; false if none has (it must wait). Needs mu_.
     bool place_locked(const JobPtr& job, int attempt, Assignment& a);
     // A job given up on after max_attempts vanished servers; true if it was (its entry is gone). Needs mu_.
-    bool give_up_locked(const JobPtr& job, int attempt, Assignment& a, std::vector<Result>& out);
+    bool give_up_locked(const JobPtr& job, Assignment& a, std::vector<Result>& out);
     // Sends waiting jobs to servers with room. Needs mu_.
     void pump_locked();
+    // Its dispatch is over (finished, its server gone): cancel() calls waiting on a revoke hear false. Needs mu_.
+    void refuse_cancels_locked(Assignment& a, Answers& answers);
     // Puts a job that is on no server (again) at the front of its service's waiting queue. Needs mu_.
     void requeue_locked(Assignment& a, int attempt);
     // Sends a job that is on no server to `server_id` (it has room and offers the service). Needs mu_.

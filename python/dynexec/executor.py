@@ -268,8 +268,7 @@ class Executor(_Executor):
             JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
         retries: how many times a job that raises is run again before its error is reported (default: the
             executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
-        return JobOptions(self, _job_options((self._defaults[0] or None) if time_limit is None else time_limit,
-                                             self._defaults[1] if retries is None else retries))
+        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries)
 
     def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
         if not callable(fn):
@@ -437,8 +436,6 @@ class Executor(_Executor):
     def _shutdown_at_exit(self, interrupted: bool = False) -> None:
         """shutdown() at interpreter exit, which must end: it never waits for long after an interrupted
         shutdown or script (`interrupted`), nor for jobs that no compute server is there to run."""
-        import sys
-
         if self._interrupted or interrupted:
             self.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + _EXIT_GRACE
@@ -633,8 +630,6 @@ def _run_chunk(fn, chunk):
 
 
 def _shutdown_all():
-    import sys
-
     # The script itself ended on Ctrl-C (Python sets last_type for an exception it reports at exit): it wants
     # out, not the rest of the backlog.
     interrupted = isinstance(getattr(sys, "last_type", None), type) and issubclass(sys.last_type, KeyboardInterrupt)
@@ -659,8 +654,6 @@ def _exit_now(code: int = 130) -> None:
     """Ends the process at once, as a shell reports Ctrl-C (128 + SIGINT): an engine still shutting down has
     threads that the interpreter's finalization and C++ static destructors would trip over (std::terminate).
     Local servers leave when they see this process gone."""
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
