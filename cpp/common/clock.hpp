@@ -35,7 +35,11 @@ private:
 };
 
 inline double seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+// Seconds as a Duration; beyond about 290 years (or infinite) it is "never": a quarter of Duration's range,
+// so that sums with it do not overflow.
 inline Duration from_seconds(double s) {
+    constexpr double never = double(Duration::max().count() / 4) / 1e9;
+    if (!(s < never)) return Duration(Duration::max().count() / 4);
     return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
 }
 

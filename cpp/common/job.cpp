@@ -44,7 +44,10 @@ JobIdGenerator::JobIdGenerator(std::string session) : session_(std::move(session
     if (!is_session(session_)) throw InvalidJob(fmt::format("'{}' is not a dynexec session ID", session_));
 }
 
-JobId JobIdGenerator::next() { return fmt::format("{}-{:0{}}", session_, ++seq_, kSeqDigits); }
+JobId JobIdGenerator::next() { return id(session_, ++seq_); }
+JobId JobIdGenerator::id(const std::string& session, std::uint64_t seq) {
+    return fmt::format("{}-{:0{}}", session, seq, kSeqDigits);
+}
 
 namespace {
 
@@ -72,6 +75,11 @@ std::uint64_t JobIdGenerator::sequence_of(const JobId& id) {
     for (char c : std::string_view(id).substr(kSessionChars + 1)) seq = seq * 10 + std::uint64_t(c - '0');
     if (seq == 0) throw InvalidJob(fmt::format("'{}' is not a dynexec job ID (sequence numbers start at 1)", id));
     return seq;
+}
+
+void check_options(const JobOptions& o) {
+    if (!(o.time_limit >= 0)) throw InvalidJob(fmt::format("time_limit must be positive or 0 (none), got {}", o.time_limit));
+    if (o.retries < 0) throw InvalidJob(fmt::format("retries must be 0 or more, got {}", o.retries));
 }
 
 std::string_view status_name(Status s) {

@@ -23,6 +23,10 @@ public:
     JobIdGenerator();                        // a new session, from the clock and random bits
     explicit JobIdGenerator(std::string session);
     JobId next();
+    // Reserves `n` sequence numbers (for IDs made elsewhere, see id()); returns the first.
+    std::uint64_t reserve(std::uint64_t n) { return seq_.fetch_add(n) + 1; }
+    // The job ID of sequence number `seq` in `session`.
+    static JobId id(const std::string& session, std::uint64_t seq);
     const std::string& session() const { return session_; }
 
     // The session part of a job ID; throws InvalidJob if `id` is not a job ID.
@@ -42,6 +46,7 @@ struct JobOptions {
     double time_limit = 0; // seconds each start may run; 0 = no limit
     int retries = 0;       // runs again (at most this often) when it fails with an error
 };
+void check_options(const JobOptions& options); // throws InvalidJob naming the option that is wrong
 
 // A job, shared by the balancer's job table and the server queue it sits in.
 // Its state is tagged with the dispatch (attempt) it belongs to, so a server

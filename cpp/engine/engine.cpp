@@ -81,13 +81,30 @@ struct Engine::Impl {
         reaper = std::make_unique<LeaseReaper>(registry, std::min(lease / 10, Duration(std::chrono::milliseconds(5))));
         if (options.listen) {
             remote::HubHooks hooks;
-            hooks.submit = [this](const std::string& service, const Params& p, const std::string& owner,
-                                  const JobOptions& o, const std::function<void(const JobId&)>& on_id) {
+            hooks.session = session.session();
+            hooks.reserve_ids = [this](std::uint64_t n) { return manager->reserve_ids(n); };
+            hooks.services = [this] { return manager->services(); };
+            hooks.submit = [this](std::vector<wire::SubmitJob>&& jobs, const std::string& owner,
+                                  const std::function<void(const JobId&)>& on_id) {
+                std::vector<ExecutionManager::Reserved> reserved;
+                reserved.reserve(jobs.size());
+                for (auto& j : jobs)
+                    reserved.push_back({std::move(j.id), std::move(j.service), std::move(j.params), j.options});
+                bool refuse;
                 {
                     std::lock_guard lk(mu);
-                    if (closed) throw ShutDown("the cluster is shutting down");
+                    refuse = closed;
                 }
-                return manager->submit(service, p, owner, o, on_id);
+                if (!refuse) return manager->submit_reserved(std::move(reserved), owner, on_id);
+                std::vector<Result> out;
+                for (auto& j : reserved) {
+                    Job failed;
+                    failed.id = j.id;
+                    failed.service = j.service;
+                    failed.owner = owner;
+                    out.push_back(result_without_run(failed, Status::error, "ShutDownError", "the cluster is shutting down"));
+                }
+                return out;
             };
             hooks.cancel = [this](const JobId& id, std::function<void(bool)> done) { manager->cancel(id, std::move(done)); };
             hooks.kill = [this](const JobId& id, Status why) { return manager->kill(id, why); };

@@ -55,9 +55,7 @@ ServicePtr ExecutionManager::service(const std::string& name) {
     if (auto it = known_.find(name); it != known_.end()) return it->second;
     std::vector<std::string> names;
     for (auto& [n, s] : known_) names.push_back(n);
-    std::sort(names.begin(), names.end());
-    throw UnknownService(fmt::format("unknown service '{}': no compute server offers it (offered: {})", name,
-                                     names.empty() ? "none yet" : fmt::format("{}", fmt::join(names, ", "))));
+    unknown_service(name, std::move(names));
 }
 
 std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
@@ -83,8 +81,7 @@ std::shared_ptr<LoadBalancerProxy> ExecutionManager::balancer() {
 
 JobPtr ExecutionManager::make(const ServiceDef& def, const std::string& service, const Params& params,
                               const std::string& owner, const JobOptions& options) {
-    if (!(options.time_limit >= 0)) throw InvalidJob(fmt::format("time_limit must be positive or 0 (none), got {}", options.time_limit));
-    if (options.retries < 0) throw InvalidJob(fmt::format("retries must be 0 or more, got {}", options.retries));
+    check_options(options);
     auto job = std::make_shared<Job>();
     job->time_limit = options.time_limit;
     job->retries = options.retries;
@@ -122,6 +119,39 @@ std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name
     balancer()->dispatch(std::move(jobs));
     submitted_ += ids.size();
     return ids;
+}
+
+std::vector<Result> ExecutionManager::submit_reserved(std::vector<Reserved>&& jobs, const std::string& owner,
+                                                      const std::function<void(const JobId&)>& on_id) {
+    std::vector<Result> refused;
+    std::vector<JobPtr> valid;
+    valid.reserve(jobs.size());
+    for (auto& j : jobs) try {
+            auto job = make(*service(j.service), j.service, j.params, owner, j.options);
+            job->id = std::move(j.id);
+            if (on_id) on_id(job->id);
+            valid.push_back(std::move(job));
+        } catch (const InvalidJob& e) { // that one fails; the others run
+            Job failed;
+            failed.id = j.id;
+            failed.service = j.service;
+            failed.owner = owner;
+            failed.submit_time = wall_time();
+            refused.push_back(result_without_run(failed, Status::error,
+                                                 dynamic_cast<const UnknownService*>(&e) ? "UnknownServiceError"
+                                                                                         : "InvalidJobError",
+                                                 e.what()));
+        }
+    submitted_ += valid.size();
+    if (!valid.empty()) balancer()->dispatch(std::move(valid));
+    return refused;
+}
+
+std::vector<ServicePtr> ExecutionManager::services() const {
+    std::lock_guard lk(mu_);
+    std::vector<ServicePtr> out;
+    for (auto& [name, s] : known_) out.push_back(s);
+    return out;
 }
 
 std::shared_ptr<LoadBalancerProxy> ExecutionManager::holder(const JobId& id) const {

@@ -30,6 +30,20 @@ public:
     // Many jobs of one service in one hand-over to the balancer; all are validated before any is queued.
     std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
                                    const JobOptions& options = {});
+    // A job whose ID was reserved for a remote client (reserve_ids), as that client sent it.
+    struct Reserved {
+        JobId id;
+        std::string service;
+        Params params;
+        JobOptions options;
+    };
+    // Queues each valid one (one hand-over to the balancer); returns the results of those refused.
+    std::vector<Result> submit_reserved(std::vector<Reserved>&& jobs, const std::string& owner,
+                                        const std::function<void(const JobId&)>& on_id);
+    // Reserves `n` sequence numbers of this session's job IDs; returns the first.
+    std::uint64_t reserve_ids(std::uint64_t n) { return ids_.reserve(n); }
+    // Every service jobs are accepted for now.
+    std::vector<ServicePtr> services() const;
     // Cancels a job that has not started yet: done(true) once it never will (see LoadBalancerProxy::cancel).
     void cancel(const JobId& id, std::function<void(bool)> done);
     bool cancel(const JobId& id); // waits for the answer
@@ -62,7 +76,7 @@ private:
     int subscription_ = 0;
     std::atomic<std::uint64_t> submitted_{0};
 
-    std::mutex mu_;
+    mutable std::mutex mu_;
     // Every service a compute server has offered this session: a job for one
     // of them waits in the balancer while no server offers it, instead of failing.
     std::unordered_map<std::string, ServicePtr> known_;

@@ -1,186 +1,302 @@
 #include "remote/client.hpp"
 
 #include "common/errors.hpp"
-#include "remote/outbox.hpp"
+#include "remote/loop.hpp"
 
 #include <fmt/format.h>
 
 namespace dynexec::remote {
+namespace {
 
-Client::Client(ClientOptions options)
-    : options_(std::move(options)), sock_(ctx_, zmq::socket_type::dealer), out_(new Outbox) {
-    if (wire::needs_curve(options_.endpoint)) wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
-    sock_.set(zmq::sockopt::linger, 0);
+constexpr std::size_t kBatch = 4096;                          // jobs per Submit message at most
+constexpr std::uint64_t kIdBlock = 1 << 16;                   // job IDs asked for at a time
+const auto kLostGrace = std::chrono::milliseconds(1500);      // a connection down this long: the head is gone
+
+[[noreturn]] void rethrow(const wire::ErrorReply& e) {
+    if (e.error_type == "UnknownServiceError") throw UnknownService(e.message);
+    if (e.error_type == "InvalidJobError") throw InvalidJob(e.message);
+    if (e.error_type == "ShutDownError") throw ShutDown(e.message);
+    if (e.error_type == "ValueError") throw std::invalid_argument(e.message);
+    throw std::runtime_error(e.message);
+}
+
+} // namespace
+
+Client::Client(ClientOptions options) : options_(std::move(options)), sock_(ctx_, zmq::socket_type::dealer) {
+    if (wire::needs_curve(options_.endpoint))
+        wire::make_curve_client(sock_, options_.server_public_key, options_.client_keys);
+    configure_socket(sock_, std::chrono::milliseconds(0));
     sock_.set(zmq::sockopt::sndtimeo, 1000); // a head that is gone must not hang us
-    sock_.set(zmq::sockopt::sndhwm, 0);
-    sock_.set(zmq::sockopt::rcvhwm, 0);
     sock_.connect(options_.endpoint);
+    loop_ = std::make_unique<Loop>(sock_, out_, "dynexec client");
+    watch_ = std::make_unique<HeadWatch>(SteadyClock::instance(), from_seconds(std::clamp(options_.timeout, 2.0, 10.0)),
+                                         kLostGrace);
+    loop_->watch_connection(ctx_, [this](Connection c) { // on the loop's thread
+        if (c == Connection::refused_key) refused_key_ = true;
+        else watch_->connection(c == Connection::up);
+    });
+    std::future<Answer> welcome;
+    {
+        std::lock_guard lk(mu_);
+        welcome = waiting_[0].get_future();
+    }
+    loop_->outbox().push("", wire::encode(wire::HelloClient{wire::kProtocolVersion, ""}));
     thread_ = std::thread([this] { run(); });
-    try {
-        request(wire::encode(wire::HelloClient{}), 0);
-    } catch (...) {
+    auto fail = [&](const std::string& why) {
         stop_ = true;
         thread_.join();
-        delete out_;
-        throw;
+        throw std::runtime_error(why);
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(options_.timeout);
+    while (welcome.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+        if (refused_key_)
+            fail(fmt::format("the dynexec head at {} refused this client's key: the connection file does not hold "
+                             "the cluster's current client secret",
+                             options_.endpoint));
+        if (std::chrono::steady_clock::now() > deadline)
+            fail(fmt::format("no answer from a dynexec head at {} within {} s: is the cluster running there, and is "
+                             "the connection file its current one?",
+                             options_.endpoint, options_.timeout));
+    }
+    auto a = welcome.get();
+    if (auto* e = std::get_if<wire::ErrorReply>(&a)) {
+        stop_ = true;
+        thread_.join();
+        rethrow(*e);
     }
 }
 
 Client::~Client() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
-    delete out_;
 }
 
 void Client::run() {
-    zmq::pollitem_t items[] = {{sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out_->fd(), ZMQ_POLLIN, 0}};
-    auto last_heard = std::chrono::steady_clock::now();
-    auto last_ping = last_heard;
-    // A head silent this long (pings unanswered) is gone.
-    auto patience = std::chrono::duration<double>(std::clamp(options_.timeout, 2.0, 10.0));
-    while (!stop_) {
-        poll_for(items, 2, std::chrono::milliseconds(50));
-        auto now = std::chrono::steady_clock::now();
-        if (items[0].revents & ZMQ_POLLIN) last_heard = now;
-        // While jobs are out, make sure the head is still there: ping when it has been quiet.
-        bool waiting_for_jobs;
-        {
-            std::lock_guard lk(mu_);
-            waiting_for_jobs = !outstanding_.empty();
-        }
-        if (waiting_for_jobs && now - last_heard > patience / 4 && now - last_ping > patience / 4) {
-            auto ping = wire::encode(wire::Type::servers, wire::Request{0, ""});
-            send_to(sock_, "", ping);
-            last_ping = now;
-        }
-        if (waiting_for_jobs && now - last_heard > patience) {
-            head_lost();
-            last_heard = now;
-        }
-        if (items[1].revents & ZMQ_POLLIN)
-            for (auto& item : out_->take()) send_to(sock_, "", item.frames);
-        if (!(items[0].revents & ZMQ_POLLIN)) continue;
-        for (;;) {
-            wire::Frames frames;
-            if (!zmq::recv_multipart(sock_, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
-            try {
-                if (wire::type_of(frames) == wire::Type::reply) {
-                    auto r = wire::decode<wire::Reply>(frames);
-                    std::lock_guard lk(mu_);
-                    if (auto it = waiting_.find(r.id); it != waiting_.end()) {
-                        it->second.set_value(std::move(r));
-                        waiting_.erase(it);
-                    }
-                } else if (wire::type_of(frames) == wire::Type::output) {
-                    auto m = wire::decode<wire::OutputMsg>(frames);
-                    std::lock_guard lk(mu_);
-                    for (auto& c : m.chunks) {
-                        if (!c.final && output_bytes_ + c.data.size() > kLiveOutputBacklog) continue; // nobody polls
-                        output_bytes_ += c.data.size();
-                        output_.push_back(std::move(c));
-                    }
-                    output_cv_.notify_all();
-                } else if (wire::type_of(frames) == wire::Type::results) {
-                    auto m = wire::decode<wire::Results>(frames);
-                    std::lock_guard lk(mu_);
-                    for (auto& r : m.results) {
-                        if (!outstanding_.erase(r.job_id)) early_.insert(r.job_id); // before submit() returned
-                        done_.push_back(std::move(r));
-                        ++delivered_;
-                    }
-                    cv_.notify_all();
-                }
-            } catch (const std::exception&) {
-                // a malformed message from the head: nothing to do but drop it
+    auto& watch = *watch_;
+    loop_->run(
+        stop_, std::chrono::milliseconds(50),
+        [&](const std::string&, wire::Frames& frames) {
+            watch.heard();
+            on_message(frames);
+        },
+        [&] {
+            bool waiting;
+            {
+                std::lock_guard lk(mu_);
+                flush_submits_locked();
+                waiting = !outstanding_.empty() || !waiting_.empty();
             }
+            if (watch.ping_due(waiting)) loop_->outbox().push("", wire::encode(wire::ServersQuery{0}));
+            if (auto why = watch.lost(waiting)) {
+                head_lost(*why);
+                return lost_.empty() || waiting; // keep the loop only while something could still come
+            }
+            return true;
+        });
+}
+
+void Client::on_message(wire::Frames& frames) {
+    bool known = wire::visit<wire::Results, wire::JobOutput, wire::IdsReply, wire::ErrorReply, wire::WelcomeClient,
+                             wire::Cancelled, wire::Killed, wire::JobStateReply, wire::BacklogReply, wire::ServersReply,
+                             wire::Done, wire::ServicesReply>(frames, [&](auto&& m) {
+        using M = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<M, wire::Results>) {
+            std::lock_guard lk(mu_);
+            for (auto& r : m.results)
+                if (outstanding_.erase(r.job_id)) { // a result for no job of ours is dropped
+                    done_.push_back(std::move(r));
+                    ++delivered_;
+                }
+            cv_.notify_all();
+        } else if constexpr (std::is_same_v<M, wire::JobOutput>) {
+            std::lock_guard lk(mu_);
+            for (auto& c : m.chunks) {
+                if (!c.final && output_bytes_ + c.data.size() > kLiveOutputBacklog) continue; // nobody polls
+                output_bytes_ += c.data.size();
+                output_.push_back(std::move(c));
+            }
+            output_cv_.notify_all();
+        } else if constexpr (std::is_same_v<M, wire::IdsReply>) {
+            std::lock_guard lk(mu_);
+            ids_.push_back(m.ids);
+            ids_left_ += m.ids.count;
+            asked_ids_ = false;
+            cv_.notify_all();
+        } else if constexpr (std::is_same_v<M, wire::WelcomeClient>) {
+            {
+                std::lock_guard lk(mu_);
+                session_ = m.session;
+                for (auto& s : m.services) services_[s.name] = std::make_shared<const ServiceDef>(s);
+                ids_.push_back(m.ids);
+                ids_left_ += m.ids.count;
+            }
+            answer(0, std::move(m));
+        } else {
+            auto request = m.request;
+            answer(request, std::move(m));
         }
+    });
+    if (!known)
+        throw std::runtime_error(fmt::format("a {} message is not for a client", wire::type_name(wire::type_of(frames))));
+}
+
+void Client::answer(std::uint64_t request, Answer a) {
+    std::lock_guard lk(mu_);
+    if (auto it = waiting_.find(request); it != waiting_.end()) {
+        it->second.set_value(std::move(a));
+        waiting_.erase(it);
     }
 }
 
-void Client::head_lost() {
+void Client::head_lost(const std::string& why) {
     std::lock_guard lk(mu_);
+    if (lost_.empty())
+        lost_ = fmt::format("the dynexec head at {} stopped ({})", options_.endpoint, why);
     for (auto& id : outstanding_) {
         Result r;
         r.job_id = id;
         r.status = Status::lost;
         r.error_type = "ServerLostError";
-        r.message = fmt::format("the dynexec head at {} stopped answering; job {} may have been lost with it "
-                                "(its result may still be in the archive)",
-                                options_.endpoint, id);
+        r.message = fmt::format("{}; job {} may have been lost with it (its result may still be in the archive)",
+                                lost_, id);
         done_.push_back(std::move(r));
         ++delivered_;
     }
     outstanding_.clear();
+    unsent_.clear();
+    for (auto& [id, p] : waiting_) p.set_value(wire::ErrorReply{id, "RuntimeError", lost_});
+    waiting_.clear();
     cv_.notify_all();
 }
 
-wire::Reply Client::request(wire::Frames frames, std::uint64_t id) {
-    std::future<wire::Reply> answer;
+void Client::flush_submits_locked() {
+    for (auto& batch : unsent_) loop_->outbox().push("", wire::encode(batch));
+    unsent_.clear();
+}
+
+void Client::send_locked(wire::Frames frames) {
+    flush_submits_locked(); // a cancel never overtakes the submit of its job
+    loop_->outbox().push("", std::move(frames));
+}
+
+template <class Reply, class Request> Reply Client::request(Request m) {
+    m.request = next_request_++;
+    std::future<Answer> answer;
     {
         std::lock_guard lk(mu_);
-        answer = waiting_[id].get_future();
+        if (!lost_.empty()) throw std::runtime_error(lost_);
+        answer = waiting_[m.request].get_future();
+        send_locked(wire::encode(m));
     }
-    out_->push("", std::move(frames));
     if (answer.wait_for(std::chrono::duration<double>(options_.timeout)) != std::future_status::ready) {
         std::lock_guard lk(mu_);
-        waiting_.erase(id);
-        throw std::runtime_error(fmt::format(
-            "no answer from the dynexec head at {} within {} s: is the cluster running, and does the connection "
-            "file hold its current secret? (a connection without it is refused)",
-            options_.endpoint, options_.timeout));
+        waiting_.erase(m.request);
+        throw std::runtime_error(fmt::format("no answer from the dynexec head at {} within {} s to a {} request",
+                                             options_.endpoint, options_.timeout, wire::type_name(Request::type)));
     }
-    auto r = answer.get();
-    if (r.error_type.empty()) return r;
-    if (r.error_type == "UnknownServiceError") throw UnknownService(r.message);
-    if (r.error_type == "InvalidJobError") throw InvalidJob(r.message);
-    if (r.error_type == "ShutDownError") throw ShutDown(r.message);
-    if (r.error_type == "ValueError") throw std::invalid_argument(r.message);
-    throw std::runtime_error(r.message);
+    auto a = answer.get();
+    if (auto* e = std::get_if<wire::ErrorReply>(&a)) rethrow(*e);
+    if (auto* r = std::get_if<Reply>(&a)) return std::move(*r);
+    throw std::runtime_error(fmt::format("the dynexec head answered a {} request with another kind of message",
+                                         wire::type_name(Request::type)));
+}
+
+ServicePtr Client::service(const std::string& name) {
+    {
+        std::lock_guard lk(mu_);
+        if (auto it = services_.find(name); it != services_.end()) return it->second;
+    }
+    // Maybe offered since the welcome (a plugin, a server that joined): ask once.
+    auto r = request<wire::ServicesReply>(wire::ServicesQuery{});
+    std::lock_guard lk(mu_);
+    for (auto& s : r.services) services_[s.name] = std::make_shared<const ServiceDef>(s);
+    if (auto it = services_.find(name); it != services_.end()) return it->second;
+    std::vector<std::string> names;
+    for (auto& [n, s] : services_) names.push_back(n);
+    unknown_service(name, std::move(names));
+}
+
+std::vector<JobId> Client::take_ids_locked(std::unique_lock<std::mutex>& lk, std::size_t n) {
+    if (ids_left_ < n + kIdBlock / 2 && !asked_ids_) { // ask ahead, so that submits do not wait
+        asked_ids_ = true;
+        send_locked(wire::encode(wire::MoreIds{0, std::max<std::uint64_t>(kIdBlock, n)}));
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(options_.timeout);
+    if (!cv_.wait_until(lk, deadline, [&] { return ids_left_ >= n || !lost_.empty(); }))
+        throw std::runtime_error(fmt::format("the dynexec head at {} gave no job IDs within {} s", options_.endpoint,
+                                             options_.timeout));
+    if (!lost_.empty()) throw std::runtime_error(lost_);
+    std::vector<JobId> ids;
+    ids.reserve(n);
+    while (ids.size() < n) {
+        auto& block = ids_.front();
+        ids.push_back(JobIdGenerator::id(session_, block.first++));
+        --ids_left_;
+        if (--block.count == 0) ids_.pop_front();
+    }
+    return ids;
+}
+
+std::vector<JobId> Client::submit_many(const std::string& service_name, const std::vector<Params>& params,
+                                       const std::string& owner, const JobOptions& options) {
+    // Checked here, as the head would: a wrong job raises at once, and none of the batch is queued.
+    auto def = service(service_name);
+    check_options(options);
+    std::vector<Params> checked;
+    checked.reserve(params.size());
+    for (auto& p : params) try {
+            checked.push_back(validate_params(*def, p));
+        } catch (const InvalidJob& e) {
+            if (params.size() == 1) throw;
+            throw InvalidJob(fmt::format("job {} of {}: {}", checked.size() + 1, params.size(), e.what()));
+        }
+    std::unique_lock lk(mu_);
+    if (!lost_.empty()) throw std::runtime_error(lost_);
+    auto ids = take_ids_locked(lk, checked.size());
+    bool wake = unsent_.empty();
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (unsent_.empty() || unsent_.back().owner != owner || unsent_.back().jobs.size() >= kBatch)
+            unsent_.push_back(wire::Submit{owner, {}});
+        unsent_.back().jobs.push_back({ids[i], service_name, std::move(checked[i]), options});
+        outstanding_.insert(ids[i]);
+    }
+    submitted_ += ids.size();
+    if (wake) loop_->outbox().wake(); // the loop sends what gathered meanwhile, as one batch
+    return ids;
 }
 
 JobId Client::submit(const std::string& service, const Params& params, const std::string& owner,
                      const JobOptions& options) {
-    auto id = next_id_++;
-    auto r = request(wire::encode(wire::Submit{id, service, params, owner, options}), id);
-    std::lock_guard lk(mu_);
-    if (!early_.erase(r.message)) outstanding_.insert(r.message);
-    ++submitted_;
-    return r.message;
-}
-
-std::vector<JobId> Client::submit_many(const std::string& service, const std::vector<Params>& params,
-                                  const std::string& owner, const JobOptions& options) {
-    std::vector<JobId> ids;
-    ids.reserve(params.size());
-    for (auto& p : params) ids.push_back(submit(service, p, owner, options));
-    return ids;
-}
-
-bool Client::cancel(const JobId& job) {
-    auto id = next_id_++;
-    return request(wire::encode(wire::Type::cancel, wire::Request{id, job}), id).flag;
+    return submit_many(service, {params}, owner, options).front();
 }
 
 std::vector<bool> Client::cancel_many(const std::vector<JobId>& ids) {
     std::vector<bool> out;
-    for (auto& id : ids) out.push_back(cancel(id));
+    out.reserve(ids.size());
+    for (std::size_t at = 0; at < ids.size(); at += 65536) {
+        wire::Cancel m;
+        m.job_ids.assign(ids.begin() + at, ids.begin() + std::min(ids.size(), at + 65536));
+        auto n = m.job_ids.size();
+        auto r = request<wire::Cancelled>(std::move(m));
+        if (r.cancelled.size() != n) throw std::runtime_error("the dynexec head answered a cancel for other jobs");
+        for (auto c : r.cancelled) out.push_back(c != 0);
+    }
     return out;
 }
 
-bool Client::kill(const JobId& job) {
-    auto id = next_id_++;
-    return request(wire::encode(wire::Type::kill, wire::Request{id, job}), id).flag;
-}
+bool Client::cancel(const JobId& job) { return cancel_many({job}).front(); }
 
-Backlog Client::backlog() {
-    auto id = next_id_++;
-    return request(wire::encode(wire::Type::backlog, wire::Request{id, ""}), id).backlog;
-}
+bool Client::kill(const JobId& job) { return request<wire::Killed>(wire::Kill{0, job}).killed; }
 
-void Client::set_echo(bool on) {
-    auto id = next_id_++;
-    request(wire::encode(wire::Type::echo, wire::Request{id, on ? "on" : "off"}), id);
-}
+Backlog Client::backlog() { return request<wire::BacklogReply>(wire::BacklogQuery{}).backlog; }
+
+void Client::set_echo(bool on) { request<wire::Done>(wire::WatchOutput{0, on}); }
+
+std::string Client::state(const JobId& job) { return request<wire::JobStateReply>(wire::StateQuery{0, job}).state; }
+
+std::vector<ServerInfo> Client::servers() { return request<wire::ServersReply>(wire::ServersQuery{}).servers; }
+
+void Client::shutdown_cluster() { request<wire::Done>(wire::ShutdownCluster{}); }
 
 std::vector<OutputChunk> Client::poll_output(std::size_t max, std::chrono::milliseconds timeout) {
     std::unique_lock lk(mu_);
@@ -192,21 +308,6 @@ std::vector<OutputChunk> Client::poll_output(std::size_t max, std::chrono::milli
         output_.pop_front();
     }
     return out;
-}
-
-std::string Client::state(const JobId& job) {
-    auto id = next_id_++;
-    return request(wire::encode(wire::Type::state, wire::Request{id, job}), id).message;
-}
-
-std::vector<ServerInfo> Client::servers() {
-    auto id = next_id_++;
-    return request(wire::encode(wire::Type::servers, wire::Request{id, ""}), id).servers;
-}
-
-void Client::shutdown_cluster() {
-    auto id = next_id_++;
-    request(wire::encode(wire::Type::shutdown, wire::Request{id, ""}), id);
 }
 
 std::vector<Result> Client::poll(std::size_t max, std::chrono::milliseconds timeout) {
@@ -232,7 +333,10 @@ void Client::shutdown(bool wait, bool cancel_pending) {
             std::lock_guard lk(mu_);
             ids.assign(outstanding_.begin(), outstanding_.end());
         }
-        for (auto& id : ids) cancel(id);
+        if (!ids.empty()) try {
+                cancel_many(ids);
+            } catch (const std::runtime_error&) { // the head is gone: its jobs have failed already
+            }
     }
     if (wait) {
         std::unique_lock lk(mu_);

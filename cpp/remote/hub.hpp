@@ -1,9 +1,10 @@
-// The head's endpoint: one ROUTER socket (CURVE-secured) that compute servers
-// in other processes register on, renew their leases through and send results
-// to, and that remote clients submit through. One thread owns the socket.
+// The head's endpoint: one ROUTER socket (CURVE-secured) that compute servers in other processes register
+// on, renew their leases through and send results to, and that remote clients submit through. One thread
+// owns the socket (a Loop); what servers send is handled by ServerSide, what clients send by ClientSide.
 #pragma once
 
 #include "registry/lookup_registry.hpp"
+#include "remote/loop.hpp"
 #include "remote/server_proxy.hpp"
 #include "wire/security.hpp"
 
@@ -21,8 +22,14 @@ struct HubOptions {
 
 // What the hub asks of the engine it serves.
 struct HubHooks {
-    std::function<JobId(const std::string& service, const Params&, const std::string& owner, const JobOptions&,
-                        const std::function<void(const JobId&)>& on_id)>
+    std::string session; // job IDs of this head: <session>-<sequence>
+    // Reserves `n` job sequence numbers for a client; returns the first.
+    std::function<std::uint64_t(std::uint64_t n)> reserve_ids;
+    std::function<std::vector<ServicePtr>()> services; // what the head accepts jobs for
+    // Queues jobs whose IDs were reserved; returns the results of those refused (bad input, shutting down).
+    // `on_id` runs for each queued job before it can run.
+    std::function<std::vector<Result>(std::vector<wire::SubmitJob>&&, const std::string& owner,
+                                      const std::function<void(const JobId&)>& on_id)>
         submit;
     // Answers through the callback, maybe later on another thread (a server must confirm).
     std::function<void(const JobId&, std::function<void(bool)>)> cancel;
@@ -31,7 +38,90 @@ struct HubHooks {
     std::function<Backlog()> backlog;
     std::function<std::vector<ServerInfo>()> servers;
     std::function<void()> shutdown; // a client asked the whole cluster to stop
-    std::function<void(std::vector<OutputChunk>&&)> output; // live output of running jobs (while echo is on)
+    std::function<void(std::vector<OutputChunk>&&)> output; // live output of this process's jobs (while echo is on)
+};
+
+// Compute servers in other processes: their registrations, leases, dispatches and results.
+class ServerSide {
+public:
+    ServerSide(LookupRegistry& registry, Outbox& out, const HubHooks& hooks, Duration lease, Duration renew);
+    ~ServerSide();
+    void handle(const std::string& from, wire::Frames& frames);
+    void stop_all();                               // asks every remote compute server to leave
+    bool stop_one(const std::string& server_id);   // false if `server_id` is not one of them
+    void load_plugin(const std::string& path);     // every server, now and later, loads it
+    void set_echo(bool on);                        // servers send live output while on
+    // Where live output goes: to the clients whose jobs printed it (returns the rest).
+    std::function<std::vector<OutputChunk>(std::vector<OutputChunk>&&)> route_output;
+
+private:
+    void on(const std::string& from, wire::HelloServer&& m);
+    void on(const std::string& from, wire::Offer&& m);
+    void on(const std::string& from, wire::Renew&& m);
+    void on(const std::string& from, wire::ResultMsg&& m);
+    void on(const std::string& from, wire::Started&& m);
+    void on(const std::string& from, wire::Revoked&& m);
+    void on(const std::string& from, wire::Leaving&& m);
+    void on(const std::string& from, wire::OutputMsg&& m);
+    void on_registry_event(const RegistryEvent& ev);
+    // The proxy and registry ID of a live remote server.
+    std::pair<std::shared_ptr<RemoteServerProxy>, std::string> find(const std::string& routing);
+
+    LookupRegistry& registry_;
+    Outbox& out_;
+    const HubHooks& hooks_;
+    Duration lease_, renew_;
+    int subscription_ = 0;
+
+    std::mutex mu_;
+    std::map<std::string, std::shared_ptr<RemoteServerProxy>> by_routing_; // live remote servers
+    std::map<std::string, std::string> server_id_;                         // routing id -> registry id
+    std::vector<std::string> plugins_; // loaded by every server that joins
+    bool echo_ = false;                // told to every server that joins
+};
+
+// Remote clients: their job-ID blocks, submits, requests, and the results and output of their jobs.
+class ClientSide {
+public:
+    ClientSide(Outbox& out, const HubHooks& hooks);
+    void handle(const std::string& from, wire::Frames& frames);
+    // Takes out of `batch` the results of jobs submitted by remote clients and sends them there.
+    void route(std::vector<Result>& batch);
+    // Sends clients the live output of their jobs; returns the rest.
+    std::vector<OutputChunk> route_output(std::vector<OutputChunk>&& chunks);
+    std::function<void(bool)> on_watching; // whether any client wants live output (called on change)
+
+    static constexpr std::uint64_t kIdBlock = 1 << 16; // job IDs handed to a client at a time
+
+private:
+    void on(const std::string& from, wire::HelloClient&& m);
+    void on(const std::string& from, wire::Submit&& m);
+    void on(const std::string& from, wire::Cancel&& m);
+    void on(const std::string& from, wire::Kill&& m);
+    void on(const std::string& from, wire::StateQuery&& m);
+    void on(const std::string& from, wire::BacklogQuery&& m);
+    void on(const std::string& from, wire::ServersQuery&& m);
+    void on(const std::string& from, wire::ShutdownCluster&& m);
+    void on(const std::string& from, wire::WatchOutput&& m);
+    void on(const std::string& from, wire::MoreIds&& m);
+    void on(const std::string& from, wire::ServicesQuery&& m);
+    void error(const std::string& to, std::uint64_t request, const std::exception& e);
+    // Whether `id` is one this client was given and has not used. Needs mu_.
+    bool take_id_locked(const std::string& client, const JobId& id);
+    wire::IdBlock reserve_locked(const std::string& client, std::uint64_t n);
+
+    Outbox& out_;
+    const HubHooks& hooks_;
+
+    struct Client {
+        std::deque<wire::IdBlock> blocks; // given to it, oldest first; IDs are used in order
+        std::uint64_t next = 0;            // the lowest unused sequence number of blocks.front()
+        bool watching = false;             // wants its jobs' live output
+    };
+    std::mutex mu_;
+    std::map<std::string, Client> clients_;
+    std::unordered_map<JobId, std::string> client_of_; // unfinished job -> its client's routing id
+    std::size_t watching_ = 0;
 };
 
 class Hub {
@@ -40,45 +130,27 @@ public:
     ~Hub(); // tells every remote server to stop
 
     const std::string& endpoint() const { return endpoint_; } // as bound, with its real port
-    // Takes out of `batch` the results of jobs submitted by remote clients and sends them there.
-    void route(std::vector<Result>& batch);
-    void stop_servers(); // asks every remote compute server to leave
-    // Asks one remote compute server to leave; false if `server_id` is not one of them.
-    bool stop_server(const std::string& server_id);
-    // Every remote compute server, now and later, loads this plugin and offers its services.
-    void load_plugin(const std::string& path);
-    // Every remote compute server, now and later, sends what its jobs print while they run (hooks.output).
+    void route(std::vector<Result>& batch) { clients_.route(batch); }
+    void stop_servers() { servers_.stop_all(); }
+    bool stop_server(const std::string& server_id) { return servers_.stop_one(server_id); }
+    void load_plugin(const std::string& path) { servers_.load_plugin(path); }
+    // This process wants the live output of its own jobs (hooks.output).
     void set_echo(bool on);
 
 private:
-    void run();
-    void handle(const std::string& from, wire::Frames& frames);
-    void on_registry_event(const RegistryEvent& ev);
-    void reply_error(const std::string& to, std::uint64_t id, const std::exception& e);
-    void servers_echo_locked(); // tells servers whether to send live output, if that changed. Needs mu_.
-    template <class Fill> void answer(const std::string& to, wire::Frames& frames, Fill fill);
+    void echo_changed();
 
-    LookupRegistry& registry_;
     HubOptions options_;
     HubHooks hooks_;
-    Duration lease_, renew_;
     zmq::context_t ctx_;
     wire::ZapAuthenticator zap_;
     zmq::socket_t router_;
     std::string endpoint_;
     Outbox out_;
-    int subscription_ = 0;
-
-    std::mutex mu_;
-    std::map<std::string, std::shared_ptr<RemoteServerProxy>> by_routing_; // live remote servers
-    std::map<std::string, std::string> server_id_;                         // routing id -> registry id
-    std::unordered_map<JobId, std::string> client_of_;                     // job -> client routing id
-    std::set<std::string> clients_;
-    std::set<std::string> echo_clients_; // clients that asked for their jobs' live output
-    std::vector<std::string> plugins_; // loaded by every server that joins
-    bool echo_ = false;                // told to every server that joins: local_echo_ or a client wants it
-    bool local_echo_ = false;          // this process wants the output of its own jobs (set_echo)
-
+    Loop loop_;
+    ServerSide servers_;
+    ClientSide clients_;
+    std::atomic<bool> local_echo_{false}, clients_echo_{false};
     std::atomic<bool> stop_{false};
     std::thread thread_;
 };

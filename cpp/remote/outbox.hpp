@@ -37,6 +37,11 @@ public:
             (void)!write(fd_, &one, sizeof one);
         }
     }
+    // Wakes the owner without a message (it has something of its own to send).
+    void wake() {
+        std::uint64_t one = 1;
+        (void)!write(fd_, &one, sizeof one);
+    }
     std::deque<Item> take() {
         std::uint64_t n;
         (void)!read(fd_, &n, sizeof n);

@@ -1,7 +1,8 @@
 #include "remote/server_host.hpp"
 
 #include "common/host.hpp"
-#include "remote/outbox.hpp"
+#include "remote/head_contact.hpp"
+#include "remote/loop.hpp"
 #include "server/compute_server.hpp"
 
 #include <fmt/format.h>
@@ -13,232 +14,194 @@
 namespace dynexec::remote {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+// What the jobs' callbacks reach, shared with them (a job given up on may finish after run() returned).
+struct Channel {
+    Outbox out;
+    std::atomic<std::uint64_t> jobs_done{0};
+    // Jobs sent here and not finished: the head may revoke one that has not started.
+    std::mutex held_mu;
+    std::unordered_map<JobId, JobPtr> held;
+    // Live output while echo is on, batched for the socket's thread.
+    std::atomic<bool> echo{false};
+    std::mutex live_mu;
+    OutputBatcher batcher;
 
-// Jobs sent here and not finished: the head may revoke one that has not started.
-struct Held {
-    std::mutex mu;
-    std::unordered_map<JobId, JobPtr> jobs;
+    void send_output() { // under live_mu: batches reach the outbox in order
+        if (!batcher.empty()) out.push("", wire::encode(wire::OutputMsg{batcher.take()}));
+    }
+    // The job if that dispatch of it is held here and had not started: it never will now.
+    JobPtr revoke(const JobId& id, int attempt) {
+        std::lock_guard lk(held_mu);
+        auto it = held.find(id);
+        if (it == held.end() || it->second->attempt() != attempt || !it->second->try_revoke(attempt)) return nullptr;
+        auto job = std::move(it->second);
+        held.erase(it);
+        return job;
+    }
 };
 
 // Finished jobs go back to the head through the socket's thread.
 struct SendBack final : CompletionSink {
-    Outbox& out;
-    std::atomic<std::uint64_t>& done;
-    Held& held;
-    SendBack(Outbox& o, std::atomic<std::uint64_t>& d, Held& h) : out(o), done(d), held(h) {}
+    std::shared_ptr<Channel> ch;
+    explicit SendBack(std::shared_ptr<Channel> c) : ch(std::move(c)) {}
     void complete(Result r, int attempt) override {
-        ++done;
+        ++ch->jobs_done;
         {
-            std::lock_guard lk(held.mu);
-            held.jobs.erase(r.job_id);
+            std::lock_guard lk(ch->held_mu);
+            ch->held.erase(r.job_id);
         }
-        out.push("", wire::encode(wire::ResultMsg{std::move(r), attempt}));
+        ch->out.push("", wire::encode(wire::ResultMsg{std::move(r), attempt}));
     }
     // The head's copy of the job says running from now: cancel() and running() tell the truth.
     void started(const JobId& id, int attempt) override {
-        out.push("", wire::encode(wire::Type::started, wire::Dispatch{id, attempt}));
-    }
-};
-
-// Live output while echo is on, batched for the socket's thread. Shared: a job may outlive run().
-struct LiveOutput {
-    std::atomic<bool> echo{false};
-    std::mutex mu;
-    OutputBatcher batcher;
-    void send(Outbox& out) { // under mu: batches reach the outbox in order
-        if (!batcher.empty()) out.push("", wire::encode(wire::OutputMsg{batcher.take()}));
+        ch->out.push("", wire::encode(wire::Started{id, attempt}));
     }
 };
 
 } // namespace
 
-ServerHost::ServerHost(HostOptions options) : options_(std::move(options)) {}
+struct ServerHost::State {
+    HostOptions options;
+    std::atomic<bool> stop{false};
+    mutable std::mutex mu;
+    std::string id; // guarded by mu
+    std::shared_ptr<Channel> ch = std::make_shared<Channel>();
+};
+
+ServerHost::ServerHost(HostOptions options) : state_(std::make_shared<State>()) { state_->options = std::move(options); }
+ServerHost::~ServerHost() = default;
+
+void ServerHost::stop() { state_->stop = true; }
 
 std::string ServerHost::id() const {
-    std::lock_guard lk(mu_);
-    return id_;
+    std::lock_guard lk(state_->mu);
+    return state_->id;
 }
 
+std::uint64_t ServerHost::jobs_done() const { return state_->ch->jobs_done; }
+
 int ServerHost::run() {
+    auto& st = *state_;
+    auto& opt = st.options;
+    auto ch = st.ch;
     zmq::context_t ctx;
     zmq::socket_t sock(ctx, zmq::socket_type::dealer);
-    if (wire::needs_curve(options_.endpoint)) wire::make_curve_client(sock, options_.server_public_key, options_.client_keys);
-    sock.set(zmq::sockopt::linger, 2000); // results already queued still reach the head
+    if (wire::needs_curve(opt.endpoint)) wire::make_curve_client(sock, opt.server_public_key, opt.client_keys);
+    configure_socket(sock, std::chrono::milliseconds(2000)); // results already queued still reach the head
     sock.set(zmq::sockopt::sndtimeo, 1000); // no head to send to (gone, or it refused us): drop, do not hang
-    sock.set(zmq::sockopt::sndhwm, 0);
-    sock.set(zmq::sockopt::rcvhwm, 0);
-    sock.connect(options_.endpoint);
+    sock.connect(opt.endpoint);
+    Loop loop(sock, ch->out, "dynexec server");
+    auto send = [&](wire::Frames frames) { send_to(sock, "", frames); };
 
-    Outbox out;
     auto& catalog = ServiceCatalog::process();
-    // Owned by a raw pointer on purpose: leaving must not wait for a job the head will run elsewhere.
-    auto live = std::make_shared<LiveOutput>();
-    CaptureOptions capture{options_.capture_output, options_.capture_output && options_.slots == 1,
-                           JobOutput::kDefaultLimit, {}};
-    capture.live = [live, &out](const JobId& id, int stream, std::string_view data, bool final) {
-        if (!live->echo.load(std::memory_order_relaxed)) return; // echo off: nothing is sent
-        std::lock_guard lk(live->mu);
-        if (live->batcher.add(id, stream, data, final, SteadyClock::instance().now())) live->send(out);
+    CaptureOptions capture{opt.capture_output, opt.capture_output && opt.slots == 1, JobOutput::kDefaultLimit, {}};
+    capture.live = [ch](const JobId& id, int stream, std::string_view data, bool final) {
+        if (!ch->echo.load(std::memory_order_relaxed)) return; // echo off: nothing is sent
+        std::lock_guard lk(ch->live_mu);
+        if (ch->batcher.add(id, stream, data, final, SteadyClock::instance().now())) ch->send_output();
     };
     ComputeServer::Options server_options;
-    server_options.slots = options_.slots;
-    server_options.threads = options_.threads;
+    server_options.slots = opt.slots;
+    server_options.threads = opt.threads;
     server_options.capture = std::move(capture);
     auto* server = new ComputeServer(std::move(server_options), catalog);
-    Held held;
-    auto sink = std::make_shared<SendBack>(out, jobs_done_, held);
+    auto sink = std::make_shared<SendBack>(ch);
 
-    auto hello = [&](wire::Type type = wire::Type::hello_server) {
-        wire::HelloServer h{hostname(), getpid(), options_.slots, {}, options_.replaces_pid, options_.replaced_because};
-        for (auto& s : catalog.all()) h.services.push_back({s->name, s->doc, s->params, {}});
-        auto frames = wire::encode(h, type);
-        send_to(sock, "", frames);
+    auto hello = [&](bool offer_only = false) {
+        std::vector<ServiceDef> services;
+        for (auto& s : catalog.all()) services.push_back({s->name, s->doc, s->params, {}});
+        if (offer_only) return send(wire::encode(wire::Offer{std::move(services)}));
+        send(wire::encode(wire::HelloServer{wire::kProtocolVersion, hostname(), getpid(), opt.slots, std::move(services),
+                                            opt.replaces_pid, opt.replaced_because}));
     };
+    LeaseKeeper lease(SteadyClock::instance(), from_seconds(opt.head_timeout), std::chrono::milliseconds(250));
     hello();
-    // Between a hello and its welcome, more `expired` answers (to renewals sent before) must not register
-    // this server a second time; a hello left unanswered for long is sent again.
-    bool registering = true;
-    auto hello_sent = Clock::now();
+    lease.hello_sent();
 
-    auto renew_every = std::chrono::milliseconds(250);
-    auto head_timeout = std::chrono::duration<double>(options_.head_timeout);
-    auto last_heard = Clock::now();
-    auto next_renew = Clock::now() + renew_every;
     int code = 0;
-    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out.fd(), ZMQ_POLLIN, 0}};
-    while (!stop_) {
-        poll_for(items, 2, std::chrono::milliseconds(50));
-        if (items[0].revents & ZMQ_POLLIN) {
-            while (!stop_) { // once told to stop, nothing after it counts (an `expired` must not register us again)
-                wire::Frames frames;
-                if (!zmq::recv_multipart(sock, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
-                last_heard = Clock::now();
-                try {
-                    switch (wire::type_of(frames)) {
-                    case wire::Type::welcome: {
-                        auto w = wire::decode<wire::Welcome>(frames);
-                        registering = false;
-                        std::lock_guard lk(mu_);
-                        id_ = w.id;
-                        renew_every = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::duration<double>(w.renew_seconds));
-                        head_timeout = std::max(head_timeout, std::chrono::duration<double>(3 * w.lease_seconds));
-                        break;
-                    }
-                    case wire::Type::job: {
-                        auto m = wire::decode<wire::JobMsg>(frames);
-                        {
-                            std::lock_guard lk(held.mu);
-                            held.jobs[m.job->id] = m.job;
-                        }
-                        server->run(std::move(m.job), m.attempt, sink);
-                        break;
-                    }
-                    case wire::Type::revoke: { // it runs elsewhere or is cancelled, unless it has started here
-                        auto r = wire::decode<wire::Dispatch>(frames);
-                        bool ok = false;
-                        {
-                            std::lock_guard lk(held.mu);
-                            if (auto it = held.jobs.find(r.job_id); it != held.jobs.end() && it->second->attempt() == r.attempt) {
-                                ok = it->second->try_revoke(r.attempt);
-                                if (ok) held.jobs.erase(it);
-                            }
-                        }
-                        auto answer = wire::encode(wire::Revoked{r.job_id, r.attempt, ok});
-                        send_to(sock, "", answer);
-                        break;
-                    }
-                    case wire::Type::stop_job: {
-                        auto m = wire::decode<wire::StopJob>(frames);
-                        if (m.why != Status::killed && m.why != Status::timeout)
-                            throw std::runtime_error(fmt::format("stop_job for {} with status {}", m.job_id,
-                                                                 status_name(m.why)));
-                        JobPtr queued;
-                        {
-                            std::lock_guard lk(held.mu);
-                            if (auto it = held.jobs.find(m.job_id); it != held.jobs.end() && it->second->attempt() == m.attempt &&
-                                                                     it->second->try_revoke(m.attempt)) {
-                                queued = it->second;
-                                held.jobs.erase(it);
-                            }
-                        }
-                        if (queued) { // not started: it never will
-                            auto r = result_without_run(*queued, Status::cancelled, "CancelledError",
-                                                        "killed before it started");
-                            auto reply = wire::encode(wire::ResultMsg{std::move(r), m.attempt});
-                            send_to(sock, "", reply);
-                        } else {
-                            server->stop(m.job_id, m.attempt, m.why);
-                        }
-                        break;
-                    }
-                    case wire::Type::expired: // our lease lapsed: register anew, once
-                        if (!registering || Clock::now() - hello_sent > std::chrono::seconds(2)) {
-                            registering = true;
-                            hello_sent = Clock::now();
-                            hello();
-                        }
-                        break;
-                    case wire::Type::load_plugin: {
-                        auto path = wire::decode<wire::Request>(frames).job_id;
-                        try {
-                            catalog.load_plugin(path);
-                        } catch (const std::exception& e) {
-                            std::cerr << "dynexec server: " << e.what() << std::endl;
-                        }
-                        hello(wire::Type::offer);
-                        break;
-                    }
-                    case wire::Type::echo:
-                        live->echo = wire::decode<wire::Request>(frames).id != 0;
-                        break;
-                    case wire::Type::stop:
-                        stop_ = true;
-                        break;
-                    case wire::Type::renewed:
-                        break;
-                    default:
-                        break;
-                    }
-                } catch (const std::exception& e) {
-                    std::cerr << "dynexec server: dropped a message: " << e.what() << std::endl;
+    auto on_message = [&](const std::string&, wire::Frames& frames) {
+        if (st.stop) return; // once told to stop, nothing after it counts (an `expired` must not register us again)
+        lease.heard();
+        bool known = wire::visit<wire::Welcome, wire::Refused, wire::JobMsg, wire::Revoke, wire::StopJob, wire::Expired,
+                                 wire::LoadPlugin, wire::Echo, wire::Stop, wire::Renewed>(frames, [&](auto&& m) {
+            using M = std::decay_t<decltype(m)>;
+            if constexpr (std::is_same_v<M, wire::Welcome>) {
+                lease.welcomed(from_seconds(m.lease_seconds), from_seconds(m.renew_seconds));
+                std::lock_guard lk(st.mu);
+                st.id = m.id;
+            } else if constexpr (std::is_same_v<M, wire::Refused>) {
+                std::cerr << "dynexec server: the head at " << opt.endpoint << " refused this server: " << m.reason
+                          << std::endl;
+                code = 5;
+                st.stop = true;
+            } else if constexpr (std::is_same_v<M, wire::JobMsg>) {
+                {
+                    std::lock_guard lk(ch->held_mu);
+                    ch->held[m.job->id] = m.job;
                 }
+                server->run(std::move(m.job), m.attempt, sink);
+            } else if constexpr (std::is_same_v<M, wire::Revoke>) { // it runs elsewhere or is cancelled, unless started
+                bool ok = ch->revoke(m.job_id, m.attempt) != nullptr;
+                send(wire::encode(wire::Revoked{m.job_id, m.attempt, ok}));
+            } else if constexpr (std::is_same_v<M, wire::StopJob>) {
+                if (m.why != Status::killed && m.why != Status::timeout)
+                    throw std::runtime_error(
+                        fmt::format("stop_job for {} with status {}", m.job_id, status_name(m.why)));
+                if (auto queued = ch->revoke(m.job_id, m.attempt)) { // not started: it never will
+                    auto r = result_without_run(*queued, Status::cancelled, "CancelledError", "killed before it started");
+                    send(wire::encode(wire::ResultMsg{std::move(r), m.attempt}));
+                } else {
+                    server->stop(m.job_id, m.attempt, m.why);
+                }
+            } else if constexpr (std::is_same_v<M, wire::Expired>) { // our lease lapsed: register anew, once
+                if (lease.expired()) hello();
+            } else if constexpr (std::is_same_v<M, wire::LoadPlugin>) {
+                try {
+                    catalog.load_plugin(m.path);
+                } catch (const std::exception& e) {
+                    std::cerr << "dynexec server: " << e.what() << std::endl;
+                }
+                hello(/*offer_only=*/true);
+            } else if constexpr (std::is_same_v<M, wire::Echo>) {
+                ch->echo = m.on;
+            } else if constexpr (std::is_same_v<M, wire::Stop>) {
+                st.stop = true;
             }
-        }
-        if (items[1].revents & ZMQ_POLLIN)
-            for (auto& item : out.take()) send_to(sock, "", item.frames);
+        });
+        if (!known)
+            throw std::runtime_error(fmt::format("a {} message is not for a compute server", wire::type_name(wire::type_of(frames))));
+    };
+    auto on_turn = [&] {
         // Time limits; a job that would not stop holds a thread (a Python job always does): this process
         // ends so that its supervisor starts a fresh one, after saying so and sending what finished.
         if (server->enforce() > 0) {
-            for (auto& item : out.take()) send_to(sock, "", item.frames);
-            auto bye = wire::encode(wire::Leaving{"ended to stop a job that was killed or timed out"});
-            send_to(sock, "", bye);
+            loop.flush();
+            send(wire::encode(wire::Leaving{"ended to stop a job that was killed or timed out"}));
             code = 4;
-            break;
+            return false;
         }
-        auto now = Clock::now();
-        if (live->echo) {
-            std::lock_guard lk(live->mu);
-            if (live->batcher.due(now)) live->send(out);
+        if (ch->echo) {
+            std::lock_guard lk(ch->live_mu);
+            if (ch->batcher.due(SteadyClock::instance().now())) ch->send_output();
         }
-        if (now >= next_renew) {
-            auto frames = wire::encode(wire::Renew{server->stats()});
-            send_to(sock, "", frames);
-            next_renew = now + renew_every;
-        }
-        if (now - last_heard > head_timeout) {
+        if (lease.renew_due()) send(wire::encode(wire::Renew{server->stats()}));
+        if (lease.head_silent()) {
             std::cerr << fmt::format("dynexec server: no word from the head at {} for {:.1f} s; leaving\n",
-                                     options_.endpoint, std::chrono::duration<double>(now - last_heard).count());
+                                     opt.endpoint, seconds(lease.silent_for()));
             code = 2;
-            break;
+            return false;
         }
-        if (options_.parent_pid && getppid() != options_.parent_pid) {
+        if (opt.parent_pid && getppid() != opt.parent_pid) {
             code = 3;
-            break;
+            return false;
         }
-    }
-    for (auto& item : out.take()) send_to(sock, "", item.frames); // results finished meanwhile
+        return true;
+    };
+    loop.run(st.stop, std::chrono::milliseconds(50), on_message, on_turn);
+    loop.flush(); // results finished meanwhile
+    // Leaving must not wait for jobs the head runs elsewhere: a server still holding any is left to the
+    // process's end (it points only to the shared channel and the process's catalog).
+    if (server->stats().in_flight == 0) delete server;
     return code;
 }
 

@@ -1,11 +1,11 @@
-// The compute-server side of a process that serves a remote head: registers
-// on a lease over ZeroMQ, renews it, runs the jobs it is sent on a local
-// ComputeServer and sends the results back.
+// The compute-server side of a process that serves a remote head: registers on a lease over ZeroMQ,
+// renews it, runs the jobs it is sent on its own ComputeServer and sends the results back.
 #pragma once
 
 #include "wire/security.hpp"
 
 #include <atomic>
+#include <memory>
 #include <string>
 
 namespace dynexec::remote {
@@ -13,7 +13,7 @@ namespace dynexec::remote {
 struct HostOptions {
     std::string endpoint;          // the head's
     std::string server_public_key; // the head's CURVE key
-    wire::CurveKeys client_keys;   // the cluster's secret
+    wire::CurveKeys client_keys;   // this compute server's credentials
     unsigned slots = 1, threads = 0;
     int parent_pid = 0;       // leave when this process is gone (0: no parent to watch)
     double head_timeout = 10; // leave after this long without a word from the head
@@ -27,19 +27,19 @@ struct HostOptions {
 class ServerHost {
 public:
     explicit ServerHost(HostOptions options);
+    ~ServerHost();
     // Serves until the head says stop (returns 0), falls silent (2), the parent dies (3), a job that was
-    // stopped would not end (4: the process should exit, and be replaced) or stop() (0).
+    // stopped would not end (4: the process should exit, and be replaced), the head refuses it (5) or stop() (0).
     int run();
-    void stop() { stop_ = true; }
+    void stop();
     std::string id() const;
-    std::uint64_t jobs_done() const { return jobs_done_; }
+    std::uint64_t jobs_done() const;
 
 private:
-    HostOptions options_;
-    std::atomic<bool> stop_{false};
-    std::atomic<std::uint64_t> jobs_done_{0};
-    mutable std::mutex mu_;
-    std::string id_;
+    // Everything a job's callbacks reach lives here, shared with them: a job that outlives run() (it is
+    // given up on, not waited for) never points into a finished stack frame.
+    struct State;
+    std::shared_ptr<State> state_;
 };
 
 } // namespace dynexec::remote

@@ -23,7 +23,7 @@ public:
     }
     // The server answers with revoked: only it knows whether it has started the job.
     std::optional<bool> revoke(const JobPtr& job, int attempt) override {
-        out_.push(routing_, wire::encode(wire::Type::revoke, wire::Dispatch{job->id, attempt}));
+        out_.push(routing_, wire::encode(wire::Revoke{job->id, attempt}));
         return std::nullopt;
     }
     void stop(const JobId& id, int attempt, Status why) override {
@@ -55,7 +55,7 @@ public:
         sink->complete(std::move(m.result), m.attempt);
     }
     // Our copy of the job says it runs, as the server's does (the balancer reads it).
-    void on_started(const wire::Dispatch& m) {
+    void on_started(const wire::Started& m) {
         std::lock_guard lk(mu_);
         if (auto it = pending_.find(m.job_id); it != pending_.end() && it->second.attempt == m.attempt)
             it->second.job->try_start(m.attempt);

@@ -116,6 +116,12 @@ bool fits(ValueType declared, const Value& v) {
 
 } // namespace
 
+void unknown_service(const std::string& name, std::vector<std::string> offered) {
+    std::sort(offered.begin(), offered.end());
+    throw UnknownService(fmt::format("unknown service '{}': no compute server offers it (offered: {})", name,
+                                     offered.empty() ? "none yet" : fmt::format("{}", fmt::join(offered, ", "))));
+}
+
 Params validate_params(const ServiceDef& def, const Params& given) {
     for (auto& [name, value] : given) {
         auto spec = std::find_if(def.params.begin(), def.params.end(), [&](auto& p) { return p.name == name; });

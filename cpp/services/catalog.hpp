@@ -47,5 +47,7 @@ void register_builtin_services(ServiceRegistrar& r);
 // missing and mistyped parameters throw InvalidJob naming the parameter),
 // ints widened to floats where a float is declared, defaults filled in.
 Params validate_params(const ServiceDef& def, const Params& given);
+// Throws UnknownService for `name`, listing what is offered.
+[[noreturn]] void unknown_service(const std::string& name, std::vector<std::string> offered);
 
 } // namespace dynexec

@@ -22,23 +22,50 @@ template <class IO> void fields(IO& io, ParamSpec& p) { io(p.name, p.type, p.def
 template <class IO> void fields(IO& io, ServiceDef& d) { io(d.name, d.doc, d.params); }
 template <class IO> void fields(IO& io, ServerInfo& s) { io(s.id, s.host, s.pid, s.lease_expiry, s.services, s.stats); }
 template <class IO> void fields(IO& io, HelloServer& m) {
-    io(m.host, m.pid, m.slots, m.services, m.replaces_pid, m.replaced_because);
+    io(m.version, m.host, m.pid, m.slots, m.services, m.replaces_pid, m.replaced_because);
 }
-template <class IO> void fields(IO& io, Welcome& m) { io(m.id, m.lease_seconds, m.renew_seconds); }
+template <class IO> void fields(IO& io, Offer& m) { io(m.services); }
 template <class IO> void fields(IO& io, Renew& m) { io(m.stats); }
 template <class IO> void fields(IO& io, ResultMsg& m) { io(m.result, m.attempt); }
-template <class IO> void fields(IO& io, HelloClient& m) { io(m.owner); }
-template <class IO> void fields(IO& io, Request& m) { io(m.id, m.job_id); }
-template <class IO> void fields(IO& io, JobOptions& o) { io(o.time_limit, o.retries); }
-template <class IO> void fields(IO& io, Submit& m) { io(m.id, m.service, m.params, m.owner, m.options); }
-template <class IO> void fields(IO& io, Dispatch& m) { io(m.job_id, m.attempt); }
+template <class IO> void fields(IO& io, Started& m) { io(m.job_id, m.attempt); }
 template <class IO> void fields(IO& io, Revoked& m) { io(m.job_id, m.attempt, m.ok); }
-template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.why); }
 template <class IO> void fields(IO& io, Leaving& m) { io(m.reason); }
+template <class IO> void fields(IO& io, Welcome& m) { io(m.version, m.id, m.lease_seconds, m.renew_seconds); }
+template <class IO> void fields(IO& io, Refused& m) { io(m.reason); }
+template <class IO> void fields(IO& io, Expired&) { io(); }
+template <class IO> void fields(IO& io, Stop&) { io(); }
+template <class IO> void fields(IO& io, Renewed&) { io(); }
+template <class IO> void fields(IO& io, LoadPlugin& m) { io(m.path); }
+template <class IO> void fields(IO& io, Revoke& m) { io(m.job_id, m.attempt); }
+template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.why); }
+template <class IO> void fields(IO& io, Echo& m) { io(m.on); }
+template <class IO> void fields(IO& io, HelloClient& m) { io(m.version, m.owner); }
+template <class IO> void fields(IO& io, JobOptions& o) { io(o.time_limit, o.retries); }
+template <class IO> void fields(IO& io, SubmitJob& m) { io(m.id, m.service, m.params, m.options); }
+template <class IO> void fields(IO& io, Submit& m) { io(m.owner, m.jobs); }
+template <class IO> void fields(IO& io, Cancel& m) { io(m.request, m.job_ids); }
+template <class IO> void fields(IO& io, Kill& m) { io(m.request, m.job_id); }
+template <class IO> void fields(IO& io, StateQuery& m) { io(m.request, m.job_id); }
+template <class IO> void fields(IO& io, BacklogQuery& m) { io(m.request); }
+template <class IO> void fields(IO& io, ServersQuery& m) { io(m.request); }
+template <class IO> void fields(IO& io, ShutdownCluster& m) { io(m.request); }
+template <class IO> void fields(IO& io, WatchOutput& m) { io(m.request, m.on); }
+template <class IO> void fields(IO& io, MoreIds& m) { io(m.request, m.count); }
+template <class IO> void fields(IO& io, ServicesQuery& m) { io(m.request); }
+template <class IO> void fields(IO& io, IdBlock& m) { io(m.first, m.count); }
+template <class IO> void fields(IO& io, WelcomeClient& m) { io(m.version, m.session, m.services, m.ids); }
+template <class IO> void fields(IO& io, Results& m) { io(m.results); }
+template <class IO> void fields(IO& io, Cancelled& m) { io(m.request, m.cancelled); }
+template <class IO> void fields(IO& io, Killed& m) { io(m.request, m.killed); }
+template <class IO> void fields(IO& io, JobStateReply& m) { io(m.request, m.state); }
 template <class IO> void fields(IO& io, ServiceCount& c) { io(c.service, c.jobs); }
 template <class IO> void fields(IO& io, Backlog& b) { io(b.running, b.queued, b.waiting); }
-template <class IO> void fields(IO& io, Reply& m) { io(m.id, m.error_type, m.message, m.flag, m.servers, m.backlog); }
-template <class IO> void fields(IO& io, Results& m) { io(m.results); }
+template <class IO> void fields(IO& io, BacklogReply& m) { io(m.request, m.backlog); }
+template <class IO> void fields(IO& io, ServersReply& m) { io(m.request, m.servers); }
+template <class IO> void fields(IO& io, Done& m) { io(m.request); }
+template <class IO> void fields(IO& io, ErrorReply& m) { io(m.request, m.error_type, m.message); }
+template <class IO> void fields(IO& io, IdsReply& m) { io(m.request, m.ids); }
+template <class IO> void fields(IO& io, ServicesReply& m) { io(m.request, m.services); }
 
 template <class T>
 concept Record = requires(T& t, int& io) {
@@ -262,17 +289,94 @@ struct Body {
     In& operator*() { return *in; }
 };
 
-template <class M> Frames encode_as(Type t, const M& m) {
-    Out o;
-    fields(o, const_cast<M&>(m));
-    return o.finish(t);
+// A job is shared state (its dispatch word), not a plain record: its fields are listed here.
+template <class IO> void job_fields(IO& io, Job& j, int& attempt) {
+    io(j.id, j.service, j.params, j.owner, j.submit_time, j.time_limit, attempt);
 }
 
-template <class M> M decode_as(Frames& frames) {
-    Body b(frames);
-    M m;
-    fields(*b, m);
-    return m;
+// Output chunks carry raw bytes (a chunk may end inside a UTF-8 sequence): packed as bin, not str.
+void put_chunks(Out& o, const std::vector<OutputChunk>& chunks) {
+    o.pk.pack_array(std::uint32_t(chunks.size()));
+    for (auto& c : chunks) {
+        o.pk.pack_array(4);
+        o.put(c.job_id);
+        o.put(c.stream);
+        o.bin(c.data);
+        o.put(c.final);
+    }
+}
+std::vector<OutputChunk> read_chunks(In& list) {
+    std::vector<OutputChunk> chunks;
+    while (list.i < list.n) {
+        In c = list.sub();
+        auto& chunk = chunks.emplace_back();
+        c(chunk.job_id, chunk.stream);
+        chunk.data = c.bin();
+        c(chunk.final);
+    }
+    return chunks;
+}
+
+template <class M> struct Codec {
+    static Frames encode(const M& m) {
+        Out o;
+        fields(o, const_cast<M&>(m));
+        return o.finish(M::type);
+    }
+    static M decode(Frames& frames) {
+        Body b(frames);
+        M m;
+        fields(*b, m);
+        return m;
+    }
+};
+template <> struct Codec<JobMsg> {
+    static Frames encode(const JobMsg& m) {
+        Out o;
+        int attempt = m.attempt;
+        job_fields(o, *m.job, attempt);
+        return o.finish(JobMsg::type);
+    }
+    static JobMsg decode(Frames& frames) {
+        Body b(frames);
+        JobMsg m;
+        m.job = std::make_shared<Job>();
+        job_fields(*b, *m.job, m.attempt);
+        m.job->requeue(m.attempt);
+        return m;
+    }
+};
+template <class M>
+requires std::is_same_v<M, OutputMsg> || std::is_same_v<M, JobOutput>
+struct Codec<M> {
+    static Frames encode(const M& m) {
+        Out o;
+        put_chunks(o, m.chunks);
+        return o.finish(M::type);
+    }
+    static M decode(Frames& frames) {
+        Body b(frames);
+        M m;
+        m.chunks = read_chunks(*b);
+        return m;
+    }
+};
+
+#define DYNEXEC_MESSAGES(X)                                                                                   \
+    X(HelloServer) X(Offer) X(Renew) X(ResultMsg) X(Started) X(Revoked) X(Leaving) X(OutputMsg) X(Welcome)          \
+    X(Refused) X(Expired) X(JobMsg) X(Stop) X(Renewed) X(LoadPlugin) X(Revoke) X(StopJob) X(Echo) X(HelloClient)    \
+    X(Submit) X(Cancel) X(Kill) X(StateQuery) X(BacklogQuery) X(ServersQuery) X(ShutdownCluster) X(WatchOutput)      \
+    X(MoreIds) X(ServicesQuery) X(WelcomeClient) X(Results) X(JobOutput) X(Cancelled) X(Killed) X(JobStateReply)     \
+    X(BacklogReply) X(ServersReply) X(Done) X(ErrorReply) X(IdsReply) X(ServicesReply)
+
+template <class... M> struct MessageList {};
+#define DYNEXEC_ITEM(M) , M
+template <class Void, class... M> using ListOf = MessageList<M...>;
+using Messages = ListOf<void DYNEXEC_MESSAGES(DYNEXEC_ITEM)>;
+#undef DYNEXEC_ITEM
+
+template <class... M> void decode_one_of(MessageList<M...>, Frames& frames) {
+    if (!visit<M...>(frames, [](auto&&) {})) malformed(fmt::format("unknown message type {}", int(type_of(frames))));
 }
 
 } // namespace
@@ -282,81 +386,34 @@ Type type_of(const Frames& frames) {
     return Type(*frames[0].data<std::uint8_t>());
 }
 
-Frames encode(Type type) {
-    Out o;
-    o();
-    return o.finish(type);
-}
-
-Frames encode(const HelloServer& m, Type type) { return encode_as(type, m); }
-Frames encode(const Welcome& m) { return encode_as(Type::welcome, m); }
-Frames encode(const Renew& m) { return encode_as(Type::renew, m); }
-Frames encode(const ResultMsg& m) { return encode_as(Type::result, m); }
-Frames encode(const HelloClient& m) { return encode_as(Type::hello_client, m); }
-Frames encode(Type type, const Request& m) { return encode_as(type, m); }
-Frames encode(const Submit& m) { return encode_as(Type::submit, m); }
-Frames encode(const Reply& m) { return encode_as(Type::reply, m); }
-Frames encode(const Results& m) { return encode_as(Type::results, m); }
-Frames encode(Type type, const Dispatch& m) { return encode_as(type, m); }
-Frames encode(const Revoked& m) { return encode_as(Type::revoked, m); }
-Frames encode(const StopJob& m) { return encode_as(Type::stop_job, m); }
-Frames encode(const Leaving& m) { return encode_as(Type::leaving, m); }
-
-template <> HelloServer decode(Frames& f) { return decode_as<HelloServer>(f); }
-template <> Welcome decode(Frames& f) { return decode_as<Welcome>(f); }
-template <> Renew decode(Frames& f) { return decode_as<Renew>(f); }
-template <> ResultMsg decode(Frames& f) { return decode_as<ResultMsg>(f); }
-template <> HelloClient decode(Frames& f) { return decode_as<HelloClient>(f); }
-template <> Request decode(Frames& f) { return decode_as<Request>(f); }
-template <> Submit decode(Frames& f) { return decode_as<Submit>(f); }
-template <> Reply decode(Frames& f) { return decode_as<Reply>(f); }
-template <> Results decode(Frames& f) { return decode_as<Results>(f); }
-template <> Dispatch decode(Frames& f) { return decode_as<Dispatch>(f); }
-template <> Revoked decode(Frames& f) { return decode_as<Revoked>(f); }
-template <> StopJob decode(Frames& f) { return decode_as<StopJob>(f); }
-template <> Leaving decode(Frames& f) { return decode_as<Leaving>(f); }
-
-// A job is shared state (its dispatch word), not a plain record: its fields are listed here.
-Frames encode(const JobMsg& m) {
-    Out o;
-    o(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.job->time_limit, m.attempt);
-    return o.finish(Type::job);
-}
-template <> JobMsg decode(Frames& f) {
-    Body b(f);
-    JobMsg m;
-    m.job = std::make_shared<Job>();
-    (*b)(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.job->time_limit, m.attempt);
-    m.job->requeue(m.attempt);
-    return m;
-}
-
-
-// Output chunks carry raw bytes (a chunk may end inside a UTF-8 sequence): packed as bin, not str.
-Frames encode(const OutputMsg& m) {
-    Out o;
-    o.pk.pack_array(std::uint32_t(m.chunks.size()));
-    for (auto& c : m.chunks) {
-        o.pk.pack_array(4);
-        o.put(c.job_id);
-        o.put(c.stream);
-        o.bin(c.data);
-        o.put(c.final);
+const char* type_name(Type t) {
+    switch (t) {
+#define DYNEXEC_TYPE(x) \
+    case Type::x: return #x;
+        DYNEXEC_TYPE(hello_server) DYNEXEC_TYPE(offer) DYNEXEC_TYPE(renew) DYNEXEC_TYPE(result) DYNEXEC_TYPE(started)
+        DYNEXEC_TYPE(revoked) DYNEXEC_TYPE(leaving) DYNEXEC_TYPE(output) DYNEXEC_TYPE(welcome) DYNEXEC_TYPE(refused)
+        DYNEXEC_TYPE(expired) DYNEXEC_TYPE(job) DYNEXEC_TYPE(stop) DYNEXEC_TYPE(renewed) DYNEXEC_TYPE(load_plugin)
+        DYNEXEC_TYPE(revoke) DYNEXEC_TYPE(stop_job) DYNEXEC_TYPE(echo) DYNEXEC_TYPE(hello_client) DYNEXEC_TYPE(submit)
+        DYNEXEC_TYPE(cancel) DYNEXEC_TYPE(kill) DYNEXEC_TYPE(state) DYNEXEC_TYPE(backlog) DYNEXEC_TYPE(servers)
+        DYNEXEC_TYPE(shutdown) DYNEXEC_TYPE(watch_output) DYNEXEC_TYPE(more_ids) DYNEXEC_TYPE(services)
+        DYNEXEC_TYPE(welcome_client) DYNEXEC_TYPE(results) DYNEXEC_TYPE(job_output) DYNEXEC_TYPE(cancelled)
+        DYNEXEC_TYPE(killed) DYNEXEC_TYPE(job_state) DYNEXEC_TYPE(backlog_reply) DYNEXEC_TYPE(servers_reply)
+        DYNEXEC_TYPE(done) DYNEXEC_TYPE(error) DYNEXEC_TYPE(ids) DYNEXEC_TYPE(services_reply)
+#undef DYNEXEC_TYPE
     }
-    return o.finish(Type::output);
+    return "unknown";
 }
-template <> OutputMsg decode(Frames& f) {
-    Body b(f);
-    OutputMsg m;
-    In& list = *b;
-    while (list.i < list.n) {
-        In c = list.sub();
-        auto& chunk = m.chunks.emplace_back();
-        c(chunk.job_id, chunk.stream);
-        chunk.data = c.bin();
-        c(chunk.final);
-    }
-    return m;
-}
+
+template <class M> Frames encode(const M& m) { return Codec<M>::encode(m); }
+template <class M> M decode(Frames& frames) { return Codec<M>::decode(frames); }
+
+void decode_any(Frames& frames) { decode_one_of(Messages{}, frames); }
+
+// Every message's encode and decode, instantiated once here.
+#define DYNEXEC_INSTANTIATE(M)                                                                                    \
+    template Frames encode<M>(const M&);                                                                          \
+    template M decode<M>(Frames&);
+DYNEXEC_MESSAGES(DYNEXEC_INSTANTIATE)
+#undef DYNEXEC_INSTANTIATE
 
 } // namespace dynexec::wire

@@ -94,7 +94,8 @@ TEST(Protocol, ResultsRepliesAndServiceSignaturesRoundTrip) {
     EXPECT_EQ(back.results[1].traceback, "tb");
     EXPECT_EQ(std::get<Array>(back.results[0].value).view<double>()[0], 7.0);
 
-    HelloServer h{"host",
+    HelloServer h{kProtocolVersion,
+                  "host",
                   42,
                   2,
                   {{"svc", "doc", {{"x", ValueType::real, Value{1.5}, "an x"}, {"y", ValueType::array, {}, ""}}, {}}}};
@@ -105,10 +106,11 @@ TEST(Protocol, ResultsRepliesAndServiceSignaturesRoundTrip) {
     EXPECT_EQ(std::get<double>(*hb.services[0].params[0].default_value), 1.5);
     EXPECT_FALSE(hb.services[0].params[1].default_value);
 
-    Reply rep{9, "UnknownServiceError", "nope", true, {{"server-1", "h", 3, 4.5, {"a", "b"}, {5, 1.0, 2.0, 1}}}};
+    ServersReply rep{9, {{"server-1", "h", 3, 4.5, {"a", "b"}, {5, 1.0, 2.0, 1}}}};
     auto rf = encode(rep);
-    auto rb = decode<Reply>(rf);
-    EXPECT_EQ(rb.id, 9u);
+    ASSERT_EQ(type_of(rf), Type::servers_reply);
+    auto rb = decode<ServersReply>(rf);
+    EXPECT_EQ(rb.request, 9u);
     EXPECT_EQ(rb.servers.at(0).services, (std::vector<std::string>{"a", "b"}));
     EXPECT_EQ(rb.servers.at(0).stats.jobs_done, 5u);
 }
@@ -116,7 +118,7 @@ TEST(Protocol, ResultsRepliesAndServiceSignaturesRoundTrip) {
 TEST(Protocol, MalformedMessagesAreRefusedWithAReason) {
     Frames empty;
     EXPECT_THROW(type_of(empty), std::runtime_error);
-    auto f = encode(Welcome{"server-1", 2, 0.5});
+    auto f = encode(Welcome{kProtocolVersion, "server-1", 2, 0.5});
     Frames body_only;
     body_only.emplace_back(std::string("\x10"));
     EXPECT_THROW(decode<Welcome>(body_only), std::runtime_error);
@@ -136,4 +138,30 @@ TEST(Protocol, MalformedMessagesAreRefusedWithAReason) {
         EXPECT_NE(std::string(e.what()).find("array frame missing"), std::string::npos);
     }
     EXPECT_EQ(decode<Welcome>(f).id, "server-1");
+}
+
+TEST(Protocol, EachMessageKindHasItsOwnTypeAndVisitPicksIt) {
+    auto f = encode(Submit{"me", {{"S-1", "svc", {{"x", std::int64_t{3}}}, {1.5, 2}}}});
+    ASSERT_EQ(type_of(f), Type::submit);
+    bool got = visit<Cancel, Submit>(f, [&](auto&& m) {
+        using M = std::decay_t<decltype(m)>;
+        ASSERT_TRUE((std::is_same_v<M, Submit>));
+        if constexpr (std::is_same_v<M, Submit>) {
+            ASSERT_EQ(m.jobs.size(), 1u);
+            EXPECT_EQ(m.jobs[0].id, "S-1");
+            EXPECT_EQ(m.jobs[0].options.retries, 2);
+            EXPECT_EQ(std::get<std::int64_t>(*m.jobs[0].params.find("x")), 3);
+        }
+    });
+    EXPECT_TRUE(got);
+    auto c = encode(Cancelled{4, {1, 0, 1}});
+    EXPECT_FALSE(visit<Submit>(c, [](auto&&) {})); // not one of those asked for
+    EXPECT_EQ(decode<Cancelled>(c).cancelled, (std::vector<std::uint8_t>{1, 0, 1}));
+    EXPECT_STREQ(type_name(Type::more_ids), "more_ids");
+    EXPECT_STREQ(type_name(Type(200)), "unknown");
+    auto w = encode(WelcomeClient{kProtocolVersion, "SESSION", {}, {17, 64}});
+    auto wb = decode<WelcomeClient>(w);
+    EXPECT_EQ(wb.ids.first, 17u);
+    EXPECT_EQ(wb.ids.count, 64u);
+    EXPECT_NO_THROW(decode_any(w));
 }
