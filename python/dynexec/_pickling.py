@@ -220,11 +220,11 @@ _captured: dict = {}  # function -> _Captured (holds the function and every unch
 def function_part(fn):
     """What a job's payload carries for a by-value function: (template, pickled state), or None if `fn` is not
     a by-value function or cannot be split (pickle it whole then)."""
-    if not _by_value(fn):
-        return None
     c = _captured.get(fn)
     state = None if c is None else c.fresh()
     if state is None:
+        if not _by_value(fn):
+            return None
         try:
             c = capture(fn)
         except Uncachable:
