@@ -85,12 +85,14 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
 
 SIZES = {
-    "full": dict(tiny=20_000, cluster_jobs=10_000, cluster_latency=500, latency=2_000, map=100_000, map_dask_cs1=5_000, chunksizes=(10, 100, 1000),
+    "full": dict(tiny=20_000, latency=2_000, map=100_000, map_dask_cs1=5_000, chunksizes=(10, 100, 1000),
+                 cluster_jobs=10_000, cluster_latency=500,
                  cpu_jobs=400, cpu_seconds=0.005, skewed_jobs=200, native=20_000, find=200,
                  large_jobs=16, large_mib=64, dd_mib=1024, backlog=200_000,
                  new_server_jobs=2_000, kill_jobs=100, timeout=600,
                  cpp_jobs=1_000_000, cpp_backlog=1_000_000, cpp_new_server_jobs=500),
-    "quick": dict(tiny=500, cluster_jobs=300, cluster_latency=50, latency=100, map=2_000, map_dask_cs1=500, chunksizes=(10, 100),
+    "quick": dict(tiny=500, latency=100, map=2_000, map_dask_cs1=500, chunksizes=(10, 100),
+                  cluster_jobs=300, cluster_latency=50,
                   cpu_jobs=20, cpu_seconds=0.002, skewed_jobs=20, native=2_000, find=50,
                   large_jobs=2, large_mib=4, dd_mib=32, backlog=5_000,
                   new_server_jobs=200, kill_jobs=0, timeout=120,
