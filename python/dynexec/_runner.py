@@ -7,7 +7,7 @@ import traceback
 import cloudpickle
 import numpy as np
 
-from ._pickling import dumps
+from ._pickling import Instance, dumps
 
 # dtypes the archive stores natively; other arrays are pickled like any value.
 _NATIVE_DTYPES = frozenset("f8 f4 i8 i4 i2 i1 u8 u4 u2 u1 b1".split())
@@ -28,16 +28,42 @@ def _error(exc, message=None):
 
 
 _functions: dict[bytes, object] = {}  # pickled callable -> callable: each is unpickled once per server
+_templates: dict[bytes, list] = {}  # template of a by-value function -> idle unpickled copies (Instance)
 _MAX_FUNCTIONS = 1024
+unpickled = 0  # callables and templates unpickled by this process (what the caches save shows here)
 
 
 def _function(blob: bytes):
+    global unpickled
     fn = _functions.get(blob)
     if fn is None:
         if len(_functions) >= _MAX_FUNCTIONS:
             _functions.clear()
         fn = _functions[blob] = pickle.loads(blob)
+        unpickled += 1
     return fn
+
+
+def _call_template(template: bytes, state: bytes, args, kwargs):
+    """Runs a by-value function: a cached copy of its template with this job's captured mutable values bound.
+    A copy serves one job at a time; jobs that run at once (several slots) take copies of their own."""
+    global unpickled
+    pool = _templates.get(template)
+    if pool is None:
+        if len(_templates) >= _MAX_FUNCTIONS:
+            _templates.clear()
+        pool = _templates.setdefault(template, [])
+    try:
+        copy = pool.pop()
+    except IndexError:
+        copy = Instance(template)
+        unpickled += 1
+    try:
+        fn = copy.bind(pickle.loads(state) if state else ())
+        return fn, fn(*args, **kwargs)
+    finally:
+        copy.unbind()
+        pool.append(copy)
 
 
 class _JobStream(io.TextIOBase):
@@ -126,13 +152,19 @@ def _install_streams() -> None:
 def run(payload):
     """Returns ("array", ndarray) | ("pickle", bytes) | ("error", type, message, traceback, pickled exception).
 
-    `payload` pickles (pickled callable, args, kwargs); see dynexec.executor.job_payload."""
+    `payload` pickles (callable part, pickled (args, kwargs)); the callable part is a pickled callable, or a
+    by-value function's (template, pickled state); see dynexec.executor.job_payload."""
     if not _streams_checked:
         _install_streams()
+    fn = None
     try:
-        blob, args, kwargs = pickle.loads(payload)
-        fn = _function(blob)
-        value = fn(*args, **kwargs)
+        blob, arguments = pickle.loads(payload)
+        args, kwargs = pickle.loads(arguments)
+        if type(blob) is tuple:
+            fn, value = _call_template(*blob, args, kwargs)
+        else:
+            fn = _function(blob)
+            value = fn(*args, **kwargs)
     except BaseException as exc:  # the job's failure is its result, whatever it raised
         return _error(exc)
     if isinstance(value, np.ndarray) and f"{value.dtype.kind}{value.dtype.itemsize}" in _NATIVE_DTYPES and value.ndim > 0:

@@ -18,7 +18,7 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from ._pickling import dumps
+from ._pickling import dumps, function_part
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from .results import Result, default_archive
@@ -40,13 +40,19 @@ def _default_owner() -> str:
 _function_blobs: dict = {}  # callable -> its pickle, for those pickled by reference only (never stale)
 
 
-def _function_blob(fn) -> bytes:
+def _function_blob(fn):
+    """The callable's part of a job payload: its pickle (bytes), or for a function pickled by value (of
+    __main__, a lambda, a local function) (template, state) from _pickling.function_part: the template is
+    cached while what it captured is unchanged, the mutable values it captured are pickled afresh."""
     try:
         blob = _function_blobs.get(fn)
     except TypeError:  # unhashable callable
         return dumps(fn)
     if blob is not None:
         return blob
+    part = function_part(fn)
+    if part is not None:
+        return part
     # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
     if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
         try:
@@ -69,7 +75,13 @@ def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
 def job_payload(fn, args, kwargs) -> bytes:
     """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
     unpickles each callable once, and the arguments."""
-    return dumps((_function_blob(fn), args, kwargs))
+    return _payload(_function_blob(fn), args, kwargs)
+
+
+def _payload(blob, args, kwargs) -> bytes:
+    # The arguments are pickled apart from the callable's blob: a by-value blob holds the text "__main__",
+    # which would send every payload through cloudpickle (dumps looks for it).
+    return pickle.dumps((blob, dumps((args, kwargs))), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 _condition_lock = threading.Lock()  # makes each future's Condition exactly once
@@ -315,7 +327,7 @@ class Executor(_Executor):
         futures = []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
             try:
-                payloads = [dumps((blob, args, {})) for args in batch]
+                payloads = [_payload(blob, args, {}) for args in batch]
             except Exception as exc:
                 for f in futures:
                     f.cancel()
