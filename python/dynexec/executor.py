@@ -242,14 +242,15 @@ class Executor(_Executor):
 
     def _start_collector(self):
         self._futures: dict[str, JobFuture] = {}
-        self._lock = threading.Lock()  # guards _futures and _shutdown
+        self._early: dict[str, tuple] = {}  # results that came before their future was registered
+        self._lock = threading.Lock()  # guards _futures, _early and _shutdown (never held across a call into the engine)
         self._shutdown = False
         self._closing = threading.Event()  # set once someone shuts the engine down
         self._engine_done = threading.Event()
         # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
         # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
         self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
-                                           args=(weakref.ref(self), self._engine, self._futures, self._lock,
+                                           args=(weakref.ref(self), self._engine, self._futures, self._early, self._lock,
                                                  self._closing, self._engine_done))
         self._collector.start()
         _collectors.add(self._collector)
@@ -298,18 +299,22 @@ class Executor(_Executor):
         return self._submit_many(lambda: [send()])[0]
 
     def _submit_many(self, send) -> list[JobFuture]:
-        """`send()` submits and returns the job IDs; their futures are registered before the collector can
-        see a result."""
+        """`send()` submits and returns the job IDs. It runs without the lock: a client may wait for the head
+        (job IDs, service signatures). A result that comes before its future is registered waits in _early."""
         where = self._echo.where() if self._echo is not None else None
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken:
                 raise BrokenExecutorError(self._broken)
-            futures = [JobFuture(self, job_id) for job_id in send()]  # under the lock, so is the collector
-            if self._echo is not None:
-                self._echo.track(futures, where)
+        futures = [JobFuture(self, job_id) for job_id in send()]
+        if self._echo is not None:
+            self._echo.track(futures, where)
+        with self._lock:
             self._futures.update((f.job_id, f) for f in futures)
+            early = [(self._futures.pop(f.job_id), *self._early.pop(f.job_id)) for f in futures
+                     if f.job_id in self._early] if self._early else []
+        _settle_all(early)
         return futures
 
     def _map(self, opts, fn, iterables, timeout, chunksize):
@@ -542,34 +547,20 @@ def _on_broken(executor_ref):
     return broken
 
 
-def _collect(executor_ref, engine, futures, lock, closing, engine_done):
-    loads = pickle.loads
+def _collect(executor_ref, engine, futures, early, lock, closing, engine_done):
     while True:
         batch = engine.poll_values(4096, 0.05)
         with lock:
-            settle = [(futures.pop(job_id, None), pickled, raw) for job_id, pickled, raw in batch]
-        for future, pickled, raw in settle:
-            if future is None:
-                continue
-            try:
-                if pickled is None:
-                    _settle(future, raw)  # not a success: raw is the whole result
-                elif not future.cancelled():
-                    try:
-                        value = loads(raw) if pickled else raw
-                    except Exception as exc:  # its class is not importable here: say so, naming the job
-                        future.set_exception(_decode_error(future.job_id, exc))
-                    else:
-                        future.set_result(value)
-                    value = None
-            except BaseException as exc:  # whatever else goes wrong with one result fails its future, not this thread
-                if not future.done():
-                    try:
-                        future.set_exception(exc)
-                    except BaseException:
-                        pass
+            settle = []
+            for job_id, pickled, raw in batch:
+                future = futures.pop(job_id, None)
+                if future is None:  # its submit has not registered it yet
+                    early[job_id] = (pickled, raw)
+                else:
+                    settle.append((future, pickled, raw))
+        _settle_all(settle)
         idle = not batch
-        batch = settle = future = raw = None  # hold no result while polling: a user may drop it, and it may be large
+        batch = settle = future = raw = pickled = None  # hold no result while polling: a user may drop it, and it may be large
         if idle:
             if engine_done.is_set():
                 return
@@ -577,6 +568,29 @@ def _collect(executor_ref, engine, futures, lock, closing, engine_done):
                 closing.set()
                 engine.shutdown(True, False)
                 engine_done.set()
+
+
+def _settle_all(settle) -> None:
+    """Sets each (future, pickled, raw) from the collector's fast path."""
+    loads = pickle.loads
+    for future, pickled, raw in settle:
+        try:
+            if pickled is None:
+                _settle(future, raw)  # not a success: raw is the whole result
+            elif not future.cancelled():
+                try:
+                    value = loads(raw) if pickled else raw
+                except Exception as exc:  # its class is not importable here: say so, naming the job
+                    future.set_exception(_decode_error(future.job_id, exc))
+                else:
+                    future.set_result(value)
+                value = None
+        except BaseException as exc:  # whatever else goes wrong with one result fails its future, not this thread
+            if not future.done():
+                try:
+                    future.set_exception(exc)
+                except BaseException:
+                    pass
 
 
 def _cancel_many(engine, futures) -> None:
