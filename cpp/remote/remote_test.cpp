@@ -107,3 +107,101 @@ TEST(Remote, ServerThatFallsSilentLeavesAndItsJobsWaitForTheNext) {
     next.stop();
     t2.join();
 }
+
+namespace {
+// A peer speaking the wire protocol by hand, to send what a dynexec process never would.
+struct RawPeer {
+    zmq::context_t ctx;
+    zmq::socket_t sock{ctx, zmq::socket_type::dealer};
+    RawPeer(const Cluster& cl) {
+        wire::make_curve_client(sock, cl.server_keys.public_key, cl.client_keys);
+        sock.set(zmq::sockopt::linger, 0);
+        sock.set(zmq::sockopt::rcvtimeo, 5000);
+        sock.connect(cl.engine.endpoint());
+    }
+    void send(wire::Frames f) { zmq::send_multipart(sock, f); }
+    wire::Frames recv() {
+        wire::Frames f;
+        if (!zmq::recv_multipart(sock, std::back_inserter(f))) throw std::runtime_error("no answer within 5 s");
+        return f;
+    }
+};
+} // namespace
+
+TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
+    Cluster cl;
+    RawPeer server(cl);
+    wire::HelloServer hello;
+    hello.version = 1;
+    hello.host = "old-host";
+    hello.pid = 4242;
+    server.send(wire::encode(hello));
+    auto f = server.recv();
+    ASSERT_EQ(wire::type_of(f), wire::Type::refused);
+    auto why = wire::decode<wire::Refused>(f).reason;
+    EXPECT_NE(why.find("version 2"), std::string::npos) << why;
+    EXPECT_NE(why.find("version 1"), std::string::npos) << why;
+    EXPECT_TRUE(cl.engine.servers().empty());
+
+    RawPeer client(cl);
+    client.send(wire::encode(wire::HelloClient{1, "me"}));
+    auto c = client.recv();
+    ASSERT_EQ(wire::type_of(c), wire::Type::error);
+    auto e = wire::decode<wire::ErrorReply>(c);
+    EXPECT_NE(e.message.find("version 2"), std::string::npos) << e.message;
+    EXPECT_NE(e.message.find("version 1"), std::string::npos) << e.message;
+}
+
+TEST(Remote, AClientCanUseOnlyTheJobIdsItWasGivenAndEachOnce) {
+    Cluster cl;
+    RawPeer client(cl);
+    client.send(wire::encode(wire::HelloClient{wire::kProtocolVersion, "me"}));
+    auto w = client.recv();
+    ASSERT_EQ(wire::type_of(w), wire::Type::welcome_client);
+    auto welcome = wire::decode<wire::WelcomeClient>(w);
+    ASSERT_GT(welcome.ids.count, 2u);
+    auto id = [&](std::uint64_t seq) { return JobIdGenerator::id(welcome.session, seq); };
+    auto first = welcome.ids.first;
+    wire::Submit s{"me", {}};
+    s.jobs.push_back({id(first), "noop", {{"x", 1.0}}, {}});                          // its own: accepted (waits)
+    s.jobs.push_back({id(first), "noop", {{"x", 1.0}}, {}});                          // the same again: refused
+    s.jobs.push_back({"01ZZZZZZZZZZZZZZ-0000000009", "noop", {{"x", 1.0}}, {}});   // another session: refused
+    s.jobs.push_back({id(first + welcome.ids.count + 5), "noop", {{"x", 1.0}}, {}}); // not given: refused
+    s.jobs.push_back({id(first + 1), "noop", {{"x", 1.0}}, {}}); // its own, but after a later one: refused
+    client.send(wire::encode(s));
+    auto r = client.recv();
+    ASSERT_EQ(wire::type_of(r), wire::Type::results);
+    auto results = wire::decode<wire::Results>(r).results;
+    ASSERT_EQ(results.size(), 4u);
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(results[i].error_type, "InvalidJobError");
+        EXPECT_NE(results[i].message.find("was not given to this client"), std::string::npos) << results[i].message;
+    }
+    // A job with an ID of a new block but a bad service fails as such: the head checks it too.
+    client.send(wire::encode(wire::MoreIds{7, 10}));
+    auto more = client.recv();
+    ASSERT_EQ(wire::type_of(more), wire::Type::ids);
+    auto block = wire::decode<wire::IdsReply>(more);
+    EXPECT_EQ(block.request, 7u);
+    client.send(wire::encode(wire::Submit{"me", {{id(block.ids.first), "no.such", {}, {}}}}));
+    auto rb = client.recv();
+    ASSERT_EQ(wire::type_of(rb), wire::Type::results);
+    auto unknown = wire::decode<wire::Results>(rb).results;
+    ASSERT_EQ(unknown.size(), 1u);
+    EXPECT_EQ(unknown[0].error_type, "UnknownServiceError");
+    EXPECT_EQ(cl.engine.backlog().waiting.size(), 1u); // the one valid job waits for a server
+    EXPECT_TRUE(cl.engine.cancel(id(first))); // else the engine's shutdown waits for it
+}
+
+TEST(Remote, ACancelRightAfterASubmitReachesTheHeadAfterIt) {
+    Cluster cl;
+    remote::Client client(cl.client_options());
+    for (int i = 0; i < 20; ++i) {
+        auto id = client.submit("noop", {{"x", 1.0}}, "me"); // no server: it waits in the balancer
+        EXPECT_TRUE(client.cancel(id)) << "the cancel overtook the submit of " << id;
+    }
+    auto ids = client.submit_many("noop", std::vector<Params>(100, Params{{"x", 2.0}}), "me");
+    auto cancelled = client.cancel_many(ids);
+    EXPECT_EQ(std::count(cancelled.begin(), cancelled.end(), true), 100);
+    EXPECT_EQ(collect(client, 120).size(), 120u); // each comes back, cancelled
+}
