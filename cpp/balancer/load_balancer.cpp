@@ -77,25 +77,18 @@ void LoadBalancer::absorb_locked(Probe& p) {
 void LoadBalancer::flush(bool nested) {
     auto me = std::this_thread::get_id();
     bool outer;
+    Call c;
     {
         MutexLock lk(mu_);
         if (outbox_.empty()) return;
         if (flusher_ != std::thread::id() && (flusher_ != me || !nested)) return; // the flusher makes ours too
         outer = flusher_ == std::thread::id();
         flusher_ = me;
+        c = std::move(outbox_.front());
+        outbox_.pop_front();
     }
     std::shared_ptr<LoadBalancer> self; // the sink of every run
     for (;;) {
-        Call c;
-        {
-            MutexLock lk(mu_);
-            if (outbox_.empty()) {
-                if (outer) flusher_ = {};
-                return;
-            }
-            c = std::move(outbox_.front());
-            outbox_.pop_front();
-        }
         try {
             switch (c.what) {
             case Call::What::run:
@@ -126,6 +119,13 @@ void LoadBalancer::flush(bool nested) {
             }
             throw;
         }
+        MutexLock lk(mu_);
+        if (outbox_.empty()) {
+            if (outer) flusher_ = {};
+            return;
+        }
+        c = std::move(outbox_.front());
+        outbox_.pop_front();
     }
 }
 
@@ -436,8 +436,10 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         auto& a = it->second;
         refuse_cancels_locked(a, answers);
-        auto s = servers_.find(a.server);
-        if (s != servers_.end()) {
+        // A pointer, not an iterator: pump_locked() may add servers, and a rehash invalidates iterators.
+        std::pair<const std::string, Server>* s = nullptr;
+        if (auto found = servers_.find(a.server); found != servers_.end()) s = &*found;
+        if (s) {
             if (s->second.outstanding > 0) --s->second.outstanding;
             auto& sent = s->second.sent; // drop what has finished from the front, keep the rest in order
             while (!sent.empty() && (sent.front().first == a.job || !current_locked(sent.front(), s->first)))
@@ -464,8 +466,7 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         // A server about to idle while another has a queue takes some of it (a slot left free costs more
         // than a move); one that still has work queued steals nothing.
-        if (!waiting_count_ && s != servers_.end() && s->second.outstanding < s->second.slots)
-            steal_locked(s->first, s->second);
+        if (!waiting_count_ && s && s->second.outstanding < s->second.slots) steal_locked(s->first, s->second);
     }
     if (!result.job_id.empty()) out.push_back(std::move(result));
     deliver(out, answers);
