@@ -152,7 +152,8 @@ void LoadBalancer::dispatch(std::vector<JobPtr> jobs) {
 void LoadBalancer::dispatch_locked(JobPtr job) {
     if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
     auto& a = jobs_[job->id];
-    a = {job, "", {}};
+    a = {};
+    a.job = job;
     if (job->state() == JobState::running) a.starts = 1; // handed over while running under another balancer
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
