@@ -7,6 +7,11 @@
 #include <unordered_set>
 
 namespace dynexec {
+namespace {
+// Read once, before the balancer is shared: its lock guards what its policy changes as it chooses.
+std::string_view policy_name(const Policy& p) NO_THREAD_SAFETY_ANALYSIS { return p.name(); }
+bool policy_stats(const Policy& p) NO_THREAD_SAFETY_ANALYSIS { return p.needs_stats(); }
+} // namespace
 
 std::uint32_t LoadBalancer::capacity(const Server& s) const {
     return Capacity::of(s.slots, s.run_seconds >= 0 ? s.run_seconds : run_seconds_);
@@ -24,27 +29,131 @@ std::shared_ptr<LoadBalancer> LoadBalancer::create(LookupRegistry& registry, std
 
 LoadBalancer::LoadBalancer(LookupRegistry& registry, std::shared_ptr<ResultsSink> results, Options options)
     : registry_(registry), results_(std::move(results)), options_(std::move(options)),
-      policy_(make_policy(options_.policy, options_.seed)) {
+      policy_(make_policy(options_.policy, options_.seed)), policy_name_(policy_name(*policy_)),
+      needs_stats_(policy_stats(*policy_)) {
     if (options_.max_attempts < 1)
         throw std::invalid_argument(fmt::format("max_attempts must be at least 1, got {}", options_.max_attempts));
 }
 
 LoadBalancer::~LoadBalancer() { registry_.unsubscribe(subscription_); }
 
+LoadBalancer::Probe LoadBalancer::probe() {
+    Probe p;
+    {
+        MutexLock lk(sight_mu_);
+        p.sightings = sightings_;
+    }
+    auto generation = registry_.generation();
+    if (!p.sightings || p.sightings->generation != generation) {
+        // Servers joined or left: read what is new (slots, shares_jobs are fixed for a server's life).
+        auto fresh = std::make_shared<Sightings>();
+        fresh->generation = generation;
+        for (auto& e : registry_.lookup(Kind::compute_server)) {
+            const Sighting* old = nullptr;
+            if (p.sightings)
+                if (auto it = p.sightings->servers.find(e.id);
+                    it != p.sightings->servers.end() && it->second.proxy == e.server.get())
+                    old = &it->second;
+            fresh->servers.emplace(e.id, old ? *old
+                                             : Sighting{e.server.get(), e.server, std::max(1u, e.server->slots()),
+                                                        e.server->shares_jobs()});
+        }
+        MutexLock lk(sight_mu_);
+        // The generation only grows: a slower probe of an older one does not replace a newer.
+        if (!sightings_ || sightings_->generation < fresh->generation) sightings_ = fresh;
+        p.sightings = sightings_;
+    }
+    if (needs_stats_)
+        for (auto& [id, seen] : p.sightings->servers)
+            if (auto proxy = seen.weak.lock()) p.stats.emplace(id, proxy->stats());
+    return p;
+}
+
+void LoadBalancer::absorb_locked(Probe& p) {
+    if (!seen_ || seen_->generation < p.sightings->generation) seen_ = p.sightings;
+    if (needs_stats_) polled_ = std::move(p.stats);
+}
+
+void LoadBalancer::flush(bool nested) {
+    auto me = std::this_thread::get_id();
+    bool outer;
+    Call c;
+    {
+        MutexLock lk(mu_);
+        if (outbox_.empty()) return;
+        if (flusher_ != std::thread::id() && (flusher_ != me || !nested)) return; // the flusher makes ours too
+        outer = flusher_ == std::thread::id();
+        flusher_ = me;
+        c = std::move(outbox_.front());
+        outbox_.pop_front();
+    }
+    std::shared_ptr<LoadBalancer> self; // the sink of every run
+    for (;;) {
+        try {
+            switch (c.what) {
+            case Call::What::run:
+                if (!self) self = shared_from_this();
+                c.proxy->run(c.job, c.attempt, self);
+                break;
+            case Call::What::stop:
+                c.proxy->stop(c.job->id, c.attempt, c.why);
+                break;
+            case Call::What::revoke:
+                // A server sharing the Job answers now; its answer takes the path a later one would.
+                if (auto ok = c.proxy->revoke(c.job, c.attempt)) {
+                    std::vector<Result> out;
+                    Answers answers;
+                    {
+                        MutexLock lk(mu_);
+                        revoked_locked(c.job->id, c.attempt, *ok, out, answers);
+                    }
+                    deliver(out, answers);
+                }
+                break;
+            }
+        } catch (...) {
+            // The calls left wait for the next entry point; this one's caller hears of the failure.
+            if (outer) {
+                MutexLock lk(mu_);
+                flusher_ = {};
+            }
+            throw;
+        }
+        MutexLock lk(mu_);
+        if (outbox_.empty()) {
+            if (outer) flusher_ = {};
+            return;
+        }
+        c = std::move(outbox_.front());
+        outbox_.pop_front();
+    }
+}
+
 void LoadBalancer::dispatch(JobPtr job) {
-    std::lock_guard lk(mu_);
-    dispatch_locked(std::move(job));
+    auto p = probe();
+    {
+        MutexLock lk(mu_);
+        absorb_locked(p);
+        dispatch_locked(std::move(job));
+    }
+    flush();
 }
 
 void LoadBalancer::dispatch(std::vector<JobPtr> jobs) {
-    std::lock_guard lk(mu_);
-    for (auto& job : jobs) dispatch_locked(std::move(job));
+    auto p = probe();
+    {
+        MutexLock lk(mu_);
+        absorb_locked(p);
+        for (auto& job : jobs) dispatch_locked(std::move(job));
+    }
+    flush();
 }
 
 void LoadBalancer::dispatch_locked(JobPtr job) {
     if (abandoned_) throw std::logic_error("dispatch to a load balancer that has left the registry");
     auto& a = jobs_[job->id];
-    a = {job, "", {}};
+    a = {};
+    a.job = job;
     if (job->state() == JobState::running) a.starts = 1; // handed over while running under another balancer
     // A job handed over from another balancer continues its attempt count: older dispatches die.
     int attempt = job->attempt() + 1;
@@ -57,7 +166,7 @@ void LoadBalancer::dispatch_locked(JobPtr job) {
 }
 
 std::vector<JobPtr> LoadBalancer::abandon() {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     abandoned_ = true;
     std::vector<JobPtr> jobs;
     for (auto& [id, a] : jobs_) jobs.push_back(a.job);
@@ -72,24 +181,38 @@ std::vector<JobPtr> LoadBalancer::abandon() {
 const LoadBalancer::Offers& LoadBalancer::offers_locked(const std::string& service) {
     auto& o = offers_[service];
     auto generation = registry_.generation();
-    if (o.generation == generation && registry_.clock().now() < o.valid_until) return o;
+    if (o.complete && o.generation == generation && registry_.clock().now() < o.valid_until) return o;
     // The registry changed, or a lease we saw may have run out: look again (renewals move valid_until on).
     o.servers.clear();
     o.generation = generation;
     o.valid_until = TimePoint::max();
+    o.complete = true;
     for (auto& e : registry_.lookup(Kind::compute_server, service)) {
-        auto& [id, server] = server_locked(e);
-        o.servers.emplace_back(id, &server);
+        auto* server = server_locked(e);
+        if (!server) { // joined since this entry point's probe: offered once its join event has probed it
+            o.complete = false;
+            continue;
+        }
+        o.servers.emplace_back(server->first, &server->second);
         o.valid_until = std::min(o.valid_until, e.expiry);
     }
     return o;
 }
 
-std::pair<const std::string, LoadBalancer::Server>& LoadBalancer::server_locked(const Entry& e) {
-    auto [it, fresh] = servers_.try_emplace(e.id);
-    if (fresh) it->second.proxy = e.server;
-    it->second.slots = std::max(1u, e.server->slots());
-    return *it;
+std::pair<const std::string, LoadBalancer::Server>* LoadBalancer::server_locked(const Entry& e) {
+    if (auto it = servers_.find(e.id); it != servers_.end()) {
+        it->second.stats = e.stats;
+        return &*it;
+    }
+    if (!seen_) return nullptr;
+    auto seen = seen_->servers.find(e.id);
+    if (seen == seen_->servers.end() || seen->second.proxy != e.server.get()) return nullptr;
+    auto it = servers_.try_emplace(e.id).first;
+    it->second.proxy = e.server;
+    it->second.slots = seen->second.slots;
+    it->second.shares_jobs = seen->second.shares_jobs;
+    it->second.stats = e.stats;
+    return &*it;
 }
 
 bool LoadBalancer::give_up_locked(const JobPtr& job, Assignment& a, std::vector<Result>& out) {
@@ -112,8 +235,12 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     for (std::size_t order = 0; order < offers.servers.size(); ++order) {
         auto& [id, s] = offers.servers[order];
         if (s->outstanding >= capacity(*s)) continue;
-        candidates_.push_back(
-            {id, policy_->needs_stats() ? s->proxy->stats() : ServerStats{}, s->outstanding, s->slots, order});
+        ServerStats stats;
+        if (needs_stats_) { // polled before the lock; else as its last renewal published them
+            auto polled = polled_.find(id);
+            stats = polled != polled_.end() ? polled->second : s->stats;
+        }
+        candidates_.push_back({id, stats, s->outstanding, s->slots, order});
         chosen_.push_back(s);
     }
     if (candidates_.empty()) return false;
@@ -124,7 +251,7 @@ bool LoadBalancer::place_locked(const JobPtr& job, int attempt, Assignment& a) {
     ++server.outstanding;
     ++stats_.dispatched;
     remember_locked(candidates_[i].id, server, job, attempt);
-    server.proxy->run(job, attempt, shared_from_this());
+    outbox_.push_back({Call::What::run, server.proxy, job, attempt});
     return true;
 }
 
@@ -134,7 +261,10 @@ void LoadBalancer::remember_locked(std::string_view server_id, Server& server, c
     // be taken, drop them all (amortised: the next sweep comes only once as many have been sent again).
     if (server.sent.size() > 2 * (std::size_t(server.outstanding) + 64)) {
         std::string id(server_id);
-        std::erase_if(server.sent, [&](auto& entry) { return !current_locked(entry, id); });
+        std::deque<std::pair<JobPtr, int>> kept; // a loop, not erase_if: the analysis sees no lock in a lambda
+        for (auto& entry : server.sent)
+            if (current_locked(entry, id)) kept.push_back(std::move(entry));
+        server.sent.swap(kept);
     }
 }
 
@@ -174,17 +304,10 @@ void LoadBalancer::steal_locked(const std::string& thief_id, Server& thief) {
             break;
         }
         --want;
-        // Only a job the victim confirms it has not started moves: none runs twice.
-        auto answer = victim->proxy->revoke(job, attempt);
-        if (!answer) { // a server in another process: it moves when the answer comes (revoked())
-            a.revoking = attempt;
-            a.thief = thief_id;
-            continue;
-        }
-        if (!*answer) continue; // it has just started there
-        --victim->outstanding;
-        ++stats_.stolen;
-        send_locked(a, thief_id, thief, attempt + 1); // the victim's dispatch can no longer start, nor report
+        // Only a job the victim confirms it has not started moves (revoked_locked()): none runs twice.
+        a.revoking = attempt;
+        a.thief = thief_id;
+        outbox_.push_back({Call::What::revoke, victim->proxy, job, attempt});
     }
 }
 
@@ -194,7 +317,7 @@ void LoadBalancer::send_locked(Assignment& a, const std::string& server_id, Serv
     ++server.outstanding;
     ++stats_.dispatched;
     remember_locked(server_id, server, a.job, attempt);
-    server.proxy->run(a.job, attempt, shared_from_this());
+    outbox_.push_back({Call::What::run, server.proxy, a.job, attempt});
 }
 
 void LoadBalancer::refuse_cancels_locked(Assignment& a, Answers& answers) {
@@ -229,8 +352,10 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
     if (ev.entry.kind != Kind::compute_server) return;
     std::vector<Result> out;
     Answers answers;
+    auto p = probe();
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
+        absorb_locked(p);
         if (abandoned_) return;
         if (ev.what == RegistryEvent::What::left) {
             auto gone = servers_.find(ev.entry.id);
@@ -240,7 +365,7 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
             std::vector<JobPtr> orphans;
             std::size_t maybe_started = 0;
             if (gone != servers_.end()) {
-                bool exact = gone->second.proxy->shares_jobs();
+                bool exact = gone->second.shares_jobs;
                 std::size_t known = 0;
                 for (auto& [id, a] : jobs_)
                     if (a.server == ev.entry.id && a.job->state() == JobState::running) ++known;
@@ -290,19 +415,20 @@ void LoadBalancer::on_event(const RegistryEvent& ev) {
         // A join, a leave or new services: waiting jobs may have somewhere to go now.
         pump_locked();
         // A newcomer with nothing to take from the waiting jobs takes from the longest queue.
-        if (ev.what == RegistryEvent::What::joined && !waiting_count_) {
-            auto& [id, server] = server_locked(ev.entry);
-            steal_locked(id, server);
-        }
+        if (ev.what == RegistryEvent::What::joined && !waiting_count_)
+            if (auto* server = server_locked(ev.entry)) steal_locked(server->first, server->second);
     }
     deliver(out, answers);
+    flush();
 }
 
 void LoadBalancer::complete(Result result, int attempt) {
     Answers answers;
     std::vector<Result> out;
+    auto p = probe();
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
+        absorb_locked(p);
         auto it = jobs_.find(result.job_id);
         // (job, attempt) names one dispatch: any other is from a server given up on.
         if (it == jobs_.end() || it->second.job->attempt() != attempt || it->second.server.empty()) {
@@ -311,8 +437,10 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         auto& a = it->second;
         refuse_cancels_locked(a, answers);
-        auto s = servers_.find(a.server);
-        if (s != servers_.end()) {
+        // A pointer, not an iterator: pump_locked() may add servers, and a rehash invalidates iterators.
+        std::pair<const std::string, Server>* s = nullptr;
+        if (auto found = servers_.find(a.server); found != servers_.end()) s = &*found;
+        if (s) {
             if (s->second.outstanding > 0) --s->second.outstanding;
             auto& sent = s->second.sent; // drop what has finished from the front, keep the rest in order
             while (!sent.empty() && (sent.front().first == a.job || !current_locked(sent.front(), s->first)))
@@ -339,42 +467,50 @@ void LoadBalancer::complete(Result result, int attempt) {
         }
         // A server about to idle while another has a queue takes some of it (a slot left free costs more
         // than a move); one that still has work queued steals nothing.
-        if (!waiting_count_ && s != servers_.end() && s->second.outstanding < s->second.slots)
-            steal_locked(s->first, s->second);
+        if (!waiting_count_ && s && s->second.outstanding < s->second.slots) steal_locked(s->first, s->second);
     }
     if (!result.job_id.empty()) out.push_back(std::move(result));
     deliver(out, answers);
+    flush();
 }
 
 void LoadBalancer::revoked(const JobId& id, int attempt, bool ok) {
     Answers answers;
     std::vector<Result> out;
+    auto p = probe();
     {
-        std::lock_guard lk(mu_);
-        auto it = jobs_.find(id);
-        if (it == jobs_.end() || it->second.revoking != attempt || it->second.job->attempt() != attempt) return;
-        auto& a = it->second;
-        a.revoking = 0;
-        auto cancels = std::exchange(a.cancels, {});
-        if (ok) {
-            a.job->try_revoke(attempt); // our copy agrees: that dispatch is over
-            if (auto s = servers_.find(a.server); s != servers_.end() && s->second.outstanding > 0)
-                --s->second.outstanding;
-            if (!cancels.empty()) {
-                cancelled_locked(it, out);
-            } else { // a steal: the server that asked takes it if it still has room, else the first that has
-                ++stats_.stolen;
-                auto thief = servers_.find(a.thief);
-                if (thief != servers_.end() && thief->second.outstanding < capacity(thief->second))
-                    send_locked(a, thief->first, thief->second, attempt + 1);
-                else
-                    requeue_locked(a, attempt + 1);
-            }
-            pump_locked();
-        }
-        for (auto& done : cancels) answers.emplace_back(std::move(done), ok);
+        MutexLock lk(mu_);
+        absorb_locked(p);
+        revoked_locked(id, attempt, ok, out, answers);
     }
     deliver(out, answers);
+    flush();
+}
+
+void LoadBalancer::revoked_locked(const JobId& id, int attempt, bool ok, std::vector<Result>& out,
+                                  Answers& answers) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.revoking != attempt || it->second.job->attempt() != attempt) return;
+    auto& a = it->second;
+    a.revoking = 0;
+    auto cancels = std::exchange(a.cancels, {});
+    if (ok) {
+        a.job->try_revoke(attempt); // our copy agrees: that dispatch is over
+        if (auto s = servers_.find(a.server); s != servers_.end() && s->second.outstanding > 0)
+            --s->second.outstanding;
+        if (!cancels.empty()) {
+            cancelled_locked(it, out);
+        } else { // a steal: the server that asked takes it if it still has room, else the first that has
+            ++stats_.stolen;
+            auto thief = servers_.find(a.thief);
+            if (thief != servers_.end() && thief->second.outstanding < capacity(thief->second))
+                send_locked(a, thief->first, thief->second, attempt + 1);
+            else
+                requeue_locked(a, attempt + 1);
+        }
+        pump_locked();
+    }
+    for (auto& done : cancels) answers.emplace_back(std::move(done), ok);
 }
 
 void LoadBalancer::cancelled_locked(std::unordered_map<JobId, Assignment>::iterator it, std::vector<Result>& out) {
@@ -387,37 +523,36 @@ void LoadBalancer::cancelled_locked(std::unordered_map<JobId, Assignment>::itera
 void LoadBalancer::cancel(const JobId& id, std::function<void(bool)> done) {
     std::vector<Result> out;
     Answers answers;
+    auto p = probe();
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
+        absorb_locked(p);
         auto it = jobs_.find(id);
-        bool ok = false;
+        bool ok = false, asked = false;
         if (it != jobs_.end()) {
             auto& a = it->second;
             int attempt = a.job->attempt();
             if (a.server.empty()) {
                 if ((ok = a.job->try_cancel())) --waiting_count_; // its queue drops it when it reaches the front
             } else if (a.job->state() == JobState::queued) {
-                auto s = servers_.find(a.server);
-                std::optional<bool> answer = false;
-                if (s != servers_.end()) {
-                    answer = a.revoking == attempt ? std::nullopt : s->second.proxy->revoke(a.job, attempt);
-                    if (!answer) { // the server in another process answers later
-                        a.revoking = attempt;
-                        a.cancels.push_back(std::move(done));
-                        return;
-                    }
-                    if (*answer && s->second.outstanding > 0) --s->second.outstanding;
+                if (auto s = servers_.find(a.server); s != servers_.end()) {
+                    // Its server answers (now or later) through revoked_locked(), which answers `done`.
+                    if (a.revoking != attempt) outbox_.push_back({Call::What::revoke, s->second.proxy, a.job, attempt});
+                    a.revoking = attempt;
+                    a.cancels.push_back(std::move(done));
+                    asked = true;
                 }
-                ok = *answer;
             }
             if (ok) {
                 cancelled_locked(it, out);
                 if (waiting_count_) pump_locked();
             }
         }
-        answers.emplace_back(std::move(done), ok);
+        if (!asked) answers.emplace_back(std::move(done), ok);
     }
     deliver(out, answers);
+    // Even from inside a call of ours (a server calling back): the sync cancel() waits for this answer.
+    flush(/*nested=*/true);
 }
 
 std::vector<bool> LoadBalancer::cancel_many(const std::vector<JobId>& ids) {
@@ -426,7 +561,7 @@ std::vector<bool> LoadBalancer::cancel_many(const std::vector<JobId>& ids) {
     std::vector<Result> results;
     Answers answers;
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
         for (std::size_t i = 0; i < ids.size(); ++i) {
             auto it = jobs_.find(ids[i]);
             if (it == jobs_.end()) continue;
@@ -447,8 +582,10 @@ std::vector<bool> LoadBalancer::cancel_many(const std::vector<JobId>& ids) {
 bool LoadBalancer::kill(const JobId& id, Status why) {
     std::vector<Result> out;
     Answers answers;
+    auto p = probe();
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
+        absorb_locked(p);
         auto it = jobs_.find(id);
         if (it == jobs_.end()) return false;
         auto& a = it->second;
@@ -458,27 +595,31 @@ bool LoadBalancer::kill(const JobId& id, Status why) {
         if (a.server.empty()) { // waiting here: it never starts
             if (a.job->try_cancel()) --waiting_count_;
             cancelled_locked(it, out);
-        } else if (s != servers_.end() && s->second.proxy->shares_jobs() && a.job->try_revoke(attempt)) {
+        } else if (s != servers_.end() && s->second.shares_jobs && a.job->try_revoke(attempt)) {
             if (s->second.outstanding > 0) --s->second.outstanding; // queued there: it never starts
             cancelled_locked(it, out);
             if (waiting_count_) pump_locked();
-        } else if (s != servers_.end()) {
-            s->second.proxy->stop(id, attempt, why); // its answer comes as its result: cancelled, killed, timeout
+        } else if (s != servers_.end()) { // its answer comes as its result: cancelled, killed, timeout
+            outbox_.push_back({Call::What::stop, s->second.proxy, a.job, attempt, why});
         }
     }
     deliver(out, answers);
+    flush();
     return true;
 }
 
 std::optional<JobState> LoadBalancer::state(const JobId& id) const {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return std::nullopt;
-    return it->second.job->state();
+    auto s = it->second.job->state();
+    // A job of ours is unfinished: cancelled means a server in this process has just revoked its dispatch,
+    // and this balancer has not heard yet (it is moving, or about to be cancelled). It has not started.
+    return s == JobState::cancelled ? JobState::queued : s;
 }
 
 Backlog LoadBalancer::backlog() const {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     Backlog b;
     for (auto& [id, a] : jobs_)
         if (!a.server.empty()) ++(a.job->state() == JobState::running ? b.running : b.queued);
@@ -494,7 +635,7 @@ std::size_t LoadBalancer::fail_all(const std::string& error_type, const std::str
     std::vector<Result> out;
     Answers answers;
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
         for (auto& [id, a] : jobs_) {
             a.job->try_cancel(); // one still queued somewhere never starts
             refuse_cancels_locked(a, answers);
@@ -518,7 +659,7 @@ std::size_t LoadBalancer::fail_all(const std::string& error_type, const std::str
 std::size_t LoadBalancer::cancel_all() {
     std::vector<JobId> ids;
     {
-        std::lock_guard lk(mu_);
+        MutexLock lk(mu_);
         for (auto& [id, a] : jobs_) ids.push_back(id);
     }
     auto answers = cancel_many(ids);
@@ -526,12 +667,12 @@ std::size_t LoadBalancer::cancel_all() {
 }
 
 std::size_t LoadBalancer::outstanding() const {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     return jobs_.size();
 }
 
 BalancerStats LoadBalancer::stats() const {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     auto s = stats_;
     s.waiting = waiting_count_;
     return s;

@@ -1,7 +1,16 @@
 #include "balancer/load_balancer.hpp"
+#include "server/compute_server.hpp"
 #include "testing/fakes.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <set>
+#include <thread>
 
 using namespace dynexec;
 using namespace dynexec::testing;
@@ -15,17 +24,17 @@ struct BalancerTest : ::testing::Test {
     std::shared_ptr<LoadBalancer> balancer(std::string policy = "fewest_outstanding", int max_attempts = 3) {
         return LoadBalancer::create(registry, results, {std::move(policy), max_attempts, 7});
     }
-    std::pair<std::shared_ptr<FakeServer>, std::string> server(Duration lease = 2s) {
+    std::pair<std::shared_ptr<FakeServer>, std::string> server(Duration lease = 2s, unsigned slots = 1) {
         auto s = std::make_shared<FakeServer>();
+        s->n_slots = slots; // a server's slots are fixed when it registers, as a real one's are
         return {s, registry.join(server_registration(s), lease).id};
     }
 };
 
 TEST_F(BalancerTest, SpreadsJobsAndArchivesEachResultOnce) {
     auto lb = balancer();
-    auto [a, aid] = server();
-    auto [b, bid] = server();
-    a->n_slots = b->n_slots = 4; // room for 5 each
+    auto [a, aid] = server(2s, 4); // room for 5 each
+    auto [b, bid] = server(2s, 4);
     for (int i = 0; i < 10; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
     EXPECT_EQ(a->runs.size(), 5u);
     EXPECT_EQ(b->runs.size(), 5u);
@@ -57,8 +66,7 @@ TEST_F(BalancerTest, ServerThatJoinsGetsTheNextJob) {
 TEST_F(BalancerTest, ServerPastItsLeaseNeverGetsAJob) {
     auto lb = balancer("round_robin");
     auto [a, aid] = server(1s);
-    auto [b, bid] = server(10s);
-    b->n_slots = 3;
+    auto [b, bid] = server(10s, 3);
     clock.advance(1500ms); // a has not renewed; the reaper has not run yet
     for (int i = 0; i < 4; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
     EXPECT_TRUE(a->runs.empty());
@@ -517,4 +525,228 @@ TEST_F(LifecycleTest, CancelManyTakesTheWaitingJobsFirstSoNoneIsSentToAServerMea
     EXPECT_EQ(results->results.size(), 5u);
     EXPECT_TRUE(a->finish(0));
     EXPECT_EQ(lb->outstanding(), 0u);
+}
+
+// -- no server is called under the balancer's lock ----------------------------------------------------------
+// Each server below calls back into the balancer from inside the call the balancer made to it, as an
+// in-process server finishing a job at once would. Under the lock, that call would deadlock.
+
+namespace {
+// Runs `body` on a thread of its own: a deadlock fails the test binary instead of hanging it.
+void bounded(std::function<void()> body) {
+    constexpr auto limit = std::chrono::seconds(30);
+    std::promise<void> done;
+    auto finished = done.get_future();
+    std::thread t([&] {
+        try {
+            body();
+            done.set_value();
+        } catch (...) {
+            done.set_exception(std::current_exception());
+        }
+    });
+    if (finished.wait_for(limit) != std::future_status::ready) {
+        std::fprintf(stderr, "deadlock: the test body did not return within 30 s\n");
+        std::fflush(nullptr);
+        std::_Exit(1); // its thread is stuck holding the fixture: nothing can be unwound
+    }
+    t.join();
+    finished.get();
+}
+} // namespace
+
+struct UnlockedTest : LifecycleTest, ::testing::WithParamInterface<std::string> {};
+
+TEST_P(UnlockedTest, AServerThatFinishesEachJobInsideRunGetsEveryJobOnceAndFlat) {
+    bounded([&] {
+        auto lb = balancer(GetParam());
+        auto a = std::make_shared<FakeServer>(), b = std::make_shared<FakeServer>();
+        a->n_slots = 2;
+        int depth = 0, deepest = 0, slots_read = 0, stats_read = 0;
+        for (auto* s : {a.get(), b.get()}) {
+            s->on_call = [&, s, lb = lb.get()](std::string_view what, const JobPtr& job, int) {
+                EXPECT_LE(lb->outstanding(), 350u); // the balancer answers from inside any call to a server
+                slots_read += what == "slots";
+                stats_read += what == "stats";
+                if (what != "run") return;
+                deepest = std::max(deepest, ++depth);
+                EXPECT_EQ(lb->state(job->id), JobState::queued);
+                EXPECT_GE(lb->backlog().queued, 1u);
+                EXPECT_TRUE(s->finish(s->runs.size() - 1, 1.0, 1e-3)); // its result, before run() returns
+                --depth;
+            };
+        }
+        registry.join(server_registration(a), 2s);
+        registry.join(server_registration(b), 2s);
+        EXPECT_EQ(slots_read, 2); // once per server, when it is first seen
+        std::vector<JobPtr> batch;
+        for (int i = 0; i < 300; ++i) batch.push_back(make_job("b" + std::to_string(i)));
+        lb->dispatch(std::move(batch));
+        for (int i = 0; i < 50; ++i) lb->dispatch(make_job("s" + std::to_string(i)));
+        EXPECT_EQ(lb->outstanding(), 0u);
+        ASSERT_EQ(results->results.size(), 350u);
+        std::set<JobId> ids;
+        for (auto& r : results->results) {
+            EXPECT_EQ(r.status, Status::ok);
+            EXPECT_EQ(r.attempts, 1);
+            ids.insert(r.job_id);
+        }
+        EXPECT_EQ(ids.size(), 350u);
+        EXPECT_EQ(a->runs.size() + b->runs.size(), 350u); // none ran twice
+        EXPECT_EQ(deepest, 1); // the next job is sent after run() returns, not from inside it
+        EXPECT_EQ(slots_read, 2);
+        EXPECT_EQ(stats_read > 0, make_policy(GetParam(), 0)->needs_stats());
+    });
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryPolicy, UnlockedTest, ::testing::ValuesIn([] {
+                             std::vector<std::string> names;
+                             for (auto n : policy_names()) names.emplace_back(n);
+                             return names;
+                         }()));
+
+TEST_F(LifecycleTest, AKillThatTheServerAnswersAtOnceEndsTheJobAndFreesItsSlot) {
+    bounded([&] {
+        auto lb = balancer();
+        auto [a, aid] = server();
+        a->on_call = [&](std::string_view what, const JobPtr& job, int attempt) {
+            if (what != "stop") return;
+            Result r; // a job that cannot be asked to stop is given up on at once, as a python job is
+            r.job_id = job->id;
+            r.status = Status::killed;
+            r.error_type = "JobKilledError";
+            a->runs.at(0).sink->complete(std::move(r), attempt);
+        };
+        for (int i = 0; i < 3; ++i) lb->dispatch(make_job("j" + std::to_string(i)));
+        ASSERT_EQ(a->runs.size(), 2u); // j2 waits in the balancer
+        ASSERT_TRUE(a->start(0));
+        EXPECT_TRUE(lb->kill("j0", Status::killed));
+        ASSERT_NE(result_of("j0"), nullptr);
+        EXPECT_EQ(result_of("j0")->status, Status::killed);
+        ASSERT_EQ(a->runs.size(), 3u); // its slot went to the waiting job
+        EXPECT_EQ(a->runs[2].job->id, "j2");
+        EXPECT_EQ(lb->outstanding(), 2u);
+    });
+}
+
+TEST_F(LifecycleTest, AKillOfAJobRunningInAComputeServerThatGivesUpOnItAtOnce) {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool started = false, release = false;
+    ServiceCatalog catalog;
+    catalog.add({"test.block", "", {}, [&](const Params&) -> Value {
+                     std::unique_lock lk(mu);
+                     started = true;
+                     cv.notify_all();
+                     cv.wait(lk, [&] { return release; }); // bounded: the test releases it
+                     return 1.0;
+                 }});
+    ComputeServer::Options o;
+    o.threads = 1;
+    o.stop_grace = 0; // stop() gives up on the job and sends its result from inside the call
+    auto cs = std::make_shared<ComputeServer>(o, catalog);
+    auto lb = balancer();
+    registry.join(server_registration(cs, {catalog.find("test.block")}), 2s);
+    bounded([&] {
+        lb->dispatch(make_job("j", "test.block"));
+        {
+            std::unique_lock lk(mu);
+            ASSERT_TRUE(cv.wait_for(lk, std::chrono::seconds(30), [&] { return started; }));
+        }
+        EXPECT_TRUE(lb->kill("j", Status::killed));
+        ASSERT_NE(result_of("j"), nullptr); // heard before kill() returned, on this thread
+        EXPECT_EQ(result_of("j")->status, Status::killed);
+        EXPECT_EQ(lb->outstanding(), 0u);
+    });
+    {
+        std::lock_guard lk(mu);
+        release = true;
+    }
+    cv.notify_all();
+    cs->wait_idle();
+    EXPECT_EQ(results->results.size(), 1u); // what it returned later was dropped
+}
+
+TEST_F(LifecycleTest, ACancelFromInsideAServersCallHearsItsAnswer) {
+    bounded([&] {
+        auto lb = balancer();
+        auto [a, aid] = server();
+        std::optional<bool> answer;
+        a->on_call = [&, lb = lb.get()](std::string_view what, const JobPtr& job, int) {
+            if (what == "run" && job->id == "y") answer = lb->cancel("x"); // waits: its revoke is sent from here
+        };
+        lb->dispatch(make_job("x"));
+        lb->dispatch(make_job("y"));
+        ASSERT_EQ(a->runs.size(), 2u);
+        EXPECT_EQ(answer, true);
+        EXPECT_EQ(a->revoked, (std::vector<std::pair<JobId, int>>{{"x", 1}}));
+        ASSERT_NE(result_of("x"), nullptr);
+        EXPECT_EQ(result_of("x")->status, Status::cancelled);
+        EXPECT_FALSE(a->finish(0)); // x never starts
+        EXPECT_TRUE(a->finish(1));
+        EXPECT_EQ(lb->outstanding(), 0u);
+    });
+}
+
+TEST_F(LifecycleTest, AJobBeingMovedIsQueuedToWhoeverAsksMeanwhile) {
+    bounded([&] {
+        auto lb = balancer();
+        auto [a, aid] = server();
+        std::vector<std::optional<JobState>> seen;
+        a->on_call = [&, lb = lb.get()](std::string_view what, const JobPtr& job, int) {
+            if (what != "revoke") return;
+            EXPECT_EQ(job->state(), JobState::cancelled); // this server has given it up...
+            seen.push_back(lb->state(job->id));           // ...and the balancer has not heard yet
+            EXPECT_EQ(lb->backlog().queued, 2u);
+        };
+        lb->dispatch(make_job("j1"));
+        lb->dispatch(make_job("j2"));
+        auto [b, bid] = server(); // steals j2
+        EXPECT_EQ(seen, (std::vector<std::optional<JobState>>{JobState::queued}));
+        ASSERT_EQ(b->runs.size(), 1u);
+        EXPECT_EQ(b->runs[0].job->id, "j2");
+        EXPECT_EQ(lb->state("j2"), JobState::queued);
+    });
+}
+
+TEST_F(LifecycleTest, CallsReachTheServersInTheOrderTheBalancerDecidedThem) {
+    bounded([&] {
+        auto lb = balancer();
+        auto [a, aid] = server();
+        std::vector<std::string> log;
+        std::shared_ptr<FakeServer> b;
+        auto record = [&](std::string name) {
+            return [&, name](std::string_view what, const JobPtr& job, int attempt) {
+                if (!job) return; // stats(), slots()
+                log.push_back(fmt::format("{} {} {} {}", name, what, job->id, attempt));
+                if (name == "a" && what == "run" && job->id == "j0") {
+                    // A server joins while the balancer is still sending the batch: it steals from a's
+                    // queue at once, jobs whose run() to a has not been made yet.
+                    b = std::make_shared<FakeServer>();
+                    b->on_call = [&](std::string_view w, const JobPtr& j, int at) {
+                        if (j) log.push_back(fmt::format("b {} {} {}", w, j->id, at));
+                    };
+                    registry.join(server_registration(b), 2s);
+                }
+            };
+        };
+        lb->dispatch(make_job("warm"));
+        ASSERT_TRUE(a->finish(0, 1.0, 1e-5)); // tiny jobs: a takes a deep queue
+        a->on_call = record("a");
+        std::vector<JobPtr> batch;
+        for (int i = 0; i < 6; ++i) batch.push_back(make_job("j" + std::to_string(i)));
+        lb->dispatch(std::move(batch));
+        // Every run to a before any revoke of the same job; each stolen job runs on b once a gave it up.
+        EXPECT_EQ(log, (std::vector<std::string>{"a run j0 1", "a run j1 1", "a run j2 1", "a run j3 1",
+                                                 "a run j4 1", "a run j5 1", "a revoke j5 1", "a revoke j4 1",
+                                                 "a revoke j3 1", "b run j5 2", "b run j4 2", "b run j3 2"}));
+        EXPECT_EQ(lb->stats().stolen, 3u);
+        log.clear();
+        ASSERT_TRUE(b->start(0));
+        EXPECT_TRUE(lb->kill("j5", Status::killed)); // running: its server is asked to stop it
+        EXPECT_TRUE(lb->kill("j4", Status::killed)); // queued in this process: revoked here, no call
+        EXPECT_EQ(log, (std::vector<std::string>{"b stop j5 2"}));
+        EXPECT_EQ(result_of("j4")->status, Status::cancelled);
+        EXPECT_FALSE(b->finish(1));
+    });
 }

@@ -44,13 +44,15 @@ public:
     virtual void revoked(const JobId& /*id*/, int /*attempt*/, bool /*ok*/) {}
 };
 
+// A balancer calls these holding no lock of its own, so any of them may call the sink back before it
+// returns (a result, a revoke's answer) or query the balancer.
 class ComputeServerProxy {
 public:
     virtual ~ComputeServerProxy() = default;
     // Queues `job` (attempt number `attempt`); the result goes to `sink`. Never blocks on the job.
     virtual void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) = 0;
     virtual ServerStats stats() const = 0;
-    virtual unsigned slots() const = 0; // jobs it runs at once
+    virtual unsigned slots() const = 0; // jobs it runs at once; fixed for its life (a balancer reads it once)
     // Asks that dispatch `attempt` of `job` never start here (to cancel it or move it). A server sharing the
     // Job object answers now: true if it will never start. One in another process answers later, through
     // the sink's revoked(), and this returns nullopt.
@@ -59,7 +61,7 @@ public:
     // queued one never starts (cancelled). Its result comes back through the sink as usual.
     virtual void stop(const JobId& id, int attempt, Status why) = 0;
     // True if it runs the balancer's own Job objects (in this process): their state is exact. One in another
-    // process tells of each start in a message, which a crash may lose.
+    // process tells of each start in a message, which a crash may lose. Fixed for its life, like slots().
     virtual bool shares_jobs() const { return true; }
 };
 

@@ -3,7 +3,9 @@
 
 #include "registry/lookup_registry.hpp"
 
+#include <functional>
 #include <mutex>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -22,20 +24,38 @@ struct FakeServer final : ComputeServerProxy {
     std::vector<std::pair<JobId, int>> revoked;
     std::vector<std::tuple<JobId, int, Status>> stopped;
     ServerStats s;
-    unsigned n_slots = 1;
+    unsigned n_slots = 1; // read by a balancer when it first sees this server: set it before joining
     bool remote = false;
+    // Called at the end of each run(), revoke() (after the revoke itself) and stop(), and in stats() and
+    // slots() (with no job), with the call's name: a test records the calls in order, or calls back into
+    // the balancer from inside one.
+    std::function<void(std::string_view what, const JobPtr& job, int attempt)> on_call;
 
     void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override {
-        runs.push_back({std::move(job), attempt, std::move(sink)});
+        runs.push_back({job, attempt, std::move(sink)});
+        if (on_call) on_call("run", job, attempt);
     }
-    ServerStats stats() const override { return s; }
-    unsigned slots() const override { return n_slots; }
+    ServerStats stats() const override {
+        if (on_call) on_call("stats", nullptr, 0);
+        return s;
+    }
+    unsigned slots() const override {
+        if (on_call) on_call("slots", nullptr, 0);
+        return n_slots;
+    }
     std::optional<bool> revoke(const JobPtr& job, int attempt) override {
         revoked.emplace_back(job->id, attempt);
-        if (remote) return std::nullopt;
-        return job->try_revoke(attempt);
+        std::optional<bool> answer;
+        if (!remote) answer = job->try_revoke(attempt);
+        if (on_call) on_call("revoke", job, attempt);
+        return answer;
     }
-    void stop(const JobId& id, int attempt, Status why) override { stopped.emplace_back(id, attempt, why); }
+    void stop(const JobId& id, int attempt, Status why) override {
+        stopped.emplace_back(id, attempt, why);
+        if (on_call)
+            for (auto& r : runs)
+                if (r.job->id == id && r.attempt == attempt) return on_call("stop", r.job, attempt);
+    }
     bool shares_jobs() const override { return !remote; }
 
     // Starts the i-th job given to it (for a remote one: the balancer's copy hears of the start).
