@@ -131,7 +131,15 @@ void Hub::handle(const std::string& from, wire::Frames& frames) {
             if (echo_) out_.push(from, wire::encode(wire::Type::echo, wire::Request{1, ""})); // before any job
         }
         // join() may already send it waiting jobs; the server runs them whether or not it has been welcomed.
-        auto id = registry_.join(std::move(reg), lease_).id;
+        std::string id;
+        try { // trust: a conflicting signature is refused; the server is told to leave, the log says why
+            id = registry_.join(std::move(reg), lease_).id;
+        } catch (const ServiceConflict&) {
+            std::lock_guard lk(mu_);
+            by_routing_.erase(from);
+            out_.push(from, wire::encode(wire::Type::stop));
+            throw;
+        }
         std::lock_guard lk(mu_);
         server_id_[from] = id;
         out_.push(from, wire::encode(wire::Welcome{id, seconds(lease_), seconds(renew_)}));

@@ -144,5 +144,7 @@ Frames encode(Type type); // a message with no body
 
 // Each throws std::runtime_error naming what is malformed. Arrays borrow their frames.
 template <class T> T decode(Frames& frames);
+// Decodes `frames` as the type it says it is, for the fuzz targets and tests; throws as decode does.
+void decode_any(Frames& frames);
 
 } // namespace dynexec::wire
