@@ -251,6 +251,7 @@ struct In {
     // Inside a Result texts may be any bytes: the receiver turns bad ones into that job's error
     // (ResultsManager's check_texts, _core's text()), where refusing would drop the whole batch.
     bool any_bytes = false;
+    std::string* bad_value = nullptr; // inside a Result: a malformed value fails its job, not the message
 
     In(const msgpack::object& o, Arrays* a, const std::string* msg, const In* up = nullptr, std::uint32_t index = 0)
         : arrays(a), message(msg), parent(up), at(index), any_bytes(up && up->any_bytes) {
@@ -320,8 +321,19 @@ struct In {
     }
     template <Record T> void read(T& r) {
         In s = sub();
-        if constexpr (std::is_same_v<T, Result>) s.any_bytes = true;
-        fields(s, r);
+        if constexpr (std::is_same_v<T, Result>) {
+            std::string bad;
+            s.any_bytes = true;
+            s.bad_value = &bad;
+            fields(s, r);
+            if (!bad.empty()) {
+                r.status = Status::error;
+                r.error_type = "dynexec.ResultDecodeError";
+                r.message = fmt::format("job {}: the result of service {} came malformed: {}", r.job_id, r.service, bad);
+                r.value = std::monostate{};
+            }
+        } else
+            fields(s, r);
     }
     void read(std::optional<Value>& v) {
         In x = sub();
@@ -343,6 +355,17 @@ struct In {
         return std::string(o.via.bin.ptr, o.via.bin.size);
     }
     void read(Value& out) {
+        if (!bad_value) return read_value(out);
+        std::uint32_t field = i; // whatever is wrong inside the Result's value stays in it
+        try {
+            read_value(out);
+        } catch (const std::runtime_error& e) {
+            i = field + 1;
+            *bad_value = e.what();
+            out = std::monostate{};
+        }
+    }
+    void read_value(Value& out) {
         In v = sub();
         int kind = v.get<int>();
         switch (kind) {
@@ -376,7 +399,7 @@ struct In {
             Array arr;
             std::uint32_t frame = 0;
             a(arr.dtype, arr.shape, frame);
-            if (!arrays || frame >= arrays->size()) a.fail(fmt::format("array frame {} missing", frame));
+            if (!arrays || frame >= arrays->size()) a.fail(fmt::format("array frame missing (index {}, {} frames)", frame, arrays ? arrays->size() : 0));
             auto& msg = (*arrays)[frame];
             if (auto problem = array_problem(arr, msg->size()); !problem.empty()) a.fail(problem, false);
             arr.data = msg->data();
