@@ -16,6 +16,12 @@ struct UnknownService : InvalidJob {
     using InvalidJob::InvalidJob;
 };
 
+// A compute server declares a service by a name the cluster already knows with other parameters: it is
+// refused, since submits are checked against one signature per name.
+struct ServiceConflict : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
 // The results archive could not be created, written or read.
 struct ArchiveError : std::runtime_error {
     using std::runtime_error::runtime_error;

@@ -77,6 +77,7 @@ struct Engine::Impl {
         manager = std::make_unique<ExecutionManager>(registry, session.session(), [this] { start_balancer(); });
         // What this process can run, servers elsewhere run too: jobs for it wait for a server to join.
         manager->know(ServiceCatalog::process().all());
+        registry.trust_catalog(&ServiceCatalog::process()); // a server may not redeclare them otherwise
         // The reaper's period bounds how late an expired lease is noticed.
         reaper = std::make_unique<LeaseReaper>(registry, std::min(lease / 10, Duration(std::chrono::milliseconds(5))));
         if (options.listen) {

@@ -64,6 +64,8 @@ public:
     ~LookupRegistry() { std::exchange(entries_, {}).clear(); }
 
     // Registers an entity on a lease of `lease` and returns its entry. Joined listeners hear at once.
+    // Throws ServiceConflict, and changes nothing, if it declares a service that a live entry or the
+    // trusted catalog declares with other parameters (names, types, defaults).
     Entry join(Registration reg, Duration lease);
     // Renews a live lease (publishing `stats` for a compute server); false if it has expired or was cancelled.
     bool renew(const std::string& id, const std::optional<ServerStats>& stats = std::nullopt);
@@ -76,8 +78,10 @@ public:
     // Ctrl-Z): no renewal could have been seen meanwhile, so every lease live before the gap runs its full
     // duration from the first call after it instead of all expiring at once. Off until called.
     void detect_stalls(Duration gap);
-    // Replaces what a compute server offers (after a plugin loads).
+    // Replaces what a compute server offers (after a plugin loads). Throws ServiceConflict as join does.
     void set_services(const std::string& id, std::vector<ServicePtr> services);
+    // The head's own services: the signatures that win over any a server declares. Outlives this registry.
+    void trust_catalog(const ServiceCatalog* catalog);
 
     // Live entries of `kind` (offering `service`, if given), oldest registration first.
     std::vector<Entry> lookup(Kind kind, std::optional<std::string_view> service = std::nullopt) const;
@@ -100,6 +104,9 @@ private:
         return e.expiry <= now && !(stalled_locked(now) && e.expiry > last_alive_);
     }
     void catch_up_locked(TimePoint now);
+    // Throws ServiceConflict if `services` disagree with the catalog, live entries other than `self`, or
+    // each other.
+    void check_signatures_locked(const std::vector<ServicePtr>& services, const std::string& self) const;
 
     const Clock& clock_;
     mutable std::mutex mu_;
@@ -109,6 +116,7 @@ private:
     std::uint64_t next_id_ = 0;
     std::atomic<std::uint64_t> generation_{0};
     Duration stall_gap_ = Duration::max();
+    const ServiceCatalog* catalog_ = nullptr;
     TimePoint last_alive_; // the last call that could have seen a renewal
 
     std::mutex listeners_mu_; // held while notifying: events reach each listener in order

@@ -1,3 +1,4 @@
+#include "common/errors.hpp"
 #include "registry/lease_drivers.hpp"
 #include "registry/lookup_registry.hpp"
 #include "testing/fakes.hpp"
@@ -185,4 +186,83 @@ TEST_F(RegistryTest, WithoutStallDetectionOrForShortGapsLeasesRunOutOnTime) {
 TEST(LeaseReaper, StallGapIsFarAboveItsPeriod) {
     EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(5)), std::chrono::milliseconds(250));
     EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(100)), std::chrono::seconds(5));
+}
+
+// Trust: a server may not redeclare a known service with other parameters (submits are checked against one).
+ServicePtr declared(std::string name, std::vector<ParamSpec> params) {
+    return std::make_shared<const ServiceDef>(ServiceDef{std::move(name), "", std::move(params), {}});
+}
+
+TEST_F(RegistryTest, AConflictingSignatureIsRefusedAndChangesNothing) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    auto before = registry.generation();
+    // Same name, another default: refused, naming the service and both signatures.
+    auto rogue = declared("test.echo", {{"x", ValueType::real, Value{1.0}, ""}});
+    try {
+        registry.join(server_registration(std::make_shared<FakeServer>(), {rogue}), 2s);
+        FAIL() << "a conflicting join was accepted";
+    } catch (const ServiceConflict& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find("'test.echo'"), std::string::npos) << what;
+        EXPECT_NE(what.find("test.echo(x: float = 1)"), std::string::npos) << what;
+        EXPECT_NE(what.find("test.echo(x: float = 0)"), std::string::npos) << what;
+        EXPECT_NE(what.find(a.id), std::string::npos) << what;
+    }
+    EXPECT_EQ(registry.lookup(Kind::compute_server).size(), 1u);
+    EXPECT_EQ(registry.generation(), before);
+    EXPECT_EQ(events.size(), 1u); // no joined event for the refused one
+    // Another type, another name, a missing default, an extra parameter: each refused.
+    for (auto& params : std::vector<std::vector<ParamSpec>>{{{"x", ValueType::integer, Value{0.0}, ""}},
+                                                             {{"y", ValueType::real, Value{0.0}, ""}},
+                                                             {{"x", ValueType::real, std::nullopt, ""}},
+                                                             {{"x", ValueType::real, Value{0.0}, ""}, {"z", ValueType::any, std::nullopt, ""}}})
+        EXPECT_THROW(registry.join(server_registration(std::make_shared<FakeServer>(), {declared("test.echo", params)}), 2s),
+                     ServiceConflict);
+    // The same signature (the doc may differ) joins.
+    auto same = declared("test.echo", {{"x", ValueType::real, Value{0.0}, "other doc"}});
+    registry.join(server_registration(std::make_shared<FakeServer>(), {same}), 2s);
+    EXPECT_EQ(registry.lookup(Kind::compute_server, "test.echo").size(), 2u);
+    EXPECT_EQ(std::get<double>(*registry.find_service("test.echo")->params[0].default_value), 0.0);
+}
+
+TEST_F(RegistryTest, ASignatureIsFreeAgainOnceNoLiveServerDeclaresIt) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    auto other = declared("test.echo", {{"y", ValueType::string, std::nullopt, ""}});
+    EXPECT_THROW(registry.join(server_registration(std::make_shared<FakeServer>(), {other}), 2s), ServiceConflict);
+    clock.advance(3s); // a's lease has run out: lapsed entries do not count, reaped or not
+    registry.join(server_registration(std::make_shared<FakeServer>(), {other}), 2s);
+    EXPECT_EQ(registry.find_service("test.echo")->params[0].name, "y");
+    (void)a;
+}
+
+TEST_F(RegistryTest, TheTrustedCatalogWinsEvenWithNoServerLive) {
+    ServiceCatalog catalog;
+    catalog.add(ServiceDef{"noop", "", {{"n", ValueType::integer, Value{std::int64_t(1)}, ""}}, [](const Params&) { return Value{}; }});
+    registry.trust_catalog(&catalog);
+    auto rogue = declared("noop", {{"n", ValueType::string, Value{std::string("1")}, ""}});
+    try {
+        registry.join(server_registration(std::make_shared<FakeServer>(), {test_service(), rogue}), 2s);
+        FAIL() << "a join redeclaring a catalog service was accepted";
+    } catch (const ServiceConflict& e) {
+        std::string what = e.what();
+        EXPECT_NE(what.find("the head declares it as noop(n: int = 1)"), std::string::npos) << what;
+        EXPECT_NE(what.find("noop(n: str = \"1\")"), std::string::npos) << what;
+    }
+    EXPECT_TRUE(registry.lookup(Kind::compute_server).empty()); // all or nothing: test.echo did not join either
+    EXPECT_TRUE(events.empty());
+    registry.join(server_registration(std::make_shared<FakeServer>(), {declared("noop", catalog.find("noop")->params)}), 2s);
+    EXPECT_EQ(registry.lookup(Kind::compute_server, "noop").size(), 1u);
+}
+
+TEST_F(RegistryTest, SetServicesRefusesAConflictAndKeepsWhatWasOffered) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    auto b = registry.join(server_registration(std::make_shared<FakeServer>(), {test_service("b.only")}), 2s);
+    auto rogue = declared("test.echo", {{"x", ValueType::array, std::nullopt, ""}});
+    EXPECT_THROW(registry.set_services(b.id, {test_service("b.only"), rogue}), ServiceConflict);
+    EXPECT_EQ(registry.get(b.id)->services.size(), 1u);
+    EXPECT_EQ(events.size(), 2u); // no changed event
+    // Its own declaration may change when nobody else shares it; a duplicate within one offer may not disagree.
+    registry.set_services(b.id, {declared("b.only", {})});
+    EXPECT_TRUE(registry.get(b.id)->services[0]->params.empty());
+    EXPECT_THROW(registry.set_services(a.id, {test_service(), declared("test.echo", {})}), ServiceConflict);
 }

@@ -1,14 +1,95 @@
 #include "wire/protocol.hpp"
+#include "wire/limits.hpp"
 
 #define MSGPACK_NO_BOOST
 #include <msgpack.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
 
 namespace dynexec::wire {
 namespace {
 
-[[noreturn]] void malformed(const std::string& what) { throw std::runtime_error("malformed message: " + what); }
+std::string message_name(const Frames& frames) {
+    if (frames.empty() || frames[0].size() != 1) return "untyped";
+    auto t = *frames[0].data<std::uint8_t>();
+    std::string name = type_name(Type(t));
+    return name != "unknown" ? name : fmt::format("type-{}", t);
+}
+
+[[noreturn]] void malformed(const std::string& message, const std::string& what) {
+    throw std::runtime_error(fmt::format("malformed {} message: {}", message, what));
+}
+
+// --- Checks of what a peer sent, kept apart from the encoding so that changes to either merge easily. ---
+
+// The offset of the first byte that is not well-formed UTF-8 as Python decodes it (no overlongs, no
+// surrogates, nothing past U+10FFFF); npos if all is.
+std::size_t utf8_error_at(std::string_view s) {
+    auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+    for (std::size_t i = 0; i < s.size();) {
+        unsigned c = byte(i);
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        std::size_t n;
+        unsigned lo = 0x80, hi = 0xbf; // the range of the second byte
+        if (c >= 0xc2 && c <= 0xdf) n = 1;
+        else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            if (c == 0xe0) lo = 0xa0;
+            else if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            if (c == 0xf0) lo = 0x90;
+            else if (c == 0xf4) hi = 0x8f;
+        } else return i;
+        if (i + n >= s.size()) return i;
+        if (byte(i + 1) < lo || byte(i + 1) > hi) return i;
+        for (std::size_t k = 2; k <= n; ++k)
+            if ((byte(i + k) & 0xc0) != 0x80) return i;
+        i += n + 1;
+    }
+    return std::string_view::npos;
+}
+
+// A dtype for an error message: it came from a peer, so only short printable ASCII is shown.
+std::string shown(std::string_view s) {
+    bool printable = s.size() <= 16 && std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+    return printable ? fmt::format("'{}'", s) : fmt::format("of {} bytes", s.size());
+}
+
+// What is wrong with an array header from a peer, given the size of its data frame; empty if nothing.
+std::string array_problem(const Array& a, std::size_t frame_bytes) {
+    if (!supported_dtype(a.dtype)) {
+        std::string ok;
+        for (auto d : kArrayDtypes) ok += (ok.empty() ? "" : ", ") + std::string(d);
+        return fmt::format("dtype {} is not one of {}", shown(a.dtype), ok);
+    }
+    if (a.shape.size() > kMaxArrayDims)
+        return fmt::format("{} dimensions, more than {}", a.shape.size(), kMaxArrayDims);
+    std::size_t n = 1;
+    for (std::size_t k = 0; k < a.shape.size(); ++k) {
+        if (a.shape[k] < 0) return fmt::format("shape entry {} is negative ({})", k, a.shape[k]);
+        if (__builtin_mul_overflow(n, std::size_t(a.shape[k]), &n)) return "the shape's product overflows";
+    }
+    std::size_t bytes = 0;
+    if (__builtin_mul_overflow(n, a.itemsize(), &bytes)) return "the shape's size in bytes overflows";
+    if (bytes != frame_bytes)
+        return fmt::format("{} elements of {} need {} bytes, its frame has {}", n, a.dtype, bytes, frame_bytes);
+    return {};
+}
+
+// msgpack allocates for a container before it reads its elements: each element takes at least one byte of
+// the body (a map entry two), so no count may pass the body's size, nor any string.
+msgpack::unpack_limit limits_for(std::size_t body_bytes) {
+    auto cap = [&](std::size_t limit, std::size_t per) { return std::min(limit, body_bytes / per); };
+    return msgpack::unpack_limit(cap(kMaxCount, 1), cap(kMaxCount, 2), cap(kMaxStringBytes, 1),
+                                 cap(kMaxStringBytes, 1), cap(kMaxStringBytes, 1), kMaxDepth);
+}
 
 // Each message and nested struct lists its fields once; Out packs them, In reads them back.
 template <class IO> void fields(IO& io, ServerStats& s) {
@@ -149,40 +230,78 @@ struct Out {
     }
 };
 
-// Reads fields in order from a msgpack array; array values borrow their frames.
+// Reads fields in order from a msgpack array; array values borrow their frames. Nothing from a peer is
+// trusted: each field is checked (type, UTF-8, ranges, sizes) and an error names the message and the
+// field's path of indices (e.g. "field 0.3.2": item 3 of field 0, its field 2).
 struct In {
+    using Arrays = std::vector<std::shared_ptr<zmq::message_t>>;
     const msgpack::object* items = nullptr;
     std::uint32_t n = 0, i = 0;
-    std::vector<std::shared_ptr<zmq::message_t>>* arrays = nullptr;
+    Arrays* arrays = nullptr;
+    const std::string* message = nullptr; // its type's name
+    const In* parent = nullptr;           // for the path in errors
+    std::uint32_t at = 0;                 // this one's index in parent
+    // Inside a Result texts may be any bytes: the receiver turns bad ones into that job's error
+    // (ResultsManager's check_texts, _core's text()), where refusing would drop the whole batch.
+    bool any_bytes = false;
+    std::string* bad_value = nullptr; // inside a Result: a malformed value fails its job, not the message
 
-    In(const msgpack::object& o, std::vector<std::shared_ptr<zmq::message_t>>* a) : arrays(a) {
-        if (o.type != msgpack::type::ARRAY) malformed("expected an array");
+    In(const msgpack::object& o, Arrays* a, const std::string* msg, const In* up = nullptr, std::uint32_t index = 0)
+        : arrays(a), message(msg), parent(up), at(index), any_bytes(up && up->any_bytes) {
+        if (o.type != msgpack::type::ARRAY) fail("expected an array", /*here=*/false);
         items = o.via.array.ptr;
         n = o.via.array.size;
     }
     template <class... T> void operator()(T&... xs) { (read(xs), ...); }
 
+    void indices(std::vector<std::uint32_t>& out) const {
+        if (!parent) return;
+        parent->indices(out);
+        out.push_back(at);
+    }
+    // `here`: about the field last read; otherwise about this whole list.
+    [[noreturn]] void fail(const std::string& what, bool here = true) const {
+        std::vector<std::uint32_t> path;
+        indices(path);
+        if (here) path.push_back(i ? i - 1 : 0);
+        std::string p = fmt::format("{}", fmt::join(path, "."));
+        malformed(message ? *message : "a", p.empty() ? what : fmt::format("field {}: {}", p, what));
+    }
+
     const msgpack::object& next() {
-        if (i >= n) malformed("too few fields");
+        if (i >= n) {
+            ++i; // the missing field is the one named
+            fail(fmt::format("missing (the list has {} fields)", n));
+        }
         return items[i++];
     }
-    In sub() { return In(next(), arrays); }
+    In sub() {
+        auto& o = next();
+        return In(o, arrays, message, this, i - 1);
+    }
     template <class T> T get() {
         try {
             return next().as<T>();
         } catch (const msgpack::type_error&) {
-            malformed(fmt::format("field {} has the wrong type", i - 1));
+            fail("has the wrong type or is out of range");
         }
     }
     template <class T>
     requires std::is_arithmetic_v<T>
     void read(T& v) { v = get<T>(); }
-    void read(std::string& s) { s = get<std::string>(); }
+    void read(std::string& s) {
+        auto& o = next();
+        if (o.type != msgpack::type::STR) fail("expected a string");
+        s.assign(o.via.str.ptr, o.via.str.size);
+        if (any_bytes) return;
+        if (auto bad = utf8_error_at(s); bad != std::string::npos)
+            fail(fmt::format("not UTF-8 (byte {} of {})", bad, s.size())); // never the text: it may be a secret
+    }
     template <class T>
     requires std::is_enum_v<T>
     void read(T& v) {
         int x = get<int>();
-        if (x < 0 || x > int(last_of(v))) malformed(fmt::format("enum value {} out of range", x));
+        if (x < 0 || x > int(last_of(v))) fail(fmt::format("enum value {} out of range", x));
         v = T(x);
     }
     static Status last_of(Status) { return Status::timeout; }
@@ -190,11 +309,24 @@ struct In {
     template <class T> void read(std::vector<T>& v) {
         In list = sub();
         v.clear();
+        v.reserve(list.n); // bounded by the body's size (limits_for)
         while (list.i < list.n) list.read(v.emplace_back());
     }
     template <Record T> void read(T& r) {
         In s = sub();
-        fields(s, r);
+        if constexpr (std::is_same_v<T, Result>) {
+            std::string bad;
+            s.any_bytes = true;
+            s.bad_value = &bad;
+            fields(s, r);
+            if (!bad.empty()) {
+                r.status = Status::error;
+                r.error_type = "dynexec.ResultDecodeError";
+                r.message = fmt::format("job {}: the result of service {} came malformed: {}", r.job_id, r.service, bad);
+                r.value = std::monostate{};
+            }
+        } else
+            fields(s, r);
     }
     void read(std::optional<Value>& v) {
         In x = sub();
@@ -206,15 +338,27 @@ struct In {
     std::string bin() {
         auto& o = next();
         if (o.type == msgpack::type::ARRAY && o.via.array.size == 1) { // in a frame of its own
-            auto frame = In(o, arrays).get<std::uint32_t>();
-            if (!arrays || frame >= arrays->size()) malformed("bytes frame missing");
+            In ref(o, arrays, message, this, i - 1);
+            auto frame = ref.get<std::uint32_t>();
+            if (!arrays || frame >= arrays->size()) ref.fail(fmt::format("bytes frame {} missing", frame));
             auto& msg = (*arrays)[frame];
             return std::string(static_cast<const char*>(msg->data()), msg->size());
         }
-        if (o.type != msgpack::type::BIN) malformed("expected bytes");
+        if (o.type != msgpack::type::BIN) fail("expected bytes");
         return std::string(o.via.bin.ptr, o.via.bin.size);
     }
     void read(Value& out) {
+        if (!bad_value) return read_value(out);
+        std::uint32_t field = i; // whatever is wrong inside the Result's value stays in it
+        try {
+            read_value(out);
+        } catch (const std::runtime_error& e) {
+            i = field + 1;
+            *bad_value = e.what();
+            out = std::monostate{};
+        }
+    }
+    void read_value(Value& out) {
         In v = sub();
         int kind = v.get<int>();
         switch (kind) {
@@ -231,9 +375,12 @@ struct In {
         case 3:
             out = v.get<double>();
             return;
-        case 4:
-            out = v.get<std::string>();
+        case 4: {
+            std::string s;
+            v.read(s);
+            out = std::move(s);
             return;
+        }
         case 5:
             out = Bytes{v.bin()};
             return;
@@ -245,20 +392,21 @@ struct In {
             Array arr;
             std::uint32_t frame = 0;
             a(arr.dtype, arr.shape, frame);
-            if (frame >= arrays->size()) malformed("array frame missing");
+            if (!arrays || frame >= arrays->size()) a.fail(fmt::format("array frame missing (index {}, {} frames)", frame, arrays ? arrays->size() : 0));
             auto& msg = (*arrays)[frame];
+            if (auto problem = array_problem(arr, msg->size()); !problem.empty()) a.fail(problem, false);
             arr.data = msg->data();
             arr.nbytes = msg->size();
             arr.owner = std::shared_ptr<const void>(msg, msg->data());
-            if (arr.itemsize() == 0 || arr.size() * arr.itemsize() != arr.nbytes) malformed("array size mismatch");
             out = std::move(arr);
             return;
         }
         }
-        malformed(fmt::format("unknown value kind {}", kind));
+        v.fail(fmt::format("unknown value kind {}", kind), false);
     }
     void read(Params& p) {
         In list = sub();
+        if (list.n > kMaxParams) list.fail(fmt::format("{} parameters, more than {}", list.n, kMaxParams), false);
         while (list.i < list.n) {
             In kv = list.sub();
             std::string k;
@@ -271,20 +419,23 @@ struct In {
 
 // Holds the unpacked body and the array frames while a message is decoded.
 struct Body {
+    std::string name; // the message type's, for errors
     msgpack::object_handle oh;
     std::vector<std::shared_ptr<zmq::message_t>> arrays;
     std::optional<In> in;
 
-    explicit Body(Frames& frames) {
-        if (frames.size() < 2) malformed("no body");
+    explicit Body(Frames& frames) : name(message_name(frames)) {
+        if (frames.size() < 2) malformed(name, "no body");
+        if (frames.size() > kMaxFrames) malformed(name, fmt::format("{} frames, more than {}", frames.size(), kMaxFrames));
         try {
-            oh = msgpack::unpack(frames[1].data<const char>(), frames[1].size());
-        } catch (const std::exception& e) {
-            malformed(e.what());
+            auto size = frames[1].size();
+            oh = msgpack::unpack(frames[1].data<const char>(), size, nullptr, nullptr, limits_for(size));
+        } catch (const std::exception& e) { // a truncated body, a count or depth past the limits
+            malformed(name, fmt::format("body: {}", e.what()));
         }
         for (std::size_t i = 2; i < frames.size(); ++i)
             arrays.push_back(std::make_shared<zmq::message_t>(std::move(frames[i])));
-        in.emplace(oh.get(), &arrays);
+        in.emplace(oh.get(), &arrays, &name);
     }
     In& operator*() { return *in; }
 };
@@ -342,6 +493,7 @@ template <> struct Codec<JobMsg> {
         JobMsg m;
         m.job = std::make_shared<Job>();
         job_fields(*b, *m.job, m.attempt);
+        if (m.attempt < 0) malformed(b.name, fmt::format("attempt {} is negative", m.attempt));
         m.job->requeue(m.attempt);
         return m;
     }
@@ -376,13 +528,13 @@ using Messages = ListOf<void DYNEXEC_MESSAGES(DYNEXEC_ITEM)>;
 #undef DYNEXEC_ITEM
 
 template <class... M> void decode_one_of(MessageList<M...>, Frames& frames) {
-    if (!visit<M...>(frames, [](auto&&) {})) malformed(fmt::format("unknown message type {}", int(type_of(frames))));
+    if (!visit<M...>(frames, [](auto&&) {})) malformed(message_name(frames), "no such message type");
 }
 
 } // namespace
 
 Type type_of(const Frames& frames) {
-    if (frames.empty() || frames[0].size() != 1) malformed("no type frame");
+    if (frames.empty() || frames[0].size() != 1) throw std::runtime_error("malformed message: no type frame");
     return Type(*frames[0].data<std::uint8_t>());
 }
 

@@ -6,6 +6,14 @@ using namespace dynexec;
 using namespace dynexec::wire;
 
 namespace {
+Result ok_result_for_test(Value v) {
+    Result r;
+    r.job_id = "J-bad";
+    r.service = "svc";
+    r.value = std::move(v);
+    return r;
+}
+
 Array doubles(std::vector<double> v, std::vector<std::int64_t> shape) {
     auto [a, span] = Array::allocate<double>(std::move(shape));
     std::copy(v.begin(), v.end(), span.begin());
@@ -164,4 +172,133 @@ TEST(Protocol, EachMessageKindHasItsOwnTypeAndVisitPicksIt) {
     EXPECT_EQ(wb.ids.first, 17u);
     EXPECT_EQ(wb.ids.count, 64u);
     EXPECT_NO_THROW(decode_any(w));
+}
+
+// --- Trust: the findings of the fuzz run (issue 10), each through the real decoders. ---
+namespace {
+
+// An array as a malicious peer describes it: the encoder sends whatever header it is given.
+Array evil_array(std::string dtype, std::vector<std::int64_t> shape, std::size_t nbytes) {
+    auto buf = std::make_shared<std::vector<char>>(nbytes, '\x7f');
+    Array a;
+    a.dtype = std::move(dtype);
+    a.shape = std::move(shape);
+    a.data = buf->data();
+    a.nbytes = nbytes;
+    a.owner = std::shared_ptr<const void>(buf, buf->data());
+    return a;
+}
+
+std::string refusal(Frames f) {
+    try {
+        decode_any(f);
+    } catch (const std::runtime_error& e) {
+        return e.what();
+    }
+    return "(accepted)";
+}
+
+Frames raw(Type t, std::string body) {
+    Frames f;
+    f.emplace_back(&t, 1);
+    f.emplace_back(body.data(), body.size());
+    return f;
+}
+
+} // namespace
+
+TEST(Trust, AResultsArrayWithABadHeaderFailsOnlyItsJob) {
+    struct Case {
+        Array array;
+        std::string why;
+    };
+    std::vector<Case> cases{
+        {evil_array("f8", {-1, -1}, 8), "shape entry 0 is negative (-1)"},
+        {evil_array("O8", {1}, 8), "dtype 'O8' is not one of f8, f4"},
+        {evil_array("U8", {1}, 8), "dtype 'U8' is not one of"},
+        {evil_array("f8", {4}, 8), "4 elements of f8 need 32 bytes, its frame has 8"},
+        {evil_array("u1", {std::int64_t(1) << 62, std::int64_t(1) << 62}, 0), "overflows"},
+        {evil_array("f8", std::vector<std::int64_t>(40, 1), 8), "40 dimensions"},
+    };
+    for (auto& c : cases) {
+        Result bad = ok_result_for_test(c.array);
+        Result good = ok_result_for_test(doubles({1, 2}, {2}));
+        good.job_id = "J-good";
+        auto f = encode(Results{{bad, good}});
+        auto m = decode<Results>(f);
+        ASSERT_EQ(m.results.size(), 2u);
+        auto& r = m.results[0];
+        EXPECT_EQ(r.status, Status::error) << c.why;
+        EXPECT_EQ(r.error_type, "dynexec.ResultDecodeError");
+        EXPECT_TRUE(std::holds_alternative<std::monostate>(r.value));
+        EXPECT_NE(r.message.find("malformed results message: field 0.0.2"), std::string::npos) << r.message;
+        EXPECT_NE(r.message.find(c.why), std::string::npos) << r.message;
+        EXPECT_NE(r.message.find("J-bad"), std::string::npos) << r.message;
+        EXPECT_EQ(m.results[1].status, Status::ok); // the batch lives on
+        EXPECT_EQ(std::get<Array>(m.results[1].value).view<double>()[1], 2.0);
+    }
+}
+
+TEST(Trust, AnArrayParameterWithABadHeaderRefusesTheMessage) {
+    auto job = std::make_shared<Job>();
+    job->id = "J-1";
+    job->params.set("a", evil_array("O8", {1}, 8));
+    auto what = refusal(encode(JobMsg{job, 1}));
+    EXPECT_NE(what.find("malformed job message: field 2.0.1.1: dtype 'O8'"), std::string::npos) << what;
+    Submit s{"me", {{"S-1", "svc", {{"a", evil_array("f8", {-1, -1}, 8)}}, {}}}};
+    what = refusal(encode(s));
+    EXPECT_NE(what.find("malformed submit message: field 1.0.2.0.1.1: shape entry 0 is negative"), std::string::npos) << what;
+    // A dtype that is not text at all is not echoed.
+    job->params.set("a", evil_array(std::string("\xff\x00\x01", 3), {1}, 8));
+    what = refusal(encode(JobMsg{job, 1}));
+    EXPECT_NE(what.find("not UTF-8"), std::string::npos) << what;
+}
+
+TEST(Trust, ANonUtf8StringIsRefusedNamingItsFieldButNotItsBytes) {
+    HelloServer h{kProtocolVersion, "bad\xff" "host", 1, 1, {}};
+    auto what = refusal(encode(h));
+    EXPECT_EQ(what, "malformed hello_server message: field 1: not UTF-8 (byte 3 of 8)");
+    // The finding: a reply listing such a host made servers() raise in every client.
+    ServersReply rep{9, {{"server-1", "\xc3\x28", 3, 4.5, {"a"}, {}}}};
+    what = refusal(encode(rep));
+    EXPECT_EQ(what, "malformed servers_reply message: field 1.0.1: not UTF-8 (byte 0 of 2)");
+    // Overlong forms and surrogates too, as Python refuses them.
+    for (std::string s : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ok\xe2\x82"})
+        EXPECT_NE(refusal(encode(HelloClient{kProtocolVersion, s})).find("not UTF-8"), std::string::npos);
+    EXPECT_EQ(refusal(encode(HelloClient{kProtocolVersion, "caf\xc3\xa9 \xf0\x9f\x98\x80"})), "(accepted)");
+    // A Result's texts may be any bytes: the receiver escapes them per job (check_texts).
+    Result r = ok_result_for_test(std::string("\xff"));
+    r.message = "\xfe";
+    auto f = encode(Results{{r}});
+    EXPECT_EQ(std::get<std::string>(decode<Results>(f).results[0].value), "\xff");
+}
+
+TEST(Trust, HugeCountsDeepNestingAndTruncationAreRefusedBeforeAllocating) {
+    // An array header claiming 2^32-1 elements in a 5-byte body.
+    auto what = refusal(raw(Type::results, std::string("\xdd\xff\xff\xff\xff", 5)));
+    EXPECT_NE(what.find("malformed results message: body:"), std::string::npos) << what;
+    what = refusal(raw(Type::results, std::string("\x91\xdd\xff\xff\xff\xff", 6)));
+    EXPECT_NE(what.find("malformed results message: body:"), std::string::npos) << what;
+    what = refusal(raw(Type::submit, std::string("\xdf\xff\xff\xff\xff", 5))); // a map
+    EXPECT_NE(what.find("body:"), std::string::npos) << what;
+    what = refusal(raw(Type::hello_client, std::string("\x91\xdb\xff\xff\xff\xff", 6))); // a 4 GiB string
+    EXPECT_NE(what.find("body:"), std::string::npos) << what;
+    what = refusal(raw(Type::results, std::string(1000, '\x91') + "\xc0"));
+    EXPECT_NE(what.find("body:"), std::string::npos) << what;
+    // Too many parameters for one job.
+    Submit s{"me", {{"S-1", "svc", {}, {}}}};
+    for (int k = 0; k < 5000; ++k) s.jobs[0].params.set("p" + std::to_string(k), std::int64_t(k));
+    what = refusal(encode(s));
+    EXPECT_NE(what.find("malformed submit message: field 1.0.2: 5000 parameters, more than 4096"), std::string::npos) << what;
+    // Missing fields, wrong types, out-of-range enums and integers, unknown types.
+    EXPECT_NE(refusal(raw(Type::welcome, "\x91\x02")).find("field 1: missing"), std::string::npos);
+    EXPECT_NE(refusal(raw(Type::welcome, "\x94\x02\x01\x02\x03")).find("welcome message: field 1: expected a string"),
+              std::string::npos);
+    EXPECT_NE(refusal(raw(Type::stop_job, "\x93\xa1x\x01\x63")).find("field 2: enum value 99 out of range"),
+              std::string::npos);
+    EXPECT_NE(refusal(raw(Type::hello_server, std::string("\x97\x02\xa1h\x01\xff\x90\x00\xa0", 9))).find("field 3: has the wrong type"),
+              std::string::npos); // slots = -1
+    EXPECT_NE(refusal(raw(Type(200), "\x90")).find("malformed type-200 message: no such message type"), std::string::npos);
+    EXPECT_EQ(refusal(raw(Type::stop, "\x90")), "(accepted)");
+    EXPECT_NE(refusal(raw(Type::stop, "")).find("malformed stop message: body:"), std::string::npos);
 }

@@ -5,9 +5,8 @@
 #include <stdexcept>
 
 namespace dynexec::wire {
-namespace {
 
-std::string decode_key(const std::string& z85) {
+std::string decode_curve_key(const std::string& z85) {
     if (z85.size() != 40)
         throw std::invalid_argument(fmt::format("a CURVE key has 40 Z85 characters, not {}", z85.size()));
     std::string raw(32, '\0');
@@ -16,8 +15,6 @@ std::string decode_key(const std::string& z85) {
     return raw;
 }
 
-} // namespace
-
 CurveKeys CurveKeys::generate() {
     char pub[41], sec[41];
     if (zmq_curve_keypair(pub, sec) != 0) throw std::runtime_error("ZeroMQ was built without CURVE support");
@@ -25,7 +22,7 @@ CurveKeys CurveKeys::generate() {
 }
 
 ZapAuthenticator::ZapAuthenticator(zmq::context_t& ctx, const std::string& allowed_client_key)
-    : allowed_(decode_key(allowed_client_key)) {
+    : allowed_(decode_curve_key(allowed_client_key)) {
     zmq::socket_t sock(ctx, zmq::socket_type::rep);
     sock.bind("inproc://zeromq.zap.01"); // bound before any CURVE server socket exists
     thread_ = std::thread([this, s = std::move(sock)]() mutable { run(std::move(s)); });

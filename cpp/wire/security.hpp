@@ -18,6 +18,9 @@ struct CurveKeys {
     static CurveKeys generate();
 };
 
+// The 32 raw bytes of a Z85 key; throws std::invalid_argument on anything else (it may come from a peer).
+std::string decode_curve_key(const std::string& z85);
+
 // Answers ZeroMQ's authentication requests (ZAP) in `ctx`: only `allowed_client_key` gets in.
 class ZapAuthenticator {
 public:

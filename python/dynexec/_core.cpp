@@ -37,11 +37,17 @@ std::shared_ptr<const void> hold(py::object o) { return {o.ptr(), PyRef{new py::
 
 std::string dtype_code(const py::dtype& dt) { return fmt::format("{}{}", dt.kind(), dt.itemsize()); }
 
-bool supported_dtype(const std::string& code) {
-    static const char* ok[] = {"f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"};
-    for (auto* c : ok)
-        if (code == c) return true;
-    return false;
+// Defence in depth: the decoders refuse these already, but numpy must never see a dtype outside the list
+// ("O8" would make it read pointers, "U8" 32 bytes an item) nor a shape that does not fit the bytes.
+void check_array(const Array& a) {
+    if (!supported_dtype(a.dtype))
+        throw std::invalid_argument(fmt::format("an array of dtype '{}', which is not one of dynexec's", a.dtype.substr(0, 16)));
+    std::size_t n = 1;
+    for (auto d : a.shape)
+        if (d < 0 || __builtin_mul_overflow(n, std::size_t(d), &n))
+            throw std::invalid_argument("an array whose shape has a negative or too large dimension");
+    if (n * a.itemsize() != a.nbytes || (a.nbytes && !a.data))
+        throw std::invalid_argument(fmt::format("an array of {} elements of {} in {} bytes", n, a.dtype, a.nbytes));
 }
 
 // A numpy array as an Array, borrowed when it is C-contiguous and native-endian.
@@ -95,6 +101,7 @@ py::object from_value(const Value& v) {
             else if constexpr (std::is_same_v<T, Array>) {
                 // A Python array that went through the engine comes back as itself.
                 if (auto* ref = std::get_deleter<PyRef>(x.owner)) return *ref->obj;
+                check_array(x);
                 auto* keep = new std::shared_ptr<const void>(x.owner);
                 py::capsule base(keep, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
                 std::vector<py::ssize_t> shape(x.shape.begin(), x.shape.end());
@@ -269,6 +276,9 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "dynexec's C++ core";
+    py::tuple dtypes(std::size(kArrayDtypes));
+    for (std::size_t i = 0; i < std::size(kArrayDtypes); ++i) dtypes[i] = py::str(std::string(kArrayDtypes[i]));
+    m.attr("array_dtypes") = dtypes; // the one list (value.hpp), for results.read_archive
 
     auto invalid = py::register_exception<InvalidJob>(m, "InvalidJobError", PyExc_ValueError);
     py::register_exception<UnknownService>(m, "UnknownServiceError", invalid.ptr());

@@ -125,7 +125,7 @@ class Result:
         return exc
 
 
-_ARRAY_DTYPES = {"f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"}
+_ARRAY_DTYPES = frozenset(_core.array_dtypes)  # the one list, in value.hpp
 _TEXT_FIELDS = ("error_type", "message", "traceback", "owner", "service", "server", "stdout", "stderr")
 _ROWS_PER_READ = 256  # a chunk of /results: what one damaged chunk can take with it
 
@@ -252,6 +252,8 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
                 if dtype not in _ARRAY_DTYPES or ndim > 8:
                     raise ValueError(f"its array has dtype {dtype!r} and {ndim} dimensions, which dynexec never writes")
                 shape = tuple(int(d) for d in row["shape"][:ndim])
+                if any(d < 0 for d in shape):
+                    raise ValueError(f"its array has shape {shape}, with a negative dimension")
                 data = heap(row["value"])
                 if int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize != len(data):
                     raise ValueError(f"its array of shape {shape} and dtype {dtype} does not fit its {len(data)} bytes")

@@ -16,10 +16,19 @@
 
 namespace dynexec {
 
+// The numpy dtypes (kind + item size) an Array may have: the one list, for the decoders and the bindings.
+inline constexpr std::string_view kArrayDtypes[] = {"f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"};
+
+inline bool supported_dtype(std::string_view code) {
+    for (auto d : kArrayDtypes)
+        if (code == d) return true;
+    return false;
+}
+
 // An n-dimensional, C-contiguous, native-endian array. `data` stays valid while
 // `owner` lives: a numpy array passed in from Python is borrowed, not copied.
 struct Array {
-    std::string dtype;                 // numpy kind+size: "f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1"
+    std::string dtype;                 // numpy kind+size, one of kArrayDtypes
     std::vector<std::int64_t> shape;
     std::shared_ptr<const void> owner; // keeps `data` alive
     const void* data = nullptr;
