@@ -327,6 +327,9 @@ PYBIND11_MODULE(_core, m) {
                                                listen_arg(*listen, "server_secret_key", true)},
                                               listen_arg(*listen, "client_public_key", true),
                                               listen_arg(*listen, "compute_public_key", true)};
+                 if (hub && hub->client_public_key == hub->compute_server_public_key)
+                     throw py::value_error("listen: compute_public_key and client_public_key must differ (one key "
+                                           "for both roles would let every client register as a compute server)");
                  py::gil_scoped_release nogil;
                  return new Engine({servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
                                     max_attempts, seed, std::move(hub)});
