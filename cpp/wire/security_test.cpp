@@ -58,7 +58,7 @@ TEST(Security, TheZapHandlerNamesThePeersRole) {
         d.set(zmq::sockopt::linger, 0);
         wire::make_curve_client(d, head.public_key, keys);
         d.connect(endpoint);
-        d.send(zmq::buffer(&type, 1));
+        (void)d.send(zmq::buffer(&type, 1));
         std::vector<zmq::message_t> frames;
         EXPECT_TRUE(zmq::recv_multipart(router, std::back_inserter(frames)));
         EXPECT_EQ(frames.size(), 2u);
