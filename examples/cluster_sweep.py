@@ -4,14 +4,15 @@ Start a cluster (1 head + 3 compute servers here; on a batch system, as many ran
 
     mpirun -n 4 python -m dynexec.cluster --archive sweep-archive --connection-file cluster.json &
 
-It prints "dynexec cluster ready: 3 servers, connection file ..." once it takes jobs. Then, from any shell
+It prints "dynexec cluster ready: 3 servers, connection file ..., server join file ..." once it takes jobs
+(cluster.json for clients, cluster.server.json for compute servers). Then, from any shell
 or notebook on a machine that reaches it (this script is not started by mpirun):
 
     python examples/cluster_sweep.py cluster.json
 
-More servers may join while it runs, and get work as soon as they register:
+More servers may join while it runs (with the server join file), and get work as soon as they register:
 
-    mpirun -n 2 python -m dynexec.server --join cluster.json
+    mpirun -n 2 python -m dynexec.server --join cluster.server.json
 
 Stop the cluster (every process it started ends; the archive is closed complete):
 

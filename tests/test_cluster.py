@@ -158,7 +158,8 @@ def mpirun(n, *args):
 class Cluster(Job):
     def __init__(self, tmp: Path, n: int, extra, name):
         self.tmp = tmp
-        self.conn = tmp / f"{name}.json"
+        self.conn = tmp / f"{name}.json"  # the client connection file
+        self.server_file = connection.server_file_for(self.conn)  # the server join file, written next to it
         self.archive = tmp / "archive"
         cmd = (mpirun(n, "-m", "dynexec.cluster") if n else [sys.executable, "-m", "dynexec.cluster"]) + [
             "--archive", str(self.archive), "--connection-file", str(self.conn), *extra]
@@ -170,8 +171,9 @@ class Cluster(Job):
                 raise AssertionError(f"the cluster exited with {self.proc.returncode}:\n{self.output()}")
             return "dynexec cluster ready" in self.output()
         wait_for(ready, timeout, "the cluster's ready line", interval=0.05)
-        assert self.conn.exists()
+        assert self.conn.exists() and self.server_file.exists()
         self.info = json.loads(self.conn.read_text())
+        self.server_info = json.loads(self.server_file.read_text())
         self.note()
         return self
 
@@ -190,7 +192,8 @@ def start(tmp_path):
 
         @staticmethod
         def join(c, k=1):
-            j = Job(mpirun(k, "-m", "dynexec.server", "--join", str(c.conn)), tmp_path / f"join-{len(jobs)}.log")
+            j = Job(mpirun(k, "-m", "dynexec.server", "--join", str(c.server_file)),
+                    tmp_path / f"join-{len(jobs)}.log")
             jobs.append(j)
             return j
 
@@ -220,6 +223,10 @@ def server_ids(ex):
 def test_a_thousand_jobs_from_a_client_outside_mpirun_each_archived_once(start):
     c = start.cluster(3)
     assert stat.S_IMODE(c.conn.stat().st_mode) == 0o600
+    assert stat.S_IMODE(c.server_file.stat().st_mode) == 0o600
+    # Each file holds its own role's key pair only.
+    assert c.info["role"] == "client" and "compute_secret_key" not in c.info
+    assert c.server_info["role"] == "server" and "client_secret_key" not in c.server_info
     assert "ready: 2 servers" in c.output()
     with dynexec.Executor(connect=c.conn) as ex:  # this test process was not started by mpirun
         servers = ex.servers()
@@ -235,7 +242,7 @@ def test_a_thousand_jobs_from_a_client_outside_mpirun_each_archived_once(start):
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
     assert wait_gone(c.seen | {c.proc.pid}, 10) == []
-    assert not c.conn.exists()
+    assert not c.conn.exists() and not c.server_file.exists()
     jobs = archived(c.archive, c.info["session"])
     assert set(jobs) == {f.job_id for f in futures} and len(jobs) == 1000
     assert {status for status, *_ in jobs.values()} == {"ok"}
@@ -309,12 +316,13 @@ def test_kill_9_of_a_server_mid_run_loses_no_job_and_doubles_none(start):
 
 def test_a_connection_with_a_wrong_secret_is_refused(start, tmp_path):
     c = start.cluster(2)
-    info = dict(c.info)
     wrong = connection.new_keys()
-    info.update(client_public_key=wrong["client_public_key"], client_secret_key=wrong["client_secret_key"])
-    bad = connection.write(tmp_path / "wrong-secret.json", info.pop("endpoint"), info)
+    bad = connection.write(tmp_path / "wrong-secret.json", c.info["endpoint"],
+                           {**wrong, "server_public_key": c.info["server_public_key"]}, "client")
+    bad_server = connection.write(tmp_path / "wrong-secret.server.json", c.info["endpoint"],
+                                  {**wrong, "server_public_key": c.info["server_public_key"]}, "server")
     # A compute server without the secret is refused as well: it never registers.
-    intruder = start.server(bad, "--head-timeout", "1")
+    intruder = start.server(bad_server, "--head-timeout", "1")
     t = time.monotonic()
     with pytest.raises(RuntimeError, match="secret"):
         dynexec.Executor(connect=bad, start_timeout=2)
@@ -375,7 +383,7 @@ def test_head_without_mpirun_and_servers_from_a_later_mpirun(start):
         if PLUGIN:
             wait_for(lambda: "example.integrate" in ex.servers()[0]["services"], 10, "the plugin's services")
             assert round(ex.submit_service("example.integrate", a=0.0, b=3.141592653589793).result(timeout=30), 6) == 2.0
-        plain = start.server(c.conn)  # one more server, without mpirun; SIGTERM makes it leave
+        plain = start.server(c.server_file)  # one more server, without mpirun; SIGTERM makes it leave
         wait_for(lambda: len(ex.servers()) == 3, 30, "the plain server")
         plain.proc.send_signal(signal.SIGTERM)
         assert plain.wait_exit(10) == 0, plain.output()
@@ -440,3 +448,37 @@ def test_a_cluster_client_sees_what_its_jobs_print_while_they_run(start, capsys)
     out = capsys.readouterr().out
     assert f"[{f.job_id}] hello from the cluster" in out, out
     assert "not echoed" not in out
+
+
+def test_a_client_cannot_register_as_a_compute_server_nor_a_server_submit(start, tmp_path):
+    c = start.cluster(2)
+    # A client holds the client file only: its key pair, made into a server join file, gets it in as a client,
+    # and the head drops its registration (a client posing as a server would have its results unpickled in
+    # other clients' processes).
+    posing = connection.write(tmp_path / "posing.server.json", c.info["endpoint"],
+                              {"server_public_key": c.info["server_public_key"],
+                               "compute_public_key": c.info["client_public_key"],
+                               "compute_secret_key": c.info["client_secret_key"]}, "server")
+    rogue = start.server(posing, "--head-timeout", "2")
+    assert rogue.wait_exit(30) == 2, rogue.output()  # never answered: it leaves, the head silent to it
+    assert "dropped a message of type 1" in c.output() and "role client" in c.output()
+    assert c.info["client_secret_key"] not in c.output()
+    with dynexec.Executor(connect=c.conn) as ex:  # the cluster works on; the rogue never was a server
+        servers = ex.servers()
+        assert len(servers) == 1 and rogue.proc.pid not in {s["pid"] for s in servers}
+        assert ex.submit(square, 11).result(timeout=30) == 121
+        # The server join file's credentials get nobody in as a client: its hello is dropped.
+        s = c.server_info
+        with pytest.raises(RuntimeError):
+            dynexec._core.Client(s["endpoint"], s["server_public_key"], s["compute_public_key"],
+                                 s["compute_secret_key"], 1.0)
+        # Each file given where the other belongs fails, naming the file and the one to use.
+        with pytest.raises(connection.ConnectionFileError, match=r"server join file.*client connection file"):
+            dynexec.Executor(connect=c.server_file)
+        wrong = start.server(c.conn)
+        assert wrong.wait_exit(30) == 2
+        assert str(c.conn) in wrong.output() and c.server_file.name in wrong.output()
+        assert len(ex.servers()) == 1
+        c.note(s["pid"] for s in ex.servers())
+        ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import dynexec
+from dynexec import connection
 
 pytestmark = pytest.mark.skipif(not (shutil.which("mpirun") and shutil.which("ompi-server")),
                                 reason="needs Open MPI's mpirun and ompi-server")
@@ -39,8 +40,8 @@ def test_server_joins_through_the_published_name(tmp_path):
         start(mpirun + ["-n", "2", sys.executable, "-m", "dynexec.cluster", "--archive", str(tmp_path / "archive"),
                         "--connection-file", str(conn), "--publish", name])
         wait_for(conn.exists, 60, "the cluster")
-        # The joining job's file holds the secret only: its endpoint is wrong on purpose.
-        info = json.loads(conn.read_text())
+        # The joining job's server join file holds the credentials only: its endpoint is wrong on purpose.
+        info = json.loads(connection.server_file_for(conn).read_text())
         secret_only = tmp_path / "secret.json"
         secret_only.write_text(json.dumps({**info, "endpoint": "tcp://127.0.0.1:9"}))
         os.chmod(secret_only, 0o600)

@@ -5,7 +5,7 @@
 namespace dynexec::remote {
 
 Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration lease, Duration renew)
-    : options_(std::move(options)), hooks_(std::move(hooks)), zap_(ctx_, options_.client_public_key),
+    : options_(std::move(options)), hooks_(std::move(hooks)), zap_(ctx_, options_.compute_server_public_key, options_.client_public_key),
       router_(ctx_, zmq::socket_type::router), loop_(router_, out_, "dynexec head"),
       servers_(registry, out_, hooks_, lease, renew), clients_(out_, hooks_) {
     if (wire::needs_curve(options_.bind)) wire::make_curve_server(router_, options_.server_keys);
@@ -22,8 +22,10 @@ Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration 
         echo_changed();
     };
     thread_ = std::thread([this] {
+        wire::RoleGate gate(wire::needs_curve(options_.bind)); // a client may not pose as a server, nor the reverse
         loop_.run(stop_, std::chrono::milliseconds(100),
-                  [this](const std::string& from, wire::Frames& frames) {
+                  [this, &gate](const std::string& from, wire::Frames& frames) {
+                      if (!gate.admit(from, frames)) return;
                       auto type = std::uint8_t(wire::type_of(frames));
                       if (type < 16) servers_.handle(from, frames);
                       else if (type >= 32 && type < 48) clients_.handle(from, frames);

@@ -17,7 +17,8 @@ namespace dynexec::remote {
 struct HubOptions {
     std::string bind = "tcp://127.0.0.1:*"; // where to listen
     wire::CurveKeys server_keys;            // the head's own pair
-    std::string client_public_key;          // the cluster's client key: the only one let in
+    std::string client_public_key;          // the clients' key: let in with the role "client"
+    std::string compute_server_public_key;  // the compute servers' key: let in with the role "server"
 };
 
 // What the hub asks of the engine it serves.

@@ -15,6 +15,7 @@ namespace {
 struct Cluster {
     wire::CurveKeys server_keys = wire::CurveKeys::generate();
     wire::CurveKeys client_keys = wire::CurveKeys::generate();
+    wire::CurveKeys compute_keys = wire::CurveKeys::generate(); // the compute servers' role
     Engine engine{make_options()};
 
     EngineOptions make_options() {
@@ -22,11 +23,11 @@ struct Cluster {
         o.servers = 0;
         o.lease_seconds = 0.4;
         o.renew_seconds = 0.05;
-        o.listen = remote::HubOptions{"tcp://127.0.0.1:*", server_keys, client_keys.public_key};
+        o.listen = remote::HubOptions{"tcp://127.0.0.1:*", server_keys, client_keys.public_key, compute_keys.public_key};
         return o;
     }
     remote::HostOptions host_options() const {
-        return {engine.endpoint(), server_keys.public_key, client_keys, 1, 1, 0, 5.0};
+        return {engine.endpoint(), server_keys.public_key, compute_keys, 1, 1, 0, 5.0};
     }
     remote::ClientOptions client_options(double timeout = 5) const {
         return {engine.endpoint(), server_keys.public_key, client_keys, timeout};
@@ -82,6 +83,29 @@ TEST(Remote, AClientWithoutTheSecretIsRefused) {
     }
     remote::Client ok(cl.client_options());
     EXPECT_TRUE(ok.servers().empty());
+}
+
+TEST(Remote, EachRoleSendsOnlyItsOwnMessages) {
+    Cluster cl;
+    auto posing = cl.host_options();
+    posing.client_keys = cl.client_keys; // a client's credentials: its hello_server is dropped
+    posing.head_timeout = 0.5;
+    remote::ServerHost rogue(posing);
+    std::thread t([&] { rogue.run(); });
+    remote::ServerHost real(cl.host_options());
+    std::thread t2([&] { real.run(); });
+    ASSERT_EQ(cl.engine.wait_for_servers(1, 5s), 1u);
+    t.join(); // never answered: it leaves once the head has been silent for head_timeout
+    EXPECT_TRUE(rogue.id().empty());
+    EXPECT_EQ(cl.engine.servers().size(), 1u);
+
+    auto submitter = cl.client_options(0.5);
+    submitter.client_keys = cl.compute_keys; // a server's credentials: its hello_client is dropped
+    EXPECT_THROW(remote::Client c(submitter), std::runtime_error);
+    remote::Client ok(cl.client_options());
+    EXPECT_EQ(ok.servers().size(), 1u);
+    real.stop();
+    t2.join();
 }
 
 TEST(Remote, ServerThatFallsSilentLeavesAndItsJobsWaitForTheNext) {

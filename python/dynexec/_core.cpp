@@ -37,6 +37,21 @@ std::shared_ptr<const void> hold(py::object o) { return {o.ptr(), PyRef{new py::
 
 std::string dtype_code(const py::dtype& dt) { return fmt::format("{}{}", dt.kind(), dt.itemsize()); }
 
+// A connection argument (endpoint or CURVE key) as a string; a wrong type or a bad key fails naming the
+// field, never showing its value (pybind11's own overload error would print every argument, secrets too).
+std::string conn_arg(py::handle v, const char* field, bool key) {
+    if (!py::isinstance<py::str>(v))
+        throw py::type_error(fmt::format("{} must be a str, not {}", field, Py_TYPE(v.ptr())->tp_name));
+    auto s = v.cast<std::string>();
+    if (key) wire::check_key(field, s);
+    return s;
+}
+
+std::string listen_arg(const py::dict& listen, const char* field, bool key) {
+    if (!listen.contains(field)) throw py::value_error(fmt::format("listen lacks {}", field));
+    return conn_arg(listen[field], (std::string("listen[") + field + "]").c_str(), key);
+}
+
 // Defence in depth: the decoders refuse these already, but numpy must never see a dtype outside the list
 // ("O8" would make it read pointers, "U8" 32 bytes an item) nor a shape that does not fit the bytes.
 void check_array(const Array& a) {
@@ -317,10 +332,14 @@ PYBIND11_MODULE(_core, m) {
                          std::uint64_t seed, std::optional<py::dict> listen) {
                  std::optional<remote::HubOptions> hub;
                  if (listen)
-                     hub = remote::HubOptions{(*listen)["bind"].cast<std::string>(),
-                                              {(*listen)["server_public_key"].cast<std::string>(),
-                                               (*listen)["server_secret_key"].cast<std::string>()},
-                                              (*listen)["client_public_key"].cast<std::string>()};
+                     hub = remote::HubOptions{listen_arg(*listen, "bind", false),
+                                              {listen_arg(*listen, "server_public_key", true),
+                                               listen_arg(*listen, "server_secret_key", true)},
+                                              listen_arg(*listen, "client_public_key", true),
+                                              listen_arg(*listen, "compute_public_key", true)};
+                 if (hub && hub->client_public_key == hub->compute_server_public_key)
+                     throw py::value_error("listen: compute_public_key and client_public_key must differ (one key "
+                                           "for both roles would let every client register as a compute server)");
                  py::gil_scoped_release nogil;
                  return new Engine({servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
                                     max_attempts, seed, std::move(hub)});
@@ -366,11 +385,15 @@ PYBIND11_MODULE(_core, m) {
     py::class_<remote::Client> client(m, "Client");
     def_job_calls(client);
     client
-        .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
-                         std::string client_secret, double timeout) {
+        .def(py::init([](py::object endpoint, py::object server_public, py::object client_public,
+                         py::object client_secret, double timeout) {
+                 remote::ClientOptions o{conn_arg(endpoint, "endpoint", false),
+                                         conn_arg(server_public, "server_public_key", true),
+                                         {conn_arg(client_public, "client_public_key", true),
+                                          conn_arg(client_secret, "client_secret_key", true)},
+                                         timeout};
                  py::gil_scoped_release nogil;
-                 return new remote::Client({std::move(endpoint), std::move(server_public),
-                                            {std::move(client_public), std::move(client_secret)}, timeout});
+                 return new remote::Client(std::move(o));
              }),
              py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
              py::arg("client_secret_key"), py::arg("timeout") = 10.0)
@@ -387,16 +410,19 @@ PYBIND11_MODULE(_core, m) {
         });
 
     py::class_<remote::ServerHost>(m, "ServerHost")
-        .def(py::init([](std::string endpoint, std::string server_public, std::string client_public,
-                         std::string client_secret, unsigned slots, unsigned threads, int parent_pid,
+        .def(py::init([](py::object endpoint, py::object server_public, py::object compute_public,
+                         py::object compute_secret, unsigned slots, unsigned threads, int parent_pid,
                          double head_timeout, int replaces_pid, std::string replaced_because, bool capture_output) {
-                 return new remote::ServerHost({std::move(endpoint), std::move(server_public),
-                                                {std::move(client_public), std::move(client_secret)}, slots, threads,
-                                                parent_pid, head_timeout, replaces_pid, std::move(replaced_because),
-                                                capture_output});
+                 return new remote::ServerHost({conn_arg(endpoint, "endpoint", false),
+                                                conn_arg(server_public, "server_public_key", true),
+                                                {conn_arg(compute_public, "compute_public_key", true),
+                                                 conn_arg(compute_secret, "compute_secret_key", true)},
+                                                slots, threads, parent_pid, head_timeout, replaces_pid,
+                                                std::move(replaced_because), capture_output});
              }),
-             py::arg("endpoint"), py::arg("server_public_key"), py::arg("client_public_key"),
-             py::arg("client_secret_key"), py::arg("slots") = 1, py::arg("threads") = 0, py::arg("parent_pid") = 0,
+             // The compute-server role's key pair (a server join file's), not the clients'.
+             py::arg("endpoint"), py::arg("server_public_key"), py::arg("compute_public_key"),
+             py::arg("compute_secret_key"), py::arg("slots") = 1, py::arg("threads") = 0, py::arg("parent_pid") = 0,
              py::arg("head_timeout") = 10.0, py::arg("replaces_pid") = 0, py::arg("replaced_because") = "",
              // A server process (python -m dynexec.server) is a process of its own: it captures its jobs' output.
              py::arg("capture_output") = true)

@@ -1,19 +1,23 @@
 """A dynexec cluster started with mpirun.
 
-    mpirun -n N python -m dynexec.cluster --archive DIR --connection-file FILE
+    mpirun -n N python -m dynexec.cluster --archive DIR --connection-file FILE [--server-file SFILE]
 
 Rank 0 becomes the head: the lookup registry, execution manager, load balancer and results manager,
-listening on a CURVE-secured ZeroMQ endpoint. It hands that endpoint and the cluster's secret to every
-other rank through MPI (no host names or ports in any configuration), and each of those ranks becomes one
-compute server. Once the servers have registered, the head writes the connection file (owner-only
-permissions) and prints "dynexec cluster ready: ...". From then on:
+listening on a CURVE-secured ZeroMQ endpoint. It hands that endpoint and the compute servers' credentials
+to every other rank through MPI (no host names or ports in any configuration), and each of those ranks
+becomes one compute server. Once the servers have registered, the head writes two files (owner-only
+permissions), one per role, and prints "dynexec cluster ready: ...":
 
-    python -m dynexec.server --join FILE              # one more compute server (or under a second mpirun)
-    mpirun -n K python -m dynexec.server --join FILE  # K more
-    dynexec.Executor(connect=FILE)                    # a script or notebook submits to the cluster
+    FILE   the client connection file, for scripts and notebooks:  dynexec.Executor(connect=FILE)
+    SFILE  the server join file (default: FILE with the suffix .server.json, e.g. cluster.server.json):
+           python -m dynexec.server --join SFILE              # one more compute server
+           mpirun -n K python -m dynexec.server --join SFILE  # K more
+
+Each holds the credentials of its role only: a client cannot register as a compute server (whose results
+other clients unpickle), and a compute server cannot submit jobs.
 
 The cluster runs until a client calls Executor.shutdown_cluster() or mpirun is interrupted (Ctrl-C); then
-every server is told to leave, the archive is closed complete, the connection file is removed and mpirun
+every server is told to leave, the archive is closed complete, both files are removed and mpirun
 exits.
 
 Each compute-server rank runs its server as a child process and exits normally when that child ends, so
@@ -79,7 +83,7 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
     private = Path(tempfile.mkdtemp(prefix="dynexec-server-"))  # 0700; the file inside is 0600
     child = None
     try:
-        join = connection.write(private / "connection.json", info["endpoint"], info)
+        join = connection.write(private / "server.json", info["endpoint"], info, role="server")
         cmd = [sys.executable, "-m", "dynexec.server", "--join", str(join), "--slots", str(slots),
                "--threads", str(threads), "--head-timeout", str(head_timeout), "--parent-pid", str(os.getpid())]
 
@@ -147,6 +151,7 @@ class _Head:
         self.engine = None
         self.abandoned = False
         self.connection_file = Path(args.connection_file).absolute()
+        self.server_file = Path(args.server_file or connection.server_file_for(self.connection_file)).absolute()
 
     def start(self, hosts: list[str]) -> dict:
         """Creates the engine; returns what every compute-server rank needs to join it."""
@@ -156,7 +161,8 @@ class _Head:
         self.keys = connection.new_keys()
         self.archive = Path(a.archive).absolute() if a.archive else None
         self.engine = _core.Engine(0, a.slots, a.threads, a.policy, self.archive, a.lease_seconds,
-                                   a.renew_seconds, a.max_attempts, a.seed, listen={"bind": bind, **self.keys})
+                                   a.renew_seconds, a.max_attempts, a.seed,
+                                   listen={"bind": bind, **connection.listen_keys(self.keys)})
         self.endpoint = self.engine.endpoint
         if "://0.0.0.0:" in self.endpoint or "://*:" in self.endpoint:
             self.endpoint = _advertised(self.endpoint, a.advertise or hosts[0])
@@ -166,7 +172,8 @@ class _Head:
             names = _core.load_services(path)  # the head validates jobs against its own catalog
             self.engine.load_plugin(path, names, 0.0)  # every server that joins loads it
             self.plugin_names += names
-        return {"endpoint": self.endpoint, **{k: self.keys[k] for k in connection.FIELDS[1:]}}
+        # The compute servers' credentials only: the clients' secret stays with the head.
+        return {"endpoint": self.endpoint, **connection.credentials(self.keys, "server")}
 
     def serve(self, n_servers: int) -> int:
         a, engine = self.args, self.engine
@@ -182,12 +189,14 @@ class _Head:
                   f"{a.start_timeout:g} s; going on with those", file=sys.stderr, flush=True)
         if self.plugin_names and have:
             _wait_plugins(engine, self.plugin_names, 10.0)
-        connection.write(self.connection_file, self.endpoint, self.keys, session=engine.session,
+        connection.write(self.server_file, self.endpoint, self.keys, "server")
+        connection.write(self.connection_file, self.endpoint, self.keys, "client", session=engine.session,
                          archive=str(self.archive) if self.archive else None, policy=a.policy,
                          lease_seconds=a.lease_seconds, mpi_size=n_servers + 1)
         published = self._publish()
-        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}"
-              + (f", published as {a.publish!r}" if published else ""), flush=True)
+        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}, "
+              f"server join file {self.server_file}" + (f", published as {a.publish!r}" if published else ""),
+              flush=True)
         try:
             while not signals.event.is_set():
                 if engine.wait_shutdown_request(0.2):
@@ -195,11 +204,12 @@ class _Head:
             return self.stop(signals)
         finally:
             self.connection_file.unlink(missing_ok=True)
+            self.server_file.unlink(missing_ok=True)
             if published:
                 self._publish(unpublish=True)
 
     def _publish(self, unpublish=False) -> bool:
-        """--publish NAME: the endpoint and the head's public key (never the secret) in the MPI name service."""
+        """--publish NAME: the endpoint and the head's public key (never a secret) in the MPI name service."""
         if not self.args.publish or self.comm is None:
             return False
         from mpi4py import MPI
@@ -222,6 +232,7 @@ class _Head:
         """
         engine = self.engine
         self.connection_file.unlink(missing_ok=True)  # no new client finds a cluster that is going away
+        self.server_file.unlink(missing_ok=True)
         done = threading.Event()
 
         def graceful():
@@ -252,7 +263,10 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archive", required=True, metavar="DIR", help="directory of the HDF5 results archive")
     p.add_argument("--connection-file", required=True, metavar="FILE",
-                   help="where to write the connection file clients and later servers join through")
+                   help="where to write the client connection file (for Executor(connect=FILE))")
+    p.add_argument("--server-file", default="", metavar="SFILE",
+                   help="where to write the server join file, for `python -m dynexec.server --join SFILE` "
+                        "(default: FILE with the suffix .server.json)")
     p.add_argument("--policy", default="power_of_two", choices=list(_core.POLICIES),
                    help="how the load balancer picks a server (default power_of_two)")
     p.add_argument("--lease-seconds", type=float, default=2.0, help="registration lease (default 2)")
@@ -267,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="native service plugin every server loads (repeatable)")
     p.add_argument("--publish", default="", metavar="NAME",
                    help="also publish the endpoint under NAME in the MPI name service (mpirun --ompi-server); "
-                        "servers then join with --name NAME, still taking the secret from the connection file")
+                        "servers then join with --name NAME, still taking their credentials from the server join file")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
                                               "rank is on this host, else all interfaces)")
@@ -292,6 +306,8 @@ def main(argv=None) -> int:
         p.error("need --lease-seconds > 0 and 0 <= --renew-seconds < --lease-seconds")
     if a.max_attempts < 1:
         p.error("--max-attempts must be at least 1")
+    if a.server_file and Path(a.server_file).absolute() == Path(a.connection_file).absolute():
+        p.error("--server-file must differ from --connection-file: each role has a file of its own")
 
     comm = None
     if under_mpirun():
@@ -319,7 +335,7 @@ def main(argv=None) -> int:
         print(f"dynexec cluster: cannot start the head: {e}", file=sys.stderr, flush=True)
         return 1
     if comm is not None:
-        comm.bcast(info, root=0)  # MPI-based discovery: the endpoint and secret reach every rank
+        comm.bcast(info, root=0)  # MPI-based discovery: the endpoint and server credentials reach every rank
     code = head.serve(size - 1)
     if head.abandoned:  # a thread still waits inside the engine: destroying it now is not safe
         sys.stdout.flush()

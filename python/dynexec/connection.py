@@ -1,33 +1,74 @@
-"""The connection file: where a cluster's head listens, and the secret that lets a process in.
+"""Connection files: where a cluster's head listens, and the credentials that let a process in.
 
-It is JSON, created with owner-only permissions; whoever can read it can run code on the cluster.
+Two kinds, one per role, so that a client cannot pose as a compute server (whose results other clients
+unpickle) nor a compute server submit jobs:
+
+- the client connection file (``"role": "client"``, ``dynexec.cluster --connection-file FILE``), for
+  ``Executor(connect=FILE)``: the head's public key and the clients' key pair, the session, the archive;
+- the server join file (``"role": "server"``, ``dynexec.cluster --server-file``, by default FILE with the
+  suffix ``.server.json``), for ``python -m dynexec.server --join``: the head's public key and the compute
+  servers' key pair.
+
+Both are JSON, created owner-only; whoever can read one can act in its role on the cluster.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import _core
 
-FIELDS = ("endpoint", "server_public_key", "client_public_key", "client_secret_key")
+ROLES = {"client": ("client_public_key", "client_secret_key"),
+         "server": ("compute_public_key", "compute_secret_key")}
+COMMON = ("endpoint", "server_public_key")  # server_public_key: the head's own (CURVE server) key
+SCHEMES = ("tcp", "ipc")
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUE = {c: i for i, c in enumerate(_Z85)}
+# Optional fields and the types they may have (a file with other fields is fine: later versions add some).
+_OPTIONAL = {"session": (str,), "archive": (str, type(None)), "policy": (str,), "host": (str,),
+             "pid": (int,), "lease_seconds": (int, float), "mpi_size": (int,)}
+
+
+class ConnectionFileError(ValueError):
+    """A connection file that cannot be used; the message names the file and the field, never a secret."""
 
 
 def new_keys() -> dict:
-    """A fresh head key pair and cluster secret (the client key pair)."""
-    server_public, server_secret = _core.curve_keypair()
-    client_public, client_secret = _core.curve_keypair()
-    return {"server_public_key": server_public, "server_secret_key": server_secret,
-            "client_public_key": client_public, "client_secret_key": client_secret}
+    """A fresh head key pair, the clients' key pair and the compute servers' key pair."""
+    keys = {}
+    for prefix in ("server", "client", "compute"):
+        keys[f"{prefix}_public_key"], keys[f"{prefix}_secret_key"] = _core.curve_keypair()
+    return keys
 
 
-def write(path, endpoint: str, keys: dict, **extra) -> Path:
-    """Writes the connection file atomically, readable by its owner only."""
+def listen_keys(keys: dict) -> dict:
+    """What the head's Engine(listen=...) takes from new_keys(): its own pair and the two public keys."""
+    return {k: keys[k] for k in ("server_public_key", "server_secret_key", "client_public_key",
+                                 "compute_public_key")}
+
+
+def credentials(keys: dict, role: str) -> dict:
+    """The head's public key and `role`'s key pair: what one connection file of that role holds."""
+    return {"role": role, "server_public_key": keys["server_public_key"], **{k: keys[k] for k in ROLES[role]}}
+
+
+def server_file_for(path) -> Path:
+    """The default server join file next to a client connection file: cluster.json -> cluster.server.json."""
     path = Path(path)
-    info = {"endpoint": endpoint, **{k: keys[k] for k in FIELDS[1:]}, "host": socket.gethostname(),
-            "pid": os.getpid(), **extra}
+    return path.with_name(f"{path.stem}.server{path.suffix or '.json'}")
+
+
+def write(path, endpoint: str, keys: dict, role: str, **extra) -> Path:
+    """Writes a connection file for `role` ("client" or "server") atomically, readable by its owner only.
+    `keys` is new_keys() or credentials() of that role; only that role's pair goes into the file."""
+    path = Path(path)
+    info = {"endpoint": endpoint, **credentials(keys, role), "host": socket.gethostname(), "pid": os.getpid(),
+            **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dynexec-")  # mkstemp creates it 0600
     with os.fdopen(fd, "w") as f:
@@ -36,17 +77,102 @@ def write(path, endpoint: str, keys: dict, **extra) -> Path:
     return path
 
 
-def read(path) -> dict:
-    """Reads a connection file; a clear error says what is wrong with it."""
+def _type_name(v) -> str:
+    return "null" if v is None else {bool: "a boolean", int: "a number", float: "a number", list: "a list",
+                                     dict: "an object", str: "a string"}.get(type(v), type(v).__name__)
+
+
+def _z85_ok(key: str) -> bool:
+    """40 Z85 characters whose 5-character groups each fit in 32 bits (what ZeroMQ decodes)."""
+    if len(key) != 40 or any(c not in _Z85_VALUE for c in key):
+        return False
+    for i in range(0, 40, 5):
+        v = 0
+        for c in key[i:i + 5]:
+            v = v * 85 + _Z85_VALUE[c]
+        if v >= 1 << 32:
+            return False
+    return True
+
+
+def _check_private(path: Path) -> None:
+    """A file others can read may have leaked its secret: ours is made owner-only (with a warning), another
+    user's is refused."""
+    st = path.stat()
+    if not st.st_mode & 0o077:
+        return
+    mode = stat.filemode(st.st_mode)
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{path} is readable by group or others ({mode}) and belongs to another user: "
+                              f"refused, its credentials may be known to others; ask its owner for a private copy "
+                              f"(chmod 600)")
+    os.chmod(path, 0o600)
+    warnings.warn(f"dynexec connection file {path} was readable by group or others ({mode}); made it owner-only "
+                  f"(0600). Whoever read it may hold the cluster's credentials: restart the cluster if in doubt",
+                  stacklevel=3)
+
+
+def _wrong_role(path: Path, found: str, role: str) -> str:
+    if role == "server":
+        return (f"{path} is a client connection file (role {found!r}); `python -m dynexec.server --join` takes the "
+                f"cluster's server join file, which `dynexec.cluster` writes next to it "
+                f"(--server-file, by default {server_file_for(path).name})")
+    return (f"{path} is a server join file (role {found!r}), for `python -m dynexec.server --join`; "
+            f"Executor(connect=) takes the client connection file (the one `dynexec.cluster --connection-file` "
+            f"writes)")
+
+
+def read(path, role: str | None = None) -> dict:
+    """Reads a connection file; `role` ("client", "server") is the kind the caller needs. Every problem is an
+    error naming the file and the field, never showing a key (ConnectionFileError, a ValueError; a file of
+    another user that others can read: PermissionError)."""
     path = Path(path)
     try:
-        info = json.loads(path.read_text())
+        _check_private(path)
+        text = path.read_text()
     except FileNotFoundError:
         raise FileNotFoundError(f"no dynexec connection file at {path} (is the cluster started, and is the path "
-                                f"the one given to --connection-file?)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a dynexec connection file: {e}") from None
-    missing = [k for k in FIELDS if k not in info]
-    if missing:
-        raise ValueError(f"{path} is not a dynexec connection file: it lacks {', '.join(missing)}")
+                                f"the one given to --connection-file or --server-file?)") from None
+    except UnicodeDecodeError:
+        raise ConnectionFileError(f"{path} is not a dynexec connection file: it is not UTF-8 text") from None
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as e:  # its message has a position, not the text
+        raise ConnectionFileError(f"{path} is not a dynexec connection file: not JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise ConnectionFileError(f"{path} is not a dynexec connection file: it holds {_type_name(info)}, "
+                                  f"not a JSON object")
+
+    def field(name, msg):
+        return ConnectionFileError(f"{path}: field {name!r} {msg}")
+
+    found = info.get("role")
+    if found not in ROLES:
+        if "role" not in info:
+            raise field("role", "is missing (a file from an older dynexec? restart the cluster)")
+        got = repr(found[:20]) if isinstance(found, str) else _type_name(found)
+        raise field("role", f'must be "client" or "server", not {got}')
+    if role is not None and found != role:
+        raise ConnectionFileError(_wrong_role(path, found, role))
+    for name in COMMON + ROLES[found]:
+        if name not in info:
+            raise field(name, f"is missing (a {found} connection file has {', '.join(COMMON + ROLES[found])})")
+        if not isinstance(info[name], str):
+            raise field(name, f"must be a string, not {_type_name(info[name])}")
+    scheme, sep, rest = info["endpoint"].partition("://")
+    if not sep or not rest:
+        raise field("endpoint", "must look like tcp://HOST:PORT or ipc://PATH")
+    if scheme not in SCHEMES:
+        raise field("endpoint", f"has the unknown scheme {scheme[:20]!r} (dynexec listens on "
+                                f"{' or '.join(s + '://' for s in SCHEMES)})")
+    for name in ("server_public_key",) + ROLES[found]:
+        if not _z85_ok(info[name]):
+            n = len(info[name])
+            raise field(name, "is not a CURVE key (40 Z85 characters" + (f"; this one has {n})" if n != 40 else ")"))
+    for name, types in _OPTIONAL.items():
+        v = info.get(name)
+        if name in info and (not isinstance(v, types) or isinstance(v, bool)):
+            want = {str: "a string", int: "a number"}.get(types[0], "a number")
+            want += " or null" if type(None) in types else ""
+            raise field(name, f"must be {want}, not {_type_name(v)}")
     return info

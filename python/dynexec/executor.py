@@ -185,7 +185,7 @@ class Executor(_Executor):
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
-            info = connection.read(connect)
+            info = connection.read(connect, role="client")  # checked here: no secret reaches an error
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
             self._owner = owner or _default_owner()
@@ -214,7 +214,7 @@ class Executor(_Executor):
             self._local = LocalServers(slots_per_server, threads)
             try:
                 self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
-                                            listen={"bind": self._local.bind, **keys})
+                                            listen={"bind": self._local.bind, **connection.listen_keys(keys)})
             except BaseException:
                 self._local.stop()
                 raise
@@ -376,7 +376,9 @@ class Executor(_Executor):
 
     @property
     def connection_file(self) -> Path | None:
-        """The connection file of this executor's own head (local processes), if it has one."""
+        """The server join file of this executor's own head (local processes), if it has one: more compute
+        servers on this machine join with `python -m dynexec.server --join FILE`. It is no client connection
+        file (Executor(connect=) refuses it): a local head takes clients in this process only."""
         return self._local.connection_file if self._local else None
 
     def shutdown_cluster(self) -> None:

@@ -16,7 +16,7 @@ from . import connection
 
 
 class LocalServers:
-    """Starts `python -m dynexec.server` processes that join the head through a private connection file.
+    """Starts `python -m dynexec.server` processes that join the head through a private server join file.
 
     Each watches this process and leaves when it is gone, so none outlives its Executor. A supervisor thread
     replaces one that dies (a signal, an exit code), after telling the head how it ended so that its running
@@ -44,8 +44,9 @@ class LocalServers:
         return f"ipc://{self._dir / 'head'}"
 
     def joined(self, endpoint: str, keys: dict) -> None:
-        """Writes the connection file the servers read, once the head listens at `endpoint`."""
-        self.connection_file = connection.write(self._dir / "connection.json", endpoint, keys)
+        """Writes the server join file the servers read (compute-server credentials only), once the head
+        listens at `endpoint`."""
+        self.connection_file = connection.write(self._dir / "server.json", endpoint, keys, role="server")
 
     def start(self, n: int) -> list[subprocess.Popen]:
         # The head is this process: silent for long when it is stopped (Ctrl-Z, SIGSTOP, a debugger), it still

@@ -1,6 +1,8 @@
 """A compute-server process: `python -m dynexec.server --join FILE`.
 
-Registers with the head named in the connection file, on a lease it renews, runs the jobs it is sent
+FILE is the cluster's server join file (`dynexec.cluster --server-file`, by default next to the client
+connection file, with the suffix .server.json): it holds the compute servers' credentials, not the clients'.
+Registers with the head named there, on a lease it renews, runs the jobs it is sent
 (Python callables and native services) and sends the results back. Under mpirun, every rank becomes one
 compute server (run by a child process of the rank, so that kill -9 of one server does not make mpirun
 abort the others). It leaves when the head says stop, when the head falls silent, or on SIGTERM/SIGINT.
@@ -17,8 +19,8 @@ from . import _core, connection
 
 def serve(info: dict, slots: int = 1, threads: int = 0, parent_pid: int = 0, head_timeout: float = 10.0,
           replaces: tuple[int, str] = (0, "")) -> int:
-    host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["client_public_key"],
-                            info["client_secret_key"], slots, threads, parent_pid, head_timeout, *replaces)
+    host = _core.ServerHost(info["endpoint"], info["server_public_key"], info["compute_public_key"],
+                            info["compute_secret_key"], slots, threads, parent_pid, head_timeout, *replaces)
     # Python runs signal handlers in the main thread only, between bytecodes: host.run() goes in another
     # thread, so that SIGTERM/SIGINT reach host.stop() while it serves.
     outcome = {}
@@ -63,12 +65,13 @@ def lookup(name: str) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m dynexec.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--join", required=True, metavar="FILE", help="the cluster's connection file")
+    p.add_argument("--join", required=True, metavar="FILE", help="the cluster's server join file (dynexec.cluster --server-file; not the "
+                                                         "clients' connection file)")
     p.add_argument("--slots", type=int, default=1, help="jobs this server runs at once (default 1)")
     p.add_argument("--threads", type=int, default=0, help="oneTBB threads for native services (default: all cores)")
     p.add_argument("--name", default="", metavar="NAME",
                    help="find the head through the MPI name service (mpirun --ompi-server) under NAME, as published "
-                        "by `dynexec.cluster --publish NAME`; the secret still comes from --join FILE")
+                        "by `dynexec.cluster --publish NAME`; the credentials still come from --join FILE")
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     # Set by a rank's supervisor for the server that replaces one that died: the head charges its jobs now.
     p.add_argument("--replaces", type=int, default=0, help=argparse.SUPPRESS)
@@ -80,7 +83,7 @@ def main(argv=None):
     if a.slots < 1:
         p.error("--slots must be at least 1")
     try:
-        info = connection.read(a.join)
+        info = connection.read(a.join, role="server")
     except (OSError, ValueError) as e:
         p.error(str(e))
     if a.name:
