@@ -137,8 +137,8 @@ namespace {
 struct RawPeer {
     zmq::context_t ctx;
     zmq::socket_t sock{ctx, zmq::socket_type::dealer};
-    RawPeer(const Cluster& cl) {
-        wire::make_curve_client(sock, cl.server_keys.public_key, cl.client_keys);
+    RawPeer(const Cluster& cl, const wire::CurveKeys& keys) {
+        wire::make_curve_client(sock, cl.server_keys.public_key, keys);
         sock.set(zmq::sockopt::linger, 0);
         sock.set(zmq::sockopt::rcvtimeo, 5000);
         sock.connect(cl.engine.endpoint());
@@ -154,7 +154,7 @@ struct RawPeer {
 
 TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     Cluster cl;
-    RawPeer server(cl);
+    RawPeer server(cl, cl.compute_keys);
     wire::HelloServer hello;
     hello.version = 1;
     hello.host = "old-host";
@@ -167,7 +167,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     EXPECT_NE(why.find("version 1"), std::string::npos) << why;
     EXPECT_TRUE(cl.engine.servers().empty());
 
-    RawPeer client(cl);
+    RawPeer client(cl, cl.client_keys);
     client.send(wire::encode(wire::HelloClient{1, "me"}));
     auto c = client.recv();
     ASSERT_EQ(wire::type_of(c), wire::Type::error);
@@ -178,7 +178,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
 
 TEST(Remote, AClientCanUseOnlyTheJobIdsItWasGivenAndEachOnce) {
     Cluster cl;
-    RawPeer client(cl);
+    RawPeer client(cl, cl.client_keys);
     client.send(wire::encode(wire::HelloClient{wire::kProtocolVersion, "me"}));
     auto w = client.recv();
     ASSERT_EQ(wire::type_of(w), wire::Type::welcome_client);
