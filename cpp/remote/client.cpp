@@ -38,6 +38,7 @@ void Client::run() {
     auto last_ping = last_heard;
     // A head silent this long (pings unanswered) is gone.
     auto patience = std::chrono::duration<double>(std::clamp(options_.timeout, 2.0, 10.0));
+    wire::Gather gather;
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(50));
         auto now = std::chrono::steady_clock::now();
@@ -64,6 +65,7 @@ void Client::run() {
             wire::Frames frames;
             if (!zmq::recv_multipart(sock_, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
             try {
+                if (!gather.whole("", frames)) continue; // a piece of a large message (wire/chunks.hpp)
                 if (wire::type_of(frames) == wire::Type::reply) {
                     auto r = wire::decode<wire::Reply>(frames);
                     std::lock_guard lk(mu_);

@@ -68,6 +68,15 @@ void Hub::run() {
     auto flush = [&] {
         for (auto& item : out_.take()) send_to(router_, item.to, item.frames);
     };
+    wire::Gather gather; // large messages arrive in pieces (wire/chunks.hpp)
+    auto renew_while_arriving = [&](const std::string& from) {
+        std::string id;
+        {
+            std::lock_guard lk(mu_);
+            if (auto it = server_id_.find(from); it != server_id_.end()) id = it->second;
+        }
+        if (!id.empty()) registry_.renew(id); // its renewals wait behind the rest of this message
+    };
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(100));
         if (items[0].revents & ZMQ_POLLIN) {
@@ -78,6 +87,11 @@ void Hub::run() {
                 auto from = frames[0].to_string();
                 frames.erase(frames.begin());
                 try {
+                    if (!gather.whole(from, frames)) { // a piece of a large message: its sender is alive
+                        if (gather.due(from, std::chrono::duration_cast<std::chrono::steady_clock::duration>(renew_)))
+                            renew_while_arriving(from);
+                        continue;
+                    }
                     handle(from, frames);
                 } catch (const std::exception& e) {
                     std::cerr << "dynexec head: dropped a message: " << e.what() << std::endl;

@@ -62,7 +62,7 @@ private:
     HubOptions options_;
     HubHooks hooks_;
     Duration lease_, renew_;
-    zmq::context_t ctx_;
+    zmq::context_t ctx_{kIoThreads};
     wire::ZapAuthenticator zap_;
     zmq::socket_t router_;
     std::string endpoint_;

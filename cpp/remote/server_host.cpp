@@ -107,6 +107,7 @@ int ServerHost::run() {
     auto next_renew = Clock::now() + renew_every;
     int code = 0;
     zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, out.fd(), ZMQ_POLLIN, 0}};
+    wire::Gather gather;
     while (!stop_) {
         poll_for(items, 2, std::chrono::milliseconds(50));
         if (items[0].revents & ZMQ_POLLIN) {
@@ -115,6 +116,7 @@ int ServerHost::run() {
                 if (!zmq::recv_multipart(sock, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
                 last_heard = Clock::now();
                 try {
+                    if (!gather.whole("", frames)) continue; // a piece of a large message (wire/chunks.hpp)
                     switch (wire::type_of(frames)) {
                     case wire::Type::welcome: {
                         auto w = wire::decode<wire::Welcome>(frames);

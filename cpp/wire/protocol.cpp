@@ -53,6 +53,7 @@ struct Out {
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> pk{buf};
     Frames arrays;
+    std::shared_ptr<const void> keep; // when set, it owns the values packed: large bytes are borrowed, not copied
 
     template <class... T> void operator()(const T&... xs) {
         pk.pack_array(std::uint32_t(sizeof...(xs)));
@@ -90,10 +91,16 @@ struct Out {
                 else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) {
                     if (x.data.size() < kOwnFrame) {
                         bin(x.data);
-                    } else { // one copy into a frame of its own, not several through msgpack's buffer
+                    } else { // a frame of its own: borrowed while `keep` owns it, else one copy
                         pk.pack_array(1);
                         pk.pack(std::uint32_t(arrays.size()));
-                        arrays.emplace_back(x.data.data(), x.data.size());
+                        if (keep)
+                            arrays.emplace_back(
+                                const_cast<char*>(x.data.data()), x.data.size(),
+                                [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
+                                new std::shared_ptr<const void>(keep));
+                        else
+                            arrays.emplace_back(x.data.data(), x.data.size());
                     }
                 }
                 else if constexpr (std::is_same_v<T, Array>) {
@@ -319,6 +326,7 @@ template <> Leaving decode(Frames& f) { return decode_as<Leaving>(f); }
 // A job is shared state (its dispatch word), not a plain record: its fields are listed here.
 Frames encode(const JobMsg& m) {
     Out o;
+    o.keep = m.job; // a job's parameters do not change once submitted: sent without a copy
     o(m.job->id, m.job->service, m.job->params, m.job->owner, m.job->submit_time, m.job->time_limit, m.attempt);
     return o.finish(Type::job);
 }
