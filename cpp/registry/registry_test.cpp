@@ -186,3 +186,23 @@ TEST(LeaseReaper, StallGapIsFarAboveItsPeriod) {
     EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(5)), std::chrono::milliseconds(250));
     EXPECT_EQ(LeaseReaper::stall_gap(std::chrono::milliseconds(100)), std::chrono::seconds(5));
 }
+
+// The hub's thread handles one large message for longer than a lease: the renewals behind it wait unread.
+TEST_F(RegistryTest, NoLeaseExpiresWhileExpiryIsPausedAndEachRunsItsFullDurationAfter) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    {
+        ExpiryPause pause(registry, true);
+        ExpiryPause nested(registry, true);
+        clock.advance(5s);
+        registry.expire_due();
+        EXPECT_EQ(registry.lookup(Kind::compute_server).size(), 1u);
+    }
+    EXPECT_EQ(registry.get(a.id)->expiry, clock.now() + 2s);
+    registry.expire_due();
+    EXPECT_EQ(events.size(), 1u); // the join only
+    ExpiryPause off(registry, false); // not on: leases expire as usual
+    clock.advance(2s);
+    registry.expire_due();
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_EQ(events[1].reason, "lease expired");
+}

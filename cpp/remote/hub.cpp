@@ -92,6 +92,8 @@ void Hub::run() {
                             renew_while_arriving(from);
                         continue;
                     }
+                    // While this thread handles a large message, the renewals behind it wait unread.
+                    ExpiryPause pause(registry_, wire::needs_chunks(frames));
                     handle(from, frames);
                 } catch (const std::exception& e) {
                     std::cerr << "dynexec head: dropped a message: " << e.what() << std::endl;

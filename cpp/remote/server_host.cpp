@@ -116,7 +116,10 @@ int ServerHost::run() {
                 if (!zmq::recv_multipart(sock, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
                 last_heard = Clock::now();
                 try {
-                    if (!gather.whole("", frames)) continue; // a piece of a large message (wire/chunks.hpp)
+                    if (!gather.whole("", frames)) { // a piece of a large message (wire/chunks.hpp)
+                        if (Clock::now() >= next_renew) break; // renewals go out while pieces keep coming
+                        continue;
+                    }
                     switch (wire::type_of(frames)) {
                     case wire::Type::welcome: {
                         auto w = wire::decode<wire::Welcome>(frames);
