@@ -140,12 +140,25 @@ bool LookupRegistry::cancel(const std::string& id, std::string reason, bool clea
     return true;
 }
 
+void LookupRegistry::pause_expiry() {
+    std::lock_guard lk(mu_);
+    if (paused_++ == 0) paused_since_ = clock_.now();
+}
+
+void LookupRegistry::resume_expiry() {
+    std::lock_guard lk(mu_);
+    if (paused_ == 0 || --paused_ > 0) return;
+    if (leases_.extend_stalled(paused_since_, clock_.now()))
+        for (auto& [id, e] : entries_) e.expiry = leases_.expiry(id).value_or(e.expiry);
+}
+
 void LookupRegistry::expire_due() {
     std::vector<RegistryEvent> events;
     {
         std::lock_guard lk(mu_);
         auto now = clock_.now();
         catch_up_locked(now);
+        if (paused_) return; // see pause_expiry
         for (auto& id : leases_.take_expired(now)) {
             events.push_back({RegistryEvent::What::left, std::move(entries_.at(id)), "lease expired"});
             entries_.erase(id);

@@ -78,6 +78,11 @@ public:
     // Ctrl-Z): no renewal could have been seen meanwhile, so every lease live before the gap runs its full
     // duration from the first call after it instead of all expiring at once. Off until called.
     void detect_stalls(Duration gap);
+    // The thread that reads renewals is held up from now to resume_expiry() (it handles one large argument
+    // or result): meanwhile no lease expires for want of a renewal it could not read, and afterwards every
+    // lease live when it began runs its full duration again. Holds nest.
+    void pause_expiry();
+    void resume_expiry();
     // Replaces what a compute server offers (after a plugin loads). Throws ServiceConflict as join does.
     void set_services(const std::string& id, std::vector<ServicePtr> services);
     // The head's own services: the signatures that win over any a server declares. Outlives this registry.
@@ -101,7 +106,7 @@ private:
     bool stalled_locked(TimePoint now) const { return now - last_alive_ > stall_gap_; }
     // Past its expiry, unless that is only because of a stall not caught up with yet.
     bool lapsed_locked(const Entry& e, TimePoint now) const {
-        return e.expiry <= now && !(stalled_locked(now) && e.expiry > last_alive_);
+        return paused_ == 0 && e.expiry <= now && !(stalled_locked(now) && e.expiry > last_alive_);
     }
     void catch_up_locked(TimePoint now);
     // Throws ServiceConflict if `services` disagree with the catalog, live entries other than `self`, or
@@ -118,10 +123,28 @@ private:
     Duration stall_gap_ = Duration::max();
     const ServiceCatalog* catalog_ = nullptr;
     TimePoint last_alive_; // the last call that could have seen a renewal
+    int paused_ = 0;       // pause_expiry() holds
+    TimePoint paused_since_{};
 
     std::mutex listeners_mu_; // held while notifying: events reach each listener in order
     std::vector<std::pair<int, Listener>> listeners_;
     int next_token_ = 0;
+};
+
+// pause_expiry() for a scope, if `on`.
+class ExpiryPause {
+public:
+    ExpiryPause(LookupRegistry& r, bool on) : r_(on ? &r : nullptr) {
+        if (r_) r_->pause_expiry();
+    }
+    ~ExpiryPause() {
+        if (r_) r_->resume_expiry();
+    }
+    ExpiryPause(const ExpiryPause&) = delete;
+    ExpiryPause& operator=(const ExpiryPause&) = delete;
+
+private:
+    LookupRegistry* r_;
 };
 
 } // namespace dynexec

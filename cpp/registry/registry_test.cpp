@@ -266,3 +266,23 @@ TEST_F(RegistryTest, SetServicesRefusesAConflictAndKeepsWhatWasOffered) {
     EXPECT_TRUE(registry.get(b.id)->services[0]->params.empty());
     EXPECT_THROW(registry.set_services(a.id, {test_service(), declared("test.echo", {})}), ServiceConflict);
 }
+
+// The hub's thread handles one large message for longer than a lease: the renewals behind it wait unread.
+TEST_F(RegistryTest, NoLeaseExpiresWhileExpiryIsPausedAndEachRunsItsFullDurationAfter) {
+    auto a = registry.join(server_registration(std::make_shared<FakeServer>()), 2s);
+    {
+        ExpiryPause pause(registry, true);
+        ExpiryPause nested(registry, true);
+        clock.advance(5s);
+        registry.expire_due();
+        EXPECT_EQ(registry.lookup(Kind::compute_server).size(), 1u);
+    }
+    EXPECT_EQ(registry.get(a.id)->expiry, clock.now() + 2s);
+    registry.expire_due();
+    EXPECT_EQ(events.size(), 1u); // the join only
+    ExpiryPause off(registry, false); // not on: leases expire as usual
+    clock.advance(2s);
+    registry.expire_due();
+    ASSERT_EQ(events.size(), 2u);
+    EXPECT_EQ(events[1].reason, "lease expired");
+}

@@ -21,11 +21,15 @@ Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration 
         clients_echo_ = on;
         echo_changed();
     };
-    thread_ = std::thread([this] {
+    loop_.on_piece(std::chrono::duration_cast<std::chrono::steady_clock::duration>(renew),
+                   [this](const std::string& from) { servers_.alive(from); });
+    thread_ = std::thread([this, &registry] {
         wire::RoleGate gate(wire::needs_curve(options_.bind)); // a client may not pose as a server, nor the reverse
         loop_.run(stop_, std::chrono::milliseconds(100),
-                  [this, &gate](const std::string& from, wire::Frames& frames) {
+                  [this, &gate, &registry](const std::string& from, wire::Frames& frames) {
                       if (!gate.admit(from, frames)) return;
+                      // While this thread handles a large message, the renewals behind it wait unread.
+                      ExpiryPause pause(registry, wire::needs_chunks(frames));
                       auto type = std::uint8_t(wire::type_of(frames));
                       if (type < 16) servers_.handle(from, frames);
                       else if (type >= 32 && type < 48) clients_.handle(from, frames);

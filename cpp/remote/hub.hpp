@@ -65,8 +65,12 @@ private:
     void on(const std::string& from, wire::Leaving&& m);
     void on(const std::string& from, wire::OutputMsg&& m);
     void on_registry_event(const RegistryEvent& ev);
+public:
     // The proxy and registry ID of a live remote server.
     std::pair<std::shared_ptr<RemoteServerProxy>, std::string> find(const std::string& routing);
+    void alive(const std::string& routing); // bytes keep coming from it: its lease holds
+
+private:
 
     LookupRegistry& registry_;
     Outbox& out_;
@@ -143,7 +147,7 @@ private:
 
     HubOptions options_;
     HubHooks hooks_;
-    zmq::context_t ctx_;
+    zmq::context_t ctx_{kIoThreads};
     wire::ZapAuthenticator zap_;
     zmq::socket_t router_;
     std::string endpoint_;

@@ -53,6 +53,10 @@ std::pair<std::shared_ptr<RemoteServerProxy>, std::string> ServerSide::find(cons
     return {p == by_routing_.end() ? nullptr : p->second, i == server_id_.end() ? "" : i->second};
 }
 
+void ServerSide::alive(const std::string& routing) {
+    if (auto [proxy, id] = find(routing); !id.empty()) registry_.renew(id); // its renewals wait behind the rest
+}
+
 void ServerSide::on(const std::string& from, wire::HelloServer&& hello) {
     if (hello.version != wire::kProtocolVersion) {
         out_.push(from, wire::encode(wire::Refused{fmt::format(

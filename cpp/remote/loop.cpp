@@ -1,5 +1,7 @@
 #include "remote/loop.hpp"
 
+#include "wire/limits.hpp"
+
 #include <iostream>
 
 namespace dynexec::remote {
@@ -8,6 +10,8 @@ void configure_socket(zmq::socket_t& socket, std::chrono::milliseconds linger) {
     socket.set(zmq::sockopt::linger, int(linger.count()));
     socket.set(zmq::sockopt::sndhwm, 0);
     socket.set(zmq::sockopt::rcvhwm, 0);
+    // Refused before it is allocated: larger messages travel in pieces (wire/chunks.hpp), each bounded.
+    socket.set(zmq::sockopt::maxmsgsize, std::int64_t(wire::kMaxMessageBytes));
     // No ZeroMQ heartbeats: a connection they drop (both ends paused, then resumed) comes back as a new peer,
     // losing what was queued on the old one. A peer that is gone closes its connection; one that is silent
     // is found by the lease (servers) and by pings (clients, see HeadWatch).
@@ -47,7 +51,8 @@ void Loop::run(const std::atomic<bool>& stop, std::chrono::milliseconds tick, co
     while (!stop) {
         poll_for(items, 2, tick);
         if (items[0].revents & ZMQ_POLLIN) {
-            for (int i = 0; i < 1024 && !stop; ++i) { // a batch, then let the outbox go
+            std::size_t piece_bytes = 0;
+            for (int i = 0; i < 1024 && !stop && piece_bytes < kTurnBytes; ++i) { // a batch, then let the outbox go
                 wire::Frames frames;
                 if (!zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
                 std::string from;
@@ -57,6 +62,11 @@ void Loop::run(const std::atomic<bool>& stop, std::chrono::milliseconds tick, co
                     frames.erase(frames.begin());
                 }
                 try {
+                    if (!gather_.whole(from, frames)) { // a piece of a large message
+                        piece_bytes += wire::kChunkBytes;
+                        if (on_piece_ && gather_.due(from, piece_every_)) on_piece_(from);
+                        continue;
+                    }
                     on_message(from, frames);
                 } catch (const std::exception& e) {
                     std::cerr << name_ << ": dropped a message: " << e.what() << std::endl;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "remote/outbox.hpp"
+#include "wire/chunks.hpp"
 
 #include <functional>
 #include <memory>
@@ -34,6 +35,14 @@ public:
              const std::function<bool()>& on_turn);
     // Sends what is queued now: on the loop's thread, or once run() has returned.
     void flush();
+    // Large messages arrive in pieces (wire/chunks.hpp), put together here. While one arrives, on_piece(from)
+    // is called at most once per `every` (its sender is alive); a turn ends after kTurnBytes of pieces, so
+    // that the owner's timers (renewals, pings) run while it arrives.
+    void on_piece(std::chrono::steady_clock::duration every, std::function<void(const std::string& from)> f) {
+        piece_every_ = every;
+        on_piece_ = std::move(f);
+    }
+    static constexpr std::size_t kTurnBytes = std::size_t(16) << 20;
     // Reports connection changes of this (connecting) socket to on_event, on the loop's thread.
     void watch_connection(zmq::context_t& ctx, std::function<void(Connection)> on_event);
 
@@ -42,6 +51,9 @@ private:
     std::string name_;
     bool router_;
     Outbox& out_;
+    wire::Gather gather_;
+    std::chrono::steady_clock::duration piece_every_{};
+    std::function<void(const std::string&)> on_piece_;
     struct Monitor;
     std::unique_ptr<Monitor> monitor_;
 };

@@ -2,7 +2,9 @@
 // (sockets are not thread-safe). An eventfd wakes that thread's poll.
 #pragma once
 
+#include "wire/chunks.hpp"
 #include "wire/protocol.hpp"
+#include "wire/chunks.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -77,9 +79,17 @@ inline void send_to(zmq::socket_t& s, const std::string& to, wire::Frames& frame
                 if (e.num() != EINTR) throw;
             }
     };
-    if (!to.empty()) send(zmq::buffer(to), zmq::send_flags::sndmore);
-    for (std::size_t i = 0; i < frames.size(); ++i)
-        send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    auto send_one = [&](wire::Frames& parts) {
+        if (!to.empty()) send(zmq::buffer(to), zmq::send_flags::sndmore);
+        for (std::size_t i = 0; i < parts.size(); ++i)
+            send(parts[i], i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    };
+    if (!wire::needs_chunks(frames)) return send_one(frames);
+    wire::send_in_chunks(frames, [&](wire::Frames&& piece) { send_one(piece); }); // see wire/chunks.hpp
 }
+
+// The ZeroMQ context of a loop that may move large messages: CURVE encrypts on the I/O threads, so one
+// connection's data does not hold up the others' control messages (leases, pings, cancels).
+inline constexpr int kIoThreads = 2;
 
 } // namespace dynexec::remote

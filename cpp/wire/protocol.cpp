@@ -161,6 +161,7 @@ struct Out {
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> pk{buf};
     Frames arrays;
+    std::shared_ptr<const void> keep; // when set, it owns the values packed: large bytes are borrowed, not copied
 
     template <class... T> void operator()(const T&... xs) {
         pk.pack_array(std::uint32_t(sizeof...(xs)));
@@ -198,10 +199,16 @@ struct Out {
                 else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) {
                     if (x.data.size() < kOwnFrame) {
                         bin(x.data);
-                    } else { // one copy into a frame of its own, not several through msgpack's buffer
+                    } else { // a frame of its own: borrowed while `keep` owns it, else one copy
                         pk.pack_array(1);
                         pk.pack(std::uint32_t(arrays.size()));
-                        arrays.emplace_back(x.data.data(), x.data.size());
+                        if (keep)
+                            arrays.emplace_back(
+                                const_cast<char*>(x.data.data()), x.data.size(),
+                                [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
+                                new std::shared_ptr<const void>(keep));
+                        else
+                            arrays.emplace_back(x.data.data(), x.data.size());
                     }
                 }
                 else if constexpr (std::is_same_v<T, Array>) {
@@ -484,6 +491,7 @@ template <class M> struct Codec {
 template <> struct Codec<JobMsg> {
     static Frames encode(const JobMsg& m) {
         Out o;
+        o.keep = m.job; // a job's parameters do not change once submitted: sent without a copy
         int attempt = m.attempt;
         job_fields(o, *m.job, attempt);
         return o.finish(JobMsg::type);
