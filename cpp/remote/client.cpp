@@ -96,7 +96,7 @@ void Client::run() {
 }
 
 void Client::on_message(wire::Frames& frames) {
-    bool known = wire::visit<wire::Results, wire::JobOutput, wire::IdsReply, wire::ErrorReply, wire::WelcomeClient,
+    bool known = wire::visit<wire::Results, wire::ClientOutput, wire::IdsReply, wire::ErrorReply, wire::WelcomeClient,
                              wire::Cancelled, wire::Killed, wire::JobStateReply, wire::BacklogReply, wire::ServersReply,
                              wire::Done, wire::ServicesReply>(frames, [&](auto&& m) {
         using M = std::decay_t<decltype(m)>;
@@ -108,7 +108,7 @@ void Client::on_message(wire::Frames& frames) {
                     ++delivered_;
                 }
             cv_.notify_all();
-        } else if constexpr (std::is_same_v<M, wire::JobOutput>) {
+        } else if constexpr (std::is_same_v<M, wire::ClientOutput>) {
             std::lock_guard lk(mu_);
             for (auto& c : m.chunks) {
                 if (!c.final && output_bytes_ + c.data.size() > kLiveOutputBacklog) continue; // nobody polls

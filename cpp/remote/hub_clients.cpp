@@ -210,7 +210,7 @@ void ClientSide::route(std::vector<Result>& batch) {
 }
 
 std::vector<OutputChunk> ClientSide::route_output(std::vector<OutputChunk>&& chunks) {
-    std::map<std::string, wire::JobOutput> to_clients;
+    std::map<std::string, wire::ClientOutput> to_clients;
     std::vector<OutputChunk> rest;
     {
         std::lock_guard lk(mu_);

@@ -229,3 +229,30 @@ TEST(Remote, ACancelRightAfterASubmitReachesTheHeadAfterIt) {
     EXPECT_EQ(std::count(cancelled.begin(), cancelled.end(), true), 100);
     EXPECT_EQ(collect(client, 120).size(), 120u); // each comes back, cancelled
 }
+
+TEST(Remote, AServerRedeclaringAServiceWithOtherParametersIsRefusedAndTheClusterGoesOn) {
+    Cluster cl;
+    RawPeer rogue(cl, cl.compute_keys);
+    wire::HelloServer hello;
+    hello.host = "rogue";
+    hello.pid = 99;
+    hello.services.push_back({"noop", "", {{"x", ValueType::string, std::nullopt, ""}}, {}});
+    rogue.send(wire::encode(hello));
+    auto f = rogue.recv();
+    ASSERT_EQ(wire::type_of(f), wire::Type::refused);
+    auto why = wire::decode<wire::Refused>(f).reason;
+    EXPECT_NE(why.find("noop"), std::string::npos) << why;
+    EXPECT_NE(why.find("x: str"), std::string::npos) << why; // its signature, and the head's beside it
+    EXPECT_TRUE(cl.engine.servers().empty());
+
+    remote::ServerHost host(cl.host_options());
+    std::thread t([&] { host.run(); });
+    remote::Client client(cl.client_options());
+    auto id = client.submit("noop", {{"x", 2.5}}, "me"); // the head's signature still holds
+    auto results = collect(client, 1);
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_EQ(results[0].job_id, id);
+    EXPECT_EQ(std::get<double>(results[0].value), 2.5);
+    host.stop();
+    t.join();
+}

@@ -507,7 +507,7 @@ template <> struct Codec<JobMsg> {
     }
 };
 template <class M>
-requires std::is_same_v<M, OutputMsg> || std::is_same_v<M, JobOutput>
+requires std::is_same_v<M, OutputMsg> || std::is_same_v<M, ClientOutput>
 struct Codec<M> {
     static Frames encode(const M& m) {
         Out o;
@@ -526,7 +526,7 @@ struct Codec<M> {
     X(HelloServer) X(Offer) X(Renew) X(ResultMsg) X(Started) X(Revoked) X(Leaving) X(OutputMsg) X(Welcome)          \
     X(Refused) X(Expired) X(JobMsg) X(Stop) X(Renewed) X(LoadPlugin) X(Revoke) X(StopJob) X(Echo) X(HelloClient)    \
     X(Submit) X(Cancel) X(Kill) X(StateQuery) X(BacklogQuery) X(ServersQuery) X(ShutdownCluster) X(WatchOutput)      \
-    X(MoreIds) X(ServicesQuery) X(WelcomeClient) X(Results) X(JobOutput) X(Cancelled) X(Killed) X(JobStateReply)     \
+    X(MoreIds) X(ServicesQuery) X(WelcomeClient) X(Results) X(ClientOutput) X(Cancelled) X(Killed) X(JobStateReply)     \
     X(BacklogReply) X(ServersReply) X(Done) X(ErrorReply) X(IdsReply) X(ServicesReply)
 
 template <class... M> struct MessageList {};

@@ -170,7 +170,7 @@ struct ShutdownCluster {
     static constexpr Type type = Type::shutdown;
     std::uint64_t request = 0;
 };
-struct WatchOutput { // this client's jobs' live output comes as JobOutput, or stops coming
+struct WatchOutput { // this client's jobs' live output comes as ClientOutput, or stops coming
     static constexpr Type type = Type::watch_output;
     std::uint64_t request = 0;
     bool on = false;
@@ -200,7 +200,7 @@ struct Results {
     static constexpr Type type = Type::results;
     std::vector<Result> results;
 };
-struct JobOutput { // live output of this client's jobs
+struct ClientOutput { // live output of this client's jobs
     static constexpr Type type = Type::job_output;
     std::vector<OutputChunk> chunks;
 };

@@ -104,8 +104,9 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
                 except subprocess.TimeoutExpired:
                     pass
             code = child.returncode
-            # 0: told to stop; 2: the head fell silent; 3: this rank is gone; a signal we forwarded: all final.
-            if signals.count or code in (0, 2, 3, -signal.SIGTERM, -signal.SIGINT):
+            # 0: told to stop; 2: the head fell silent; 3: this rank is gone; 5: the head refused it (another
+            # version, a service conflict); a signal we forwarded: all final.
+            if signals.count or code in (0, 2, 3, 5, -signal.SIGTERM, -signal.SIGINT):
                 return 0
             why = describe_end(code)
             now = time.monotonic()

@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
     put(encode(ServicesReply{3, {def}}));
     put(encode(Results{{result(std::string("v")), result(doubles({1, 2})), result(Bytes{"b"})}}));
     put(encode(OutputMsg{{{id, 1, "partial \xe2\x82", false}, {id, 2, "", true}}}));
-    put(encode(JobOutput{{{id, 1, "out", true}}}));
+    put(encode(ClientOutput{{{id, 1, "out", true}}}));
     put(encode(Expired{}));
     put(encode(Stop{}));
     put(encode(Renewed{}));
