@@ -1,5 +1,7 @@
 #include "archive/results_manager.hpp"
 
+#include "common/utf8.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -30,37 +32,6 @@ struct Registry {
 Registry& registry() {
     static auto* r = new Registry; // never destroyed: managers may close during static destruction
     return *r;
-}
-
-// The offset of the first byte of `s` that is not part of well-formed UTF-8 (as Python decodes it: no
-// overlong forms, no surrogates, nothing past U+10FFFF); npos if there is none.
-std::size_t invalid_utf8_at(std::string_view s) {
-    auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
-    for (std::size_t i = 0; i < s.size();) {
-        unsigned c = byte(i);
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        std::size_t n;
-        unsigned lo = 0x80, hi = 0xbf; // the range of the second byte
-        if (c >= 0xc2 && c <= 0xdf) n = 1;
-        else if (c >= 0xe0 && c <= 0xef) {
-            n = 2;
-            if (c == 0xe0) lo = 0xa0;      // overlong
-            else if (c == 0xed) hi = 0x9f; // surrogates
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3;
-            if (c == 0xf0) lo = 0x90;      // overlong
-            else if (c == 0xf4) hi = 0x8f; // past U+10FFFF
-        } else return i;
-        if (i + n >= s.size()) return i; // truncated
-        if (byte(i + 1) < lo || byte(i + 1) > hi) return i;
-        for (std::size_t k = 2; k <= n; ++k)
-            if ((byte(i + k) & 0xc0) != 0x80) return i;
-        i += n + 1;
-    }
-    return std::string_view::npos;
 }
 
 // `s` with every byte that is not well-formed UTF-8 written as \xNN, at most `max` bytes of it.

@@ -9,7 +9,6 @@ namespace dynexec::remote {
 namespace {
 
 constexpr std::size_t kBatch = 4096;                          // jobs per Submit message at most
-constexpr std::uint64_t kIdBlock = 1 << 16;                   // job IDs asked for at a time
 const auto kLostGrace = std::chrono::milliseconds(1500);      // a connection down this long: the head is gone
 
 [[noreturn]] void rethrow(const wire::ErrorReply& e) {
@@ -31,7 +30,7 @@ Client::Client(ClientOptions options) : options_(std::move(options)), sock_(ctx_
     loop_ = std::make_unique<Loop>(sock_, out_, "dynexec client");
     watch_ = std::make_unique<HeadWatch>(SteadyClock::instance(), from_seconds(std::clamp(options_.timeout, 2.0, 10.0)),
                                          kLostGrace);
-    loop_->watch_connection(ctx_, [this](Connection c) { // on the loop's thread
+    loop_->watch_connection([this](Connection c) { // on the loop's thread
         if (c == Connection::refused_key) refused_key_ = true;
         else watch_->connection(c == Connection::up);
     });
@@ -217,14 +216,21 @@ ServicePtr Client::service(const std::string& name) {
 }
 
 std::vector<JobId> Client::take_ids_locked(std::unique_lock<std::mutex>& lk, std::size_t n) {
-    if (ids_left_ < n + kIdBlock / 2 && !asked_ids_) { // ask ahead, so that submits do not wait
+    // Ask ahead, so that submits do not wait; a batch larger than one answer asks again as answers come.
+    auto ask = [&] {
+        if (asked_ids_ || ids_left_ >= n + wire::kIdBlock / 2) return;
         asked_ids_ = true;
-        send_locked(wire::encode(wire::MoreIds{0, std::max<std::uint64_t>(kIdBlock, n)}));
-    }
+        auto want = std::clamp<std::uint64_t>(n - std::min<std::uint64_t>(n, ids_left_), wire::kIdBlock, wire::kMaxIdsAsked);
+        send_locked(wire::encode(wire::MoreIds{0, want}));
+    };
+    ask();
     auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(options_.timeout);
-    if (!cv_.wait_until(lk, deadline, [&] { return ids_left_ >= n || !lost_.empty(); }))
-        throw std::runtime_error(fmt::format("the dynexec head at {} gave no job IDs within {} s", options_.endpoint,
-                                             options_.timeout));
+    while (ids_left_ < n && lost_.empty()) {
+        if (cv_.wait_until(lk, deadline) == std::cv_status::timeout)
+            throw std::runtime_error(fmt::format("the dynexec head at {} gave no job IDs within {} s",
+                                                 options_.endpoint, options_.timeout));
+        ask();
+    }
     if (!lost_.empty()) throw std::runtime_error(lost_);
     std::vector<JobId> ids;
     ids.reserve(n);

@@ -96,8 +96,6 @@ public:
     std::vector<OutputChunk> route_output(std::vector<OutputChunk>&& chunks);
     std::function<void(bool)> on_watching; // whether any client wants live output (called on change)
 
-    static constexpr std::uint64_t kIdBlock = 1 << 16; // job IDs handed to a client at a time
-
 private:
     void on(const std::string& from, wire::HelloClient&& m);
     void on(const std::string& from, wire::Submit&& m);

@@ -35,7 +35,7 @@ void ClientSide::error(const std::string& to, std::uint64_t request, const std::
 }
 
 wire::IdBlock ClientSide::reserve_locked(const std::string& client, std::uint64_t n) {
-    n = std::clamp<std::uint64_t>(n, 1, 16 * kIdBlock);
+    n = std::clamp<std::uint64_t>(n, 1, wire::kMaxIdsAsked); // a client asks again for more
     wire::IdBlock block{hooks_.reserve_ids(n), n};
     auto& c = clients_[client];
     if (c.blocks.empty()) c.next = block.first;
@@ -79,7 +79,7 @@ void ClientSide::on(const std::string& from, wire::HelloClient&& m) {
     {
         std::lock_guard lk(mu_);
         clients_[from]; // a client that says hello twice keeps what it had
-        w.ids = reserve_locked(from, kIdBlock);
+        w.ids = reserve_locked(from, wire::kIdBlock);
     }
     out_.push(from, wire::encode(w));
 }

@@ -32,7 +32,7 @@ Loop::Loop(zmq::socket_t& socket, Outbox& out, std::string name)
 
 Loop::~Loop() = default;
 
-void Loop::watch_connection(zmq::context_t&, std::function<void(Connection)> on_event) {
+void Loop::watch_connection(std::function<void(Connection)> on_event) {
     static std::atomic<int> n{0};
     monitor_ = std::make_unique<Monitor>();
     monitor_->on_event = std::move(on_event);

@@ -44,7 +44,7 @@ public:
     }
     static constexpr std::size_t kTurnBytes = std::size_t(16) << 20;
     // Reports connection changes of this (connecting) socket to on_event, on the loop's thread.
-    void watch_connection(zmq::context_t& ctx, std::function<void(Connection)> on_event);
+    void watch_connection(std::function<void(Connection)> on_event);
 
 private:
     zmq::socket_t& socket_;

@@ -1,5 +1,7 @@
 #include "server/output_capture.hpp"
 
+#include "common/utf8.hpp"
+
 #include <fmt/format.h>
 
 #include <fcntl.h>
@@ -17,37 +19,13 @@ thread_local JobOutput* current_output = nullptr;
 
 [[noreturn]] void fail(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
 
-// Length of the valid UTF-8 sequence at s[i], or 0 if there is none.
-std::size_t sequence_at(std::string_view s, std::size_t i) {
-    auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-    unsigned c = b(i);
-    if (c < 0x80) return 1;
-    std::size_t n;
-    unsigned lo = 0x80, hi = 0xBF; // the allowed range of the second byte: no overlongs, surrogates or > U+10FFFF
-    if (c >= 0xC2 && c <= 0xDF) n = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if (i + n > s.size()) return 0;
-    if (b(i + 1) < lo || b(i + 1) > hi) return 0;
-    for (std::size_t k = 2; k < n; ++k)
-        if ((b(i + k) & 0xC0) != 0x80) return 0;
-    return n;
-}
-
 } // namespace
 
 std::string valid_utf8(std::string_view s) {
     std::string out;
     out.reserve(s.size());
     for (std::size_t i = 0; i < s.size();) {
-        if (auto n = sequence_at(s, i)) {
+        if (auto n = utf8_sequence_at(s, i)) {
             out.append(s.substr(i, n));
             i += n;
         } else {

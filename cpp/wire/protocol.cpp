@@ -1,6 +1,8 @@
 #include "wire/protocol.hpp"
 #include "wire/limits.hpp"
 
+#include "common/utf8.hpp"
+
 #define MSGPACK_NO_BOOST
 #include <msgpack.hpp>
 
@@ -24,37 +26,6 @@ std::string message_name(const Frames& frames) {
 }
 
 // --- Checks of what a peer sent, kept apart from the encoding so that changes to either merge easily. ---
-
-// The offset of the first byte that is not well-formed UTF-8 as Python decodes it (no overlongs, no
-// surrogates, nothing past U+10FFFF); npos if all is.
-std::size_t utf8_error_at(std::string_view s) {
-    auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
-    for (std::size_t i = 0; i < s.size();) {
-        unsigned c = byte(i);
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        std::size_t n;
-        unsigned lo = 0x80, hi = 0xbf; // the range of the second byte
-        if (c >= 0xc2 && c <= 0xdf) n = 1;
-        else if (c >= 0xe0 && c <= 0xef) {
-            n = 2;
-            if (c == 0xe0) lo = 0xa0;
-            else if (c == 0xed) hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3;
-            if (c == 0xf0) lo = 0x90;
-            else if (c == 0xf4) hi = 0x8f;
-        } else return i;
-        if (i + n >= s.size()) return i;
-        if (byte(i + 1) < lo || byte(i + 1) > hi) return i;
-        for (std::size_t k = 2; k <= n; ++k)
-            if ((byte(i + k) & 0xc0) != 0x80) return i;
-        i += n + 1;
-    }
-    return std::string_view::npos;
-}
 
 // A dtype for an error message: it came from a peer, so only short printable ASCII is shown.
 std::string shown(std::string_view s) {
@@ -301,7 +272,7 @@ struct In {
         if (o.type != msgpack::type::STR) fail("expected a string");
         s.assign(o.via.str.ptr, o.via.str.size);
         if (any_bytes) return;
-        if (auto bad = utf8_error_at(s); bad != std::string::npos)
+        if (auto bad = invalid_utf8_at(s); bad != std::string::npos)
             fail(fmt::format("not UTF-8 (byte {} of {})", bad, s.size())); // never the text: it may be a secret
     }
     template <class T>

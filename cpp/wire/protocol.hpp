@@ -186,6 +186,9 @@ struct ServicesQuery {
 };
 
 // ---- head -> client ----------------------------------------------------------------------------
+// Job IDs a head hands a client at a time; a client asks for more when half are used (one MoreIds gets at most 16 blocks).
+inline constexpr std::uint64_t kIdBlock = 1 << 16;
+inline constexpr std::uint64_t kMaxIdsAsked = 16 * kIdBlock;
 struct IdBlock { // job IDs <session>-<first> .. <session>-<first + count - 1>, for this client alone
     std::uint64_t first = 0, count = 0;
 };
