@@ -41,6 +41,20 @@ std::vector<Result> collect(remote::Client& c, std::size_t n) {
         for (auto& r : c.poll(n, 50ms)) out.push_back(std::move(r));
     return out;
 }
+
+// A client's noop job submitted while no server is registered runs on the next one that joins.
+void noop_waits_for_the_next_server(const Cluster& cl, double x) {
+    remote::Client client(cl.client_options());
+    auto id = client.submit("noop", {{"x", x}}, "me");
+    remote::ServerHost next(cl.host_options());
+    std::thread t([&] { next.run(); });
+    auto results = collect(client, 1);
+    next.stop();
+    t.join();
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_EQ(results[0].job_id, id);
+    EXPECT_EQ(std::get<double>(results[0].value), x);
+}
 } // namespace
 
 TEST(Remote, ServerInAnotherThreadRunsJobsForARemoteClient) {
@@ -120,16 +134,7 @@ TEST(Remote, ServerThatFallsSilentLeavesAndItsJobsWaitForTheNext) {
         std::this_thread::sleep_for(10ms);
     EXPECT_TRUE(cl.engine.servers().empty());
 
-    remote::Client client(cl.client_options());
-    auto id = client.submit("noop", {{"x", 1.0}}, "me"); // no server now: it waits
-    remote::ServerHost next(cl.host_options());
-    std::thread t2([&] { next.run(); });
-    auto results = collect(client, 1);
-    ASSERT_EQ(results.size(), 1u);
-    EXPECT_EQ(results[0].job_id, id);
-    EXPECT_EQ(std::get<double>(results[0].value), 1.0);
-    next.stop();
-    t2.join();
+    noop_waits_for_the_next_server(cl, 1.0);
 }
 
 namespace {
@@ -245,14 +250,5 @@ TEST(Remote, AServerRedeclaringAServiceWithOtherParametersIsRefusedAndTheCluster
     EXPECT_NE(why.find("x: str"), std::string::npos) << why; // its signature, and the head's beside it
     EXPECT_TRUE(cl.engine.servers().empty());
 
-    remote::ServerHost host(cl.host_options());
-    std::thread t([&] { host.run(); });
-    remote::Client client(cl.client_options());
-    auto id = client.submit("noop", {{"x", 2.5}}, "me"); // the head's signature still holds
-    auto results = collect(client, 1);
-    ASSERT_EQ(results.size(), 1u);
-    EXPECT_EQ(results[0].job_id, id);
-    EXPECT_EQ(std::get<double>(results[0].value), 2.5);
-    host.stop();
-    t.join();
+    noop_waits_for_the_next_server(cl, 2.5); // the head's signature still holds
 }
