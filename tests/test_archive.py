@@ -113,3 +113,28 @@ def test_every_result_is_archived_exactly_once(executor, archive):
     records = dynexec.read_archive(archive / f"{executor.session}.h5")
     assert sorted(records) == sorted(f.job_id for f in futures)
     assert sorted(r["value"] for r in records.values()) == list(range(300))
+
+
+class Color(__import__("enum").IntEnum):
+    RED = 1
+
+
+def identity(x):
+    return x
+
+
+def test_plain_python_results_are_archived_as_their_kind_and_come_back_as_they_were(executor, archive):
+    """None, bool, int (64 bits), float, str and bytes results are stored as themselves, so every HDF5 tool reads
+    them; other values, subclasses and what those kinds cannot hold exactly keep going by pickle."""
+    cases = {"none": (None, "none"), "bool": (True, "bool"), "int": (-7, "int"), "float": (2.5, "float"),
+             "str": ("héllo", "str"), "bytes": (b"\0raw", "bytes"), "big int": (2 ** 70, "pickle"),
+             "int enum": (Color.RED, "pickle"), "lone surrogate": ("a\udc80b", "pickle"),
+             "str subclass": (type("Name", (str,), {})("x"), "pickle")}
+    futures = {name: executor.submit(identity, value) for name, (value, _) in cases.items()}
+    got = {name: f.result(timeout=30) for name, f in futures.items()}
+    executor.shutdown()
+    records = dynexec.read_archive(archive / f"{executor.session}.h5")
+    for name, (value, kind) in cases.items():
+        for back in (got[name], records[futures[name].job_id]["value"], dynexec.find(futures[name].job_id, archive).value):
+            assert back == value and type(back).__name__ == type(value).__name__, name
+        assert records[futures[name].job_id]["value_kind"] == kind, name

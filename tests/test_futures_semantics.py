@@ -507,6 +507,34 @@ def test_result_and_exception_with_timeout(ex):
     assert f.result(timeout=T) == "late"
 
 
+def test_many_threads_waiting_on_results_while_a_map_runs(ex):
+    """result() takes its own job's result from the engine when it can, the collector settles the rest: every
+    future settles once, with its own value, whichever of them gets there."""
+    def one_thread(k, out):
+        out[k] = [ex.submit(mul, k, y=i).result(timeout=T) for i in range(200)]
+
+    out = {}
+    threads = [threading.Thread(target=one_thread, args=(k, out)) for k in range(4)]
+    for t in threads:
+        t.start()
+    mapped = list(ex.map(mul, range(2000), [3] * 2000))
+    for t in threads:
+        t.join(T)
+    assert mapped == [3 * i for i in range(2000)]
+    assert out == {k: [k * i for i in range(200)] for k in range(4)}
+
+
+def test_a_result_that_timed_out_is_still_settled_by_the_collector(ex):
+    with Gate() as gate:
+        f = ex.submit(pause, gate.name, "late")
+        with pytest.raises(cf.TimeoutError):
+            f.result(timeout=0.05)
+        settled = threading.Event()
+        f.add_done_callback(lambda _: settled.set())
+    assert settled.wait(T)  # nobody waits in result(): the collector took it
+    assert f.result(timeout=0) == "late"
+
+
 def test_cancel_pending_job(archive):
     calls = []
     with dynexec.Executor(max_workers=1, processes=False, archive=archive) as executor, Gate() as gate:

@@ -315,3 +315,18 @@ def test_shutdown_cancels_a_backlog_before_servers_can_take_it(archive):
     ex.shutdown(wait=True, cancel_futures=True)
     ran = sum(not f.cancelled() for f in futures)
     assert ran < 200, f"{ran} of {len(futures)} jobs ran although shutdown cancelled them"
+
+
+def test_a_forked_child_does_not_take_its_parents_executors_along(archive):
+    """multiprocessing's fork (ProcessPoolExecutor's workers) copies this process without the engines' threads:
+    at its exit the child must leave its parent's executors alone (shutting one down there would wait for
+    threads that do not exist)."""
+    from dynexec import executor as module
+    with dynexec.Executor(max_workers=1, archive=archive) as ex:
+        assert ex.submit(abs, -1).result(timeout=30) == 1
+        pid = os.fork()
+        if pid == 0:  # the child: exit code 0 only if it holds no executor to shut down
+            os._exit(0 if not module._live_executors and not module._collectors else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ex in module._live_executors  # the parent's are untouched

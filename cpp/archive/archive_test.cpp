@@ -2,6 +2,7 @@
 #include "archive/results_archive.hpp"
 #include "archive/results_finder.hpp"
 #include "archive/results_manager.hpp"
+#include "common/turn.hpp"
 #include "testing/fakes.hpp"
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <future>
 #include <mutex>
+#include <thread>
 
 namespace dynexec {
 namespace {
@@ -493,6 +495,83 @@ TEST_F(ArchiveTest, ManagerDeliversOnlyAfterTheWrite) {
     EXPECT_TRUE(m->last_error().empty());
     m->close();
     m->close();
+}
+
+// A loop's turn: a few small results are archived and handed on by the loop's own thread when it ends (no
+// hand-off to the writer); a larger batch goes to the writer, in one piece; outside a turn, to the writer.
+TEST_F(ArchiveTest, ResultsOfALoopsTurnAreArchivedAtItsEndOnItsThreadWhenFew) {
+    std::mutex mu;
+    std::vector<std::pair<std::thread::id, std::size_t>> batches; // delivering thread, batch size
+    auto m = ResultsManager::open(dir, ids.session(), [&](std::vector<Result>&& batch) {
+        for (auto& r : batch) EXPECT_TRUE(ResultsArchive::read_from(dir, r.job_id)) << r.job_id; // durable first
+        std::lock_guard lk(mu);
+        batches.emplace_back(std::this_thread::get_id(), batch.size());
+    });
+    auto here = std::this_thread::get_id();
+    {
+        Turn turn;
+        m->accept(ok_result(ids.next(), std::int64_t{1}));
+        m->accept(ok_result(ids.next(), std::int64_t{2}));
+        std::lock_guard lk(mu);
+        EXPECT_TRUE(batches.empty()); // held until the turn ends
+    }
+    {
+        std::lock_guard lk(mu);
+        ASSERT_EQ(batches.size(), 1u);
+        EXPECT_EQ(batches[0], std::make_pair(here, std::size_t(2)));
+    }
+    {
+        Turn turn;
+        for (int i = 0; i < 100; ++i) m->accept(ok_result(ids.next(), std::int64_t{i}));
+    }
+    m->accept(ok_result(ids.next(), std::int64_t{3})); // no turn: the writer's
+    m->drain();
+    std::lock_guard lk(mu);
+    std::size_t by_writer = 0;
+    for (std::size_t i = 1; i < batches.size(); ++i) {
+        EXPECT_NE(batches[i].first, here);
+        by_writer += batches[i].second;
+    }
+    EXPECT_EQ(by_writer, 101u);
+    EXPECT_EQ(m->archived(), 103u);
+}
+
+// A big value is not written on a loop's thread, which would stop its other messages meanwhile.
+TEST_F(ArchiveTest, ALargeResultOfATurnGoesToTheWriter) {
+    std::promise<std::thread::id> delivered_on;
+    auto m = ResultsManager::open(dir, ids.session(),
+                                  [&](std::vector<Result>&&) { delivered_on.set_value(std::this_thread::get_id()); });
+    {
+        Turn turn;
+        m->accept(ok_result(ids.next(), Bytes{std::string(1 << 20, 'x')}));
+    }
+    EXPECT_NE(delivered_on.get_future().get(), std::this_thread::get_id());
+    m->close();
+}
+
+// close() from another thread while a loop's turn holds a result: it is archived before the file closes,
+// never handed on as a success that is not in the file.
+TEST_F(ArchiveTest, CloseDuringATurnWritesItsResultsFirst) {
+    std::promise<Result> got;
+    auto m = ResultsManager::open(dir, ids.session(), [&](std::vector<Result>&& batch) { got.set_value(batch.at(0)); });
+    JobId id = ids.next();
+    std::promise<void> accepted;
+    std::thread loop([&] {
+        Turn turn;
+        m->accept(ok_result(id, std::int64_t{7}));
+        accepted.set_value();
+        std::this_thread::sleep_for(std::chrono::milliseconds(100)); // close() starts meanwhile
+    });
+    accepted.get_future().wait();
+    std::thread closer([&] { m->close(); });
+    auto r = got.get_future().get();
+    loop.join();
+    closer.join();
+    EXPECT_EQ(r.error_type, "") << r.message;
+    EXPECT_FALSE(r.location.empty());
+    auto stored = ResultsArchive::read_from(dir, id);
+    ASSERT_TRUE(stored);
+    EXPECT_EQ(std::get<std::int64_t>(stored->value), 7);
 }
 
 TEST_F(ArchiveTest, ManagerStillDeliversWhenTheWriteFails) {

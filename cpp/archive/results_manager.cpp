@@ -1,5 +1,6 @@
 #include "archive/results_manager.hpp"
 
+#include "common/turn.hpp"
 #include "common/utf8.hpp"
 
 #include <fmt/format.h>
@@ -23,6 +24,22 @@ namespace {
 
 // Bounds one group commit, so that the first results of a long queue are not held back by the last.
 constexpr std::size_t kMaxBatch = 4096;
+// Results that came in one turn of a loop are archived on that loop's thread when they are this few and this
+// small and the writer's queue is empty (a round trip saves the hand-off to the writer); others go to the writer.
+constexpr std::size_t kInlineResults = 16;
+constexpr std::size_t kInlineBytes = 64 * 1024;
+
+std::size_t value_bytes(const Value& v) {
+    return std::visit(
+        [](const auto& x) -> std::size_t {
+            using T = std::decay_t<decltype(x)>;
+            if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) return x.data.size();
+            else if constexpr (std::is_same_v<T, std::string>) return x.size();
+            else if constexpr (std::is_same_v<T, Array>) return x.nbytes;
+            else return sizeof(x);
+        },
+        v);
+}
 
 struct Registry {
     std::mutex mu;
@@ -105,7 +122,9 @@ struct ResultsManager::Core {
     mutable std::mutex mu;
     std::condition_variable work_cv, done_cv;
     std::deque<Result> queue;
+    std::vector<Result> held; // accepted during a loop's turn, archived at its end (commit_held)
     std::uint64_t accepted = 0, delivered = 0;
+    int inline_writes = 0;    // batches being archived by a loop's thread: the writer closes the archive after them
     bool stopping = false, exited = false, printed = false;
     std::uint64_t not_archived = 0; // results delivered as errors because the archive could not take them
     std::string last_error;
@@ -196,12 +215,53 @@ struct ResultsManager::Core {
         }
     }
 
+    // Hands on results archived (or not) and counts them delivered.
+    void hand_on_counted(std::vector<Result>& batch) {
+        std::size_t n = batch.size();
+        hand_on(batch); // only now: a result reaches its owner once it is durable
+        {
+            std::lock_guard lk(mu);
+            delivered += n;
+        }
+        done_cv.notify_all();
+    }
+
+    // The end of a loop's turn: its results, archived here when few and small and the queue empty, else queued.
+    void commit_held() {
+        std::vector<Result> batch;
+        bool closed;
+        {
+            std::lock_guard lk(mu);
+            batch.swap(held);
+            if (batch.empty()) return;
+            closed = exited;
+            std::size_t bytes = 0;
+            for (const auto& r : batch) bytes += value_bytes(r.value);
+            if (!closed && !(queue.empty() && batch.size() <= kInlineResults && bytes <= kInlineBytes)) {
+                // The writer sleeps only on an empty queue: wake it once for the whole batch.
+                if (queue.empty()) work_cv.notify_one();
+                queue.insert(queue.end(), std::make_move_iterator(batch.begin()), std::make_move_iterator(batch.end()));
+                return;
+            }
+            if (!closed) ++inline_writes;
+        }
+        if (closed) { // delivered unarchived, as accept() does after close()
+            for (auto& r : batch) check_texts(r);
+        } else {
+            archive_batch(batch);
+            std::lock_guard lk(mu);
+            if (--inline_writes == 0 && stopping) work_cv.notify_all();
+        }
+        hand_on_counted(batch);
+    }
+
     void run() {
         for (;;) {
             std::vector<Result> batch;
             {
                 std::unique_lock lk(mu);
-                work_cv.wait(lk, [&] { return !queue.empty() || stopping; });
+                // Results held by a loop's turn, or being archived by it, are written before the file closes.
+                work_cv.wait(lk, [&] { return !queue.empty() || (stopping && inline_writes == 0 && held.empty()); });
                 if (queue.empty()) {
                     exited = true; // accept() delivers directly from now on
                     break;
@@ -210,14 +270,8 @@ struct ResultsManager::Core {
                 batch.assign(std::make_move_iterator(queue.begin()), std::make_move_iterator(queue.begin() + n));
                 queue.erase(queue.begin(), queue.begin() + n);
             }
-            std::size_t n = batch.size();
             archive_batch(batch);
-            hand_on(batch); // only now: a result reaches its owner once it is durable
-            {
-                std::lock_guard lk(mu);
-                delivered += n;
-            }
-            done_cv.notify_all();
+            hand_on_counted(batch);
         }
         std::shared_ptr<ResultsArchive> a;
         {
@@ -291,6 +345,11 @@ void ResultsManager::accept(Result result) {
     {
         std::lock_guard lk(core_->mu);
         ++core_->accepted;
+        // On a loop's thread, mid-turn: archived with the others of the turn, at its end.
+        if (!core_->held.empty() || Turn::at_end(core_.get(), [core = core_] { core->commit_held(); })) {
+            core_->held.push_back(std::move(result));
+            return;
+        }
         if (!core_->exited) {
             // The writer sleeps only on an empty queue: wake it once, not for every result.
             if (core_->queue.empty()) core_->work_cv.notify_one();

@@ -26,8 +26,11 @@
 
 namespace dynexec {
 
-// Thread-safe. on_archived runs on the writer thread, one batch at a time
-// (after close(), on the thread that calls accept()).
+// Thread-safe. on_archived runs on the writer thread, or on the thread of a
+// loop at the end of its turn (common/turn.hpp) when the results accepted
+// during that turn were few and small and the writer's queue empty: a result
+// that comes alone is archived and handed on without a hand-off to the writer.
+// After close(), it runs on the thread that calls accept().
 class ResultsManager final : public ResultsSink, public std::enable_shared_from_this<ResultsManager> {
 public:
     using Delivery = std::function<void(std::vector<Result>&&)>;
@@ -42,7 +45,8 @@ public:
     static std::shared_ptr<ResultsManager> live(const std::string& session);
     ~ResultsManager() override; // close()
 
-    // Queues the result; never waits for I/O. After close() it is delivered at once, unarchived.
+    // Queues the result; never waits for I/O (during a loop's turn, it waits for the turn's end). After
+    // close() it is delivered at once, unarchived.
     void accept(Result result) override;
     // Returns once every result accepted before the call has been delivered
     // (at once when called from on_archived).

@@ -5,6 +5,7 @@
 #include "balancer/load_balancer.hpp"
 #include "common/errors.hpp"
 #include "common/host.hpp"
+#include "common/result_queue.hpp"
 #include "manager/execution_manager.hpp"
 #include "registry/lease_drivers.hpp"
 #include "server/compute_server.hpp"
@@ -41,9 +42,9 @@ struct Engine::Impl {
     bool closed = false;   // no more jobs taken
     bool finished = false; // shut down completely
 
+    ResultQueue done; // results for this process's callers
     std::mutex done_mu;
-    std::condition_variable done_cv;
-    std::deque<Result> done;
+    std::condition_variable done_cv; // delivered or shutdown_requested changed
     std::uint64_t delivered = 0;
     bool shutdown_requested = false; // a remote client asked the cluster to stop
 
@@ -137,13 +138,10 @@ struct Engine::Impl {
     void on_archived(std::vector<Result>&& batch) {
         auto n = batch.size();
         if (hub) hub->route(batch); // results of remote clients' jobs go back to them
+        done.push(std::move(batch));
         std::lock_guard lk(done_mu);
-        // A poller sleeps only on an empty queue, and shutdown waits for the last result: wake them then only,
-        // not once per result (results come one at a time without an archive).
-        bool wake = done.empty();
-        for (auto& r : batch) done.push_back(std::move(r));
         delivered += n;
-        if (wake || delivered >= manager->submitted()) done_cv.notify_all();
+        if (delivered >= manager->submitted()) done_cv.notify_all(); // shutdown waits for the last result
     }
 
     void on_output(std::vector<OutputChunk>&& chunks) {
@@ -279,15 +277,14 @@ bool Engine::server_exited(int pid, const std::string& reason) {
 }
 
 std::vector<Result> Engine::poll(std::size_t max, std::chrono::milliseconds timeout) {
-    std::unique_lock lk(impl_->done_mu);
-    impl_->done_cv.wait_for(lk, timeout, [&] { return !impl_->done.empty(); });
-    std::vector<Result> out;
-    while (!impl_->done.empty() && out.size() < max) {
-        out.push_back(std::move(impl_->done.front()));
-        impl_->done.pop_front();
-    }
-    return out;
+    return impl_->done.poll(max, timeout);
 }
+
+bool Engine::expect(const JobId& id) { return impl_->done.expect(id); }
+std::optional<Result> Engine::await(const JobId& id, std::chrono::milliseconds timeout) {
+    return impl_->done.await(id, timeout);
+}
+void Engine::forget(const JobId& id) { impl_->done.forget(id); }
 
 std::vector<ServerInfo> Engine::servers() const { return impl_->server_infos(); }
 

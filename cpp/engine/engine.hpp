@@ -67,6 +67,11 @@ public:
     bool server_exited(int pid, const std::string& reason);
     // Results archived (or, with no archive, finished) since the last poll: at most `max`, waiting up to `timeout`.
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
+    // One caller waiting on one job takes its result itself, not through poll() (see common/result_queue.hpp):
+    // expect() (false: poll() has it), then await() until it comes, or forget().
+    bool expect(const JobId& id);
+    std::optional<Result> await(const JobId& id, std::chrono::milliseconds timeout);
+    void forget(const JobId& id);
 
     std::vector<ServerInfo> servers() const;
     std::string add_server(unsigned slots = 1, unsigned threads = 0);

@@ -100,12 +100,11 @@ void Client::on_message(wire::Frames& frames) {
                              wire::Done, wire::ServicesReply>(frames, [&](auto&& m) {
         using M = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<M, wire::Results>) {
-            std::lock_guard lk(mu_);
+            std::lock_guard lk(mu_); // queued before it counts as delivered: shutdown waits for that
+            std::vector<Result> ours;
             for (auto& r : m.results)
-                if (outstanding_.erase(r.job_id)) { // a result for no job of ours is dropped
-                    done_.push_back(std::move(r));
-                    ++delivered_;
-                }
+                if (outstanding_.erase(r.job_id)) ours.push_back(std::move(r)); // one for no job of ours is dropped
+            delivered_ += done_.push(std::move(ours));
             cv_.notify_all();
         } else if constexpr (std::is_same_v<M, wire::ClientOutput>) {
             std::lock_guard lk(mu_);
@@ -148,6 +147,7 @@ void Client::answer(std::uint64_t request, Answer a) {
 }
 
 void Client::head_lost(const std::string& why) {
+    std::vector<Result> failed;
     std::lock_guard lk(mu_);
     if (lost_.empty())
         lost_ = fmt::format("the dynexec head at {} stopped ({})", options_.endpoint, why);
@@ -158,9 +158,9 @@ void Client::head_lost(const std::string& why) {
         r.error_type = "ServerLostError";
         r.message = fmt::format("{}; job {} may have been lost with it (its result may still be in the archive)",
                                 lost_, id);
-        done_.push_back(std::move(r));
-        ++delivered_;
+        failed.push_back(std::move(r));
     }
+    delivered_ += done_.push(std::move(failed));
     outstanding_.clear();
     unsent_.clear();
     for (auto& [id, p] : waiting_) p.set_value(wire::ErrorReply{id, "RuntimeError", lost_});
@@ -316,16 +316,12 @@ std::vector<OutputChunk> Client::poll_output(std::size_t max, std::chrono::milli
     return out;
 }
 
-std::vector<Result> Client::poll(std::size_t max, std::chrono::milliseconds timeout) {
-    std::unique_lock lk(mu_);
-    cv_.wait_for(lk, timeout, [&] { return !done_.empty(); });
-    std::vector<Result> out;
-    while (!done_.empty() && out.size() < max) {
-        out.push_back(std::move(done_.front()));
-        done_.pop_front();
-    }
-    return out;
+std::vector<Result> Client::poll(std::size_t max, std::chrono::milliseconds timeout) { return done_.poll(max, timeout); }
+bool Client::expect(const JobId& id) { return done_.expect(id); }
+std::optional<Result> Client::await(const JobId& id, std::chrono::milliseconds timeout) {
+    return done_.await(id, timeout);
 }
+void Client::forget(const JobId& id) { done_.forget(id); }
 
 std::uint64_t Client::delivered() const {
     std::lock_guard lk(const_cast<std::mutex&>(mu_));

@@ -5,6 +5,7 @@
 // requests that need its answer (cancel, kill, state, servers...).
 #pragma once
 
+#include "common/result_queue.hpp"
 #include "remote/head_contact.hpp"
 #include "remote/outbox.hpp"
 #include "wire/protocol.hpp"
@@ -45,6 +46,10 @@ public:
     void set_echo(bool on);
     std::vector<OutputChunk> poll_output(std::size_t max, std::chrono::milliseconds timeout);
     std::vector<Result> poll(std::size_t max, std::chrono::milliseconds timeout);
+    // As Engine's: a caller waiting on one job takes its result itself (common/result_queue.hpp).
+    bool expect(const JobId& id);
+    std::optional<Result> await(const JobId& id, std::chrono::milliseconds timeout);
+    void forget(const JobId& id);
     std::vector<ServerInfo> servers();
     void shutdown_cluster();
     // Waits until every job submitted through this client has come back (or `cancel_pending` them first).
@@ -85,7 +90,7 @@ private:
     bool asked_ids_ = false;
     std::deque<wire::Submit> unsent_; // batches the loop sends next
     std::map<std::uint64_t, std::promise<Answer>> waiting_;
-    std::deque<Result> done_;
+    ResultQueue done_; // results for this process's callers
     std::uint64_t delivered_ = 0;
     std::unordered_set<JobId> outstanding_; // submitted, not back yet
     std::deque<OutputChunk> output_; // live output, until polled (at most kLiveOutputBacklog bytes)

@@ -1,5 +1,6 @@
 #include "remote/loop.hpp"
 
+#include "common/turn.hpp"
 #include "wire/limits.hpp"
 
 #include <iostream>
@@ -51,6 +52,7 @@ void Loop::run(const std::atomic<bool>& stop, std::chrono::milliseconds tick, co
     while (!stop) {
         poll_for(items, 2, tick);
         if (items[0].revents & ZMQ_POLLIN) {
+            Turn turn; // what the messages defer (archiving their results) is done once, when they are all handled
             std::size_t piece_bytes = 0;
             for (int i = 0; i < 1024 && !stop && piece_bytes < kTurnBytes; ++i) { // a batch, then let the outbox go
                 wire::Frames frames;

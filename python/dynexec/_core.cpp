@@ -174,6 +174,7 @@ Value run_python(const Params& p) {
     auto kind = out[0].cast<std::string>();
     if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
     if (kind == "pickle") return Pickled{out[1].cast<std::string>()};
+    if (kind == "value") return to_value(out[1], "result"); // None, bool, int, float, str, bytes (see _runner)
     throw ServiceError(out[1].cast<std::string>(), out[2].cast<std::string>(), out[3].cast<std::string>(),
                        Pickled{out[4].cast<std::string>()});
 }
@@ -274,6 +275,20 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
                 return polled([&] { return e.poll(max, timeout); }, collector_item);
             },
             py::arg("max"), py::arg("timeout"))
+        // A caller of future.result() takes its job's result itself (engine/result_queue.hpp).
+        .def("expect", &E::expect, py::arg("job_id"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "await_result",
+            [](E& e, const std::string& id, std::chrono::milliseconds timeout) -> py::object {
+                std::optional<Result> r;
+                {
+                    py::gil_scoped_release nogil;
+                    r = e.await(id, timeout);
+                }
+                return r ? collector_item(*r) : py::none();
+            },
+            py::arg("job_id"), py::arg("timeout"))
+        .def("forget", &E::forget, py::arg("job_id"), py::call_guard<py::gil_scoped_release>())
         .def("servers",
              [](E& e) {
                  std::vector<ServerInfo> infos;

@@ -149,8 +149,33 @@ def _install_streams() -> None:
         sys.stderr = _JobStream(2, sys.stderr)
 
 
+_PLAIN = frozenset((type(None), bool, float, bytes))
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _is_plain(value) -> bool:
+    """A value the archive stores as itself (its kind, not a pickle), so every HDF5 tool reads it: None, bool,
+    float, bytes, an int of 64 bits, a str that is UTF-8 (no lone surrogates). Exact types only: a subclass
+    (IntEnum, a str subclass) keeps its class by being pickled."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if t is int:
+        return _INT64[0] <= value <= _INT64[1]
+    if t is str:
+        if value.isascii():
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
+
+
 def run(payload):
-    """Returns ("array", ndarray) | ("pickle", bytes) | ("error", type, message, traceback, pickled exception).
+    """Returns ("array", ndarray) | ("value", a plain value) | ("pickle", bytes)
+    | ("error", type, message, traceback, pickled exception).
 
     `payload` pickles (callable part, pickled (args, kwargs)); the callable part is a pickled callable, or a
     by-value function's (template, pickled state); see dynexec.executor.job_payload."""
@@ -169,6 +194,8 @@ def run(payload):
         return _error(exc)
     if isinstance(value, np.ndarray) and f"{value.dtype.kind}{value.dtype.itemsize}" in _NATIVE_DTYPES and value.ndim > 0:
         return ("array", value)
+    if _is_plain(value):
+        return ("value", value)
     try:
         return ("pickle", dumps(value))
     except BaseException as exc:

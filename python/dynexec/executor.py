@@ -87,6 +87,18 @@ def _payload(blob, args, kwargs) -> bytes:
 _condition_lock = threading.Lock()  # makes each future's Condition exactly once
 
 
+_TAKE_SLICE = 0.05  # seconds
+
+
+class _Home:
+    """What an executor's futures reach: its engine, and its table of futures, so that a future whose result()
+    is waited on can settle itself."""
+    __slots__ = ("engine", "futures", "lock")
+
+    def __init__(self, engine, futures: dict, lock: threading.Lock):
+        self.engine, self.futures, self.lock = engine, futures, lock
+
+
 class JobFuture(Future):
     """A Future for one job; `job_id` finds its result in the archive later.
 
@@ -104,7 +116,7 @@ class JobFuture(Future):
         self._waiters = []
         self._done_callbacks = []
         self.job_id = job_id
-        self._engine = executor._engine
+        self._home = executor._home
 
     @property
     def _condition(self) -> threading.Condition:
@@ -118,7 +130,7 @@ class JobFuture(Future):
         with self._condition:
             if self._state != PENDING:
                 return super().cancel()
-        return self._cancelled(self._engine.cancel(self.job_id))
+        return self._cancelled(self._home.engine.cancel(self.job_id))
 
     def _cancelled(self, ok: bool) -> bool:
         """The engine's answer to cancelling this job: True = it never starts."""
@@ -135,7 +147,7 @@ class JobFuture(Future):
             state = self._state
         if state != PENDING:
             return state == RUNNING
-        return self._engine.state(self.job_id) == "running"
+        return self._home.engine.state(self.job_id) == "running"
 
     def kill(self) -> bool:
         """Stops the job: one that has not started never will (the future is cancelled); a running one is
@@ -143,7 +155,40 @@ class JobFuture(Future):
         service is asked to stop, see Params::stop_requested). False if the job has already finished."""
         if self.done():
             return False
-        return self._engine.kill(self.job_id)
+        return self._home.engine.kill(self.job_id)
+
+    def result(self, timeout=None):
+        if self._state in (PENDING, RUNNING):
+            self._take_own(timeout)
+        return super().result(timeout)
+
+    def _take_own(self, timeout: float | None) -> None:
+        """Waits in the engine for this job's result and settles the future itself: one hand-off less than
+        through the collector thread (see cpp/common/result_queue.hpp). When the collector has it already,
+        result() waits for the collector to settle it, as other waits (wait(), as_completed()) do."""
+        home = self._home
+        if not home.engine.expect(self.job_id):
+            return
+        item = None
+        try:
+            if self.done():  # settled before it was expected
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while item is None:
+                # In slices: Ctrl-C is seen between them, and a future settled otherwise (a broken executor).
+                wait = _TAKE_SLICE if deadline is None else min(_TAKE_SLICE, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+                item = home.engine.await_result(self.job_id, wait)
+                if item is None and self.done():
+                    return
+        finally:
+            if item is None:
+                home.engine.forget(self.job_id)  # a result still to come goes to the collector
+            else:
+                with home.lock:
+                    home.futures.pop(self.job_id, None)
+                _settle_all([(self, item[1], item[2])])
 
     def __repr__(self):
         return super().__repr__()[:-1] + f" job_id={self.job_id}>"
@@ -249,6 +294,7 @@ class Executor(_Executor):
         self._engine_done = threading.Event()
         # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
         # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
+        self._home = _Home(self._engine, self._futures, self._lock)
         self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
                                            args=(weakref.ref(self), self._engine, self._futures, self._early, self._lock,
                                                  self._closing, self._engine_done))
@@ -690,4 +736,12 @@ def _exit_now(code: int = 130) -> None:
     os._exit(code)
 
 
+def _forget_all_in_child() -> None:
+    """A child forked from this process (multiprocessing's fork, as ProcessPoolExecutor starts its workers)
+    has none of the engines' threads: its exit must not wait for or shut down its parent's executors."""
+    _live_executors.clear()
+    _collectors.clear()
+
+
 threading._register_atexit(_shutdown_all)  # before threads are joined at exit, as concurrent.futures does
+os.register_at_fork(after_in_child=_forget_all_in_child)
