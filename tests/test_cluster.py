@@ -105,8 +105,8 @@ def wait_for(predicate, timeout, what, interval=0.01):
 class Job:
     """One process tree we started (an mpirun, or a plain server): killed by PID at teardown."""
 
-    def __init__(self, cmd, log: Path):
-        env = dict(os.environ, **MPI_ENV)
+    def __init__(self, cmd, log: Path, env=None):
+        env = {**os.environ, **MPI_ENV, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         for k in [k for k in env if k.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_"))]:
             del env[k]  # in case pytest itself runs under mpirun

@@ -2,9 +2,13 @@
 ever shows a secret (neither ours nor one pybind11 would print when a wrong type reaches _core)."""
 import json
 import os
+import shutil
+import socket
 import stat
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -107,6 +111,10 @@ OVERFLOW = "#####" * 8  # Z85 characters, but each group is more than 32 bits
     ("session", 7, "must be a string, not a number"),
     ("archive", 7, "must be a string or null, not a number"),
     ("lease_seconds", "2", "must be a number, not a string"),
+    ("endpoints", "tcp://a:1", "must be a non-empty list of strings, not a string"),
+    ("endpoints", [], "must be a non-empty list of strings, not an empty list"),
+    ("endpoints", ["tcp://a:1", 5], "must hold strings only; item 1 is a number"),
+    ("endpoints", ["tcp://a:1", "udp://b:2"], "unknown scheme 'udp'"),
 ])
 def test_a_malformed_field_is_named_and_no_secret_shown(tmp_path, keys, field, value, expect):
     info = _good(keys)
@@ -219,3 +227,91 @@ def test_a_local_executors_connection_file_is_a_server_join_file(tmp_path):
         assert ex.submit(pow, 2, 5).result(timeout=60) == 32
         with pytest.raises(ConnectionFileError, match="server join file"):
             dynexec.Executor(connect=ex.connection_file)
+
+
+# -- the head's candidate endpoints -----------------------------------------------------------------
+def test_a_list_of_endpoints_is_written_with_the_first_as_endpoint(tmp_path, keys):
+    candidates = ["tcp://10.0.0.5:7000", "tcp://192.168.1.5:7000", "tcp://head:7000"]
+    path = connection.write(tmp_path / "c.json", candidates, keys, "client")
+    info = connection.read(path, role="client")
+    assert info["endpoint"] == candidates[0] and info["endpoints"] == candidates
+    assert connection.endpoints(info) == candidates
+    one = connection.read(connection.write(tmp_path / "one.json", ENDPOINT, keys, "server"))
+    assert "endpoints" not in one and connection.endpoints(one) == [ENDPOINT]  # as older files have it
+
+
+def _ifreq(name, family, addr):
+    sin = struct.pack("=H", family) + b"\0\0" + socket.inet_aton(addr) + bytes(8)
+    return name.encode().ljust(16, b"\0") + sin.ljust(24, b"\0")
+
+
+def test_parse_ifconf_reads_each_ipv4_ifreq():
+    buf = (_ifreq("lo", socket.AF_INET, "127.0.0.1") + _ifreq("eth0", socket.AF_INET, "10.213.4.2")
+           + _ifreq("weird", socket.AF_INET6, "0.0.0.0") + _ifreq("ib0", socket.AF_INET, "192.168.7.9"))
+    assert len(buf) == 4 * 40
+    assert connection.parse_ifconf(buf) == [("lo", "127.0.0.1"), ("eth0", "10.213.4.2"), ("ib0", "192.168.7.9")]
+    assert connection.parse_ifconf(buf[:50]) == [("lo", "127.0.0.1")]  # a partial record is ignored
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="no `ip` to compare with")
+def test_interface_addresses_are_those_ip_shows_on_interfaces_up_without_loopback():
+    shown = json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True,
+                                      timeout=10).stdout)
+    want = [a["local"] for i in shown if "UP" in i["flags"] for a in i.get("addr_info", [])
+            if a.get("family") == "inet" and not a["local"].startswith("127.")]
+    assert sorted(connection.interface_addresses()) == sorted(set(want))
+
+
+@pytest.fixture
+def listener():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _refused():
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_pick_endpoint_takes_the_first_that_accepts(listener):
+    assert connection.pick_endpoint([_refused(), "tcp://no-such-host.invalid:1", listener]) == listener
+    with socket.socket() as s2:
+        s2.bind(("127.0.0.1", 0))
+        s2.listen()
+        second = f"tcp://127.0.0.1:{s2.getsockname()[1]}"
+        assert connection.pick_endpoint([_refused(), second, listener]) == second  # order wins, not speed
+    only = _refused()
+    assert connection.pick_endpoint([only]) == only  # one candidate: untried, the server waits for its head
+    assert connection.pick_endpoint(["ipc:///tmp/x", only]) == "ipc:///tmp/x"
+
+
+def test_pick_endpoint_lists_what_it_tried_when_none_answers():
+    bad = [_refused(), "tcp://no-such-host.invalid:1"]
+    t = time.monotonic()
+    with pytest.raises(ConnectionError) as e:
+        connection.pick_endpoint(bad, timeout=1.0, source="/x/cluster.json")
+    assert time.monotonic() - t < 3.0
+    msg = str(e.value)
+    assert "/x/cluster.json" in msg and all(b in msg for b in bad) and "refused" in msg and "--advertise" in msg
+
+
+def test_a_client_whose_endpoints_all_fail_says_what_it_tried(tmp_path, keys):
+    bad = [_refused(), _refused()]
+    path = connection.write(tmp_path / "c.json", bad, keys, "client")
+    with pytest.raises(ConnectionError, match="tried " + bad[0].replace(".", r"\.")) as e:
+        dynexec.Executor(connect=path)
+    assert str(path) in str(e.value)
+    assert_no_secret(str(e.value), keys)
+
+
+def test_a_server_whose_endpoints_all_fail_leaves_with_2_saying_what_it_tried(tmp_path, keys):
+    bad = [_refused(), "tcp://no-such-host.invalid:1"]
+    path = connection.write(tmp_path / "s.json", bad, keys, "server")
+    p = subprocess.run([sys.executable, "-m", "dynexec.server", "--join", str(path)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert str(path) in p.stderr and all(b in p.stderr for b in bad)
+    assert_no_secret(p.stderr + p.stdout, keys)

@@ -83,7 +83,7 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
     private = Path(tempfile.mkdtemp(prefix="dynexec-server-"))  # 0700; the file inside is 0600
     child = None
     try:
-        join = connection.write(private / "server.json", info["endpoint"], info, role="server")
+        join = connection.write(private / "server.json", connection.endpoints(info), info, role="server")
         cmd = [sys.executable, "-m", "dynexec.server", "--join", str(join), "--slots", str(slots),
                "--threads", str(threads), "--head-timeout", str(head_timeout), "--parent-pid", str(os.getpid())]
 
@@ -164,9 +164,13 @@ class _Head:
         self.engine = _core.Engine(0, a.slots, a.threads, a.policy, self.archive, a.lease_seconds,
                                    a.renew_seconds, a.max_attempts, a.seed,
                                    listen={"bind": bind, **connection.listen_keys(self.keys)})
-        self.endpoint = self.engine.endpoint
-        if "://0.0.0.0:" in self.endpoint or "://*:" in self.endpoint:
-            self.endpoint = _advertised(self.endpoint, a.advertise or hosts[0])
+        self.endpoints = [self.engine.endpoint]
+        if "://0.0.0.0:" in self.engine.endpoint or "://*:" in self.engine.endpoint:
+            # Host names often do not resolve on other hosts (or resolve to 127.0.1.1): every interface
+            # address is a candidate, the host name last; servers and clients take the first that answers.
+            names = [a.advertise] if a.advertise else connection.interface_addresses() + [hosts[0]]
+            self.endpoints = [_advertised(self.engine.endpoint, h) for h in names]
+        self.endpoint = self.endpoints[0]
         self.plugin_names = []
         for path in a.plugin:
             path = str(Path(path).resolve())
@@ -174,7 +178,7 @@ class _Head:
             self.engine.load_plugin(path, names, 0.0)  # every server that joins loads it
             self.plugin_names += names
         # The compute servers' credentials only: the clients' secret stays with the head.
-        return {"endpoint": self.endpoint, **connection.credentials(self.keys, "server")}
+        return {"endpoint": self.endpoint, "endpoints": self.endpoints, **connection.credentials(self.keys, "server")}
 
     def serve(self, n_servers: int) -> int:
         a, engine = self.args, self.engine
@@ -190,8 +194,8 @@ class _Head:
                   f"{a.start_timeout:g} s; going on with those", file=sys.stderr, flush=True)
         if self.plugin_names and have:
             _wait_plugins(engine, self.plugin_names, 10.0)
-        connection.write(self.server_file, self.endpoint, self.keys, "server")
-        connection.write(self.connection_file, self.endpoint, self.keys, "client", session=engine.session,
+        connection.write(self.server_file, self.endpoints, self.keys, "server")
+        connection.write(self.connection_file, self.endpoints, self.keys, "client", session=engine.session,
                          archive=str(self.archive) if self.archive else None, policy=a.policy,
                          lease_seconds=a.lease_seconds, mpi_size=n_servers + 1)
         published = self._publish()
@@ -287,8 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
                                               "rank is on this host, else all interfaces)")
     p.add_argument("--advertise", default="", metavar="HOST",
-                   help="host name written into the connection file when binding all interfaces "
-                        "(default: rank 0's host name)")
+                   help="the one host name or address written into the connection files when binding all "
+                        "interfaces (default: rank 0's interface IPv4 addresses, then its host name; servers "
+                        "and clients take the first that accepts a connection)")
     p.add_argument("--start-timeout", type=float, default=60.0,
                    help="how long the head waits for the servers of this mpirun to register (default 60)")
     p.add_argument("--stop-grace", type=float, default=0.5,

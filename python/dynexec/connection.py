@@ -13,11 +13,16 @@ Both are JSON, created owner-only; whoever can read one can act in its role on t
 """
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import socket
 import stat
+import struct
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -63,12 +68,14 @@ def server_file_for(path) -> Path:
     return path.with_name(f"{path.stem}.server{path.suffix or '.json'}")
 
 
-def write(path, endpoint: str, keys: dict, role: str, **extra) -> Path:
+def write(path, endpoint: str | list[str], keys: dict, role: str, **extra) -> Path:
     """Writes a connection file for `role` ("client" or "server") atomically, readable by its owner only.
-    `keys` is new_keys() or credentials() of that role; only that role's pair goes into the file."""
+    `keys` is new_keys() or credentials() of that role; only that role's pair goes into the file.
+    `endpoint` may be a list of candidates (field "endpoints"); "endpoint" is then the first, for older readers."""
     path = Path(path)
-    info = {"endpoint": endpoint, **credentials(keys, role), "host": socket.gethostname(), "pid": os.getpid(),
-            **extra}
+    candidates = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    info = {"endpoint": candidates[0], **({"endpoints": candidates} if len(candidates) > 1 else {}),
+            **credentials(keys, role), "host": socket.gethostname(), "pid": os.getpid(), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dynexec-")  # mkstemp creates it 0600
     with os.fdopen(fd, "w") as f:
@@ -159,12 +166,24 @@ def read(path, role: str | None = None) -> dict:
             raise field(name, f"is missing (a {found} connection file has {', '.join(COMMON + ROLES[found])})")
         if not isinstance(info[name], str):
             raise field(name, f"must be a string, not {_type_name(info[name])}")
-    scheme, sep, rest = info["endpoint"].partition("://")
-    if not sep or not rest:
-        raise field("endpoint", "must look like tcp://HOST:PORT or ipc://PATH")
-    if scheme not in SCHEMES:
-        raise field("endpoint", f"has the unknown scheme {scheme[:20]!r} (dynexec listens on "
-                                f"{' or '.join(s + '://' for s in SCHEMES)})")
+    def check_endpoint(name, value):
+        scheme, sep, rest = value.partition("://")
+        if not sep or not rest:
+            raise field(name, "must look like tcp://HOST:PORT or ipc://PATH")
+        if scheme not in SCHEMES:
+            raise field(name, f"has the unknown scheme {scheme[:20]!r} (dynexec listens on "
+                              f"{' or '.join(s + '://' for s in SCHEMES)})")
+
+    check_endpoint("endpoint", info["endpoint"])
+    if "endpoints" in info:
+        v = info["endpoints"]
+        if not isinstance(v, list) or not v:
+            raise field("endpoints", f"must be a non-empty list of strings, not "
+                                     f"{'an empty list' if v == [] else _type_name(v)}")
+        for i, e in enumerate(v):
+            if not isinstance(e, str):
+                raise field("endpoints", f"must hold strings only; item {i} is {_type_name(e)}")
+            check_endpoint("endpoints", e)
     for name in ("server_public_key",) + ROLES[found]:
         if not _z85_ok(info[name]):
             n = len(info[name])
@@ -176,3 +195,74 @@ def read(path, role: str | None = None) -> dict:
             want += " or null" if type(None) in types else ""
             raise field(name, f"must be {want}, not {_type_name(v)}")
     return info
+
+
+def endpoints(info: dict) -> list[str]:
+    """The head's candidate endpoints in a file read by read(), in the order to try them."""
+    return info.get("endpoints") or [info["endpoint"]]
+
+
+_SIOCGIFCONF, _SIOCGIFFLAGS, _IFF_UP, _IFREQ = 0x8912, 0x8913, 0x1, 40  # <linux/sockios.h>; struct ifreq on 64-bit
+
+
+def parse_ifconf(buf: bytes) -> list[tuple[str, str]]:
+    """(interface, IPv4 address) for each struct ifreq in what SIOCGIFCONF fills in."""
+    out = []
+    for off in range(0, len(buf) - _IFREQ + 1, _IFREQ):
+        name = buf[off:off + 16].split(b"\0", 1)[0].decode(errors="replace")
+        family, = struct.unpack_from("=H", buf, off + 16)
+        if family == socket.AF_INET:
+            out.append((name, socket.inet_ntoa(buf[off + 20:off + 24])))
+    return out
+
+
+def interface_addresses() -> list[str]:
+    """This host's IPv4 addresses on interfaces that are up, loopback excluded (no dependency: the
+    SIOCGIFCONF ioctl); [] where they cannot be read."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            buf = array.array("B", bytes(_IFREQ * 256))
+            n, _ = struct.unpack("iL", fcntl.ioctl(s.fileno(), _SIOCGIFCONF,
+                                                   struct.pack("iL", len(buf), buf.buffer_info()[0])))
+            out = []
+            for name, addr in parse_ifconf(buf.tobytes()[:n]):
+                flags, = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS,
+                                                             struct.pack("256s", name.encode())), 16)
+                if flags & _IFF_UP and not addr.startswith("127.") and addr not in out:
+                    out.append(addr)
+            return out
+    except OSError:
+        return []
+
+
+def _try_tcp(endpoint: str, timeout: float) -> str:
+    """"" when endpoint (tcp://HOST:PORT) accepts a TCP connection within timeout, else why not."""
+    host, _, port = endpoint.partition("://")[2].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        return ""
+    except (OSError, ValueError) as e:
+        return "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+
+
+def pick_endpoint(candidates: list[str], timeout: float = 1.0, source="") -> str:
+    """The first of the head's candidate endpoints that accepts a TCP connection within `timeout` seconds
+    (all are tried at once). A single candidate, or an ipc:// one, is taken untried: a head that is not up
+    yet is waited for there as before. ConnectionError listing what was tried when none answers."""
+    if len(candidates) == 1 or not candidates[0].startswith("tcp://"):
+        return candidates[0]
+    why = {}
+    threads = [threading.Thread(target=lambda e=e: why.__setitem__(e, _try_tcp(e, timeout)), daemon=True)
+               for e in candidates]  # daemons: a host name lookup that hangs is left behind
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout + 0.5
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for e in candidates:
+        if why.get(e) == "":
+            return e
+    tried = ", ".join(f"{e} ({why.get(e, 'timed out')})" for e in candidates)
+    raise ConnectionError(f"no endpoint of the dynexec head{' in ' + str(source) if source else ''} accepts a "
+                          f"TCP connection within {timeout:g} s; tried {tried}. From this host, one of them must be "
+                          f"reachable (or start the cluster with --advertise ADDR)")

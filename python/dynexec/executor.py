@@ -234,7 +234,8 @@ class Executor(_Executor):
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
             self._owner = owner or _default_owner()
-            self._engine = _core.Client(info["endpoint"], info["server_public_key"], info["client_public_key"],
+            endpoint = connection.pick_endpoint(connection.endpoints(info), source=connect)
+            self._engine = _core.Client(endpoint, info["server_public_key"], info["client_public_key"],
                                         info["client_secret_key"], float(start_timeout))
             self._start_echo(echo_output)
             self._start_collector()

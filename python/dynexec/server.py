@@ -87,12 +87,16 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         p.error(str(e))
     if a.name:
-        info = {**info, **lookup(a.name)}
+        info = {k: v for k, v in {**info, **lookup(a.name)}.items() if k != "endpoints"}
     if not a.parent_pid:
         from .cluster import supervise_server, under_mpirun
 
         if under_mpirun():  # a rank that dies makes mpirun abort its other ranks: serve from a child instead
             sys.exit(supervise_server(info, a.slots, a.threads, a.head_timeout))
+    try:  # of the head's candidate endpoints, the first this host reaches
+        info = {**info, "endpoint": connection.pick_endpoint(connection.endpoints(info), source=a.join)}
+    except ConnectionError as e:
+        p.exit(2, f"dynexec server: {e}\n")  # 2, as when the head falls silent: the rank does not restart it
     code = serve(info, a.slots, a.threads, a.parent_pid, a.head_timeout, (a.replaces, a.replaced_because))
     sys.stdout.flush()
     sys.stderr.flush()
