@@ -2,9 +2,12 @@
 ever shows a secret (neither ours nor one pybind11 would print when a wrong type reaches _core)."""
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -219,3 +222,110 @@ def test_a_local_executors_connection_file_is_a_server_join_file(tmp_path):
         assert ex.submit(pow, 2, 5).result(timeout=60) == 32
         with pytest.raises(ConnectionFileError, match="server join file"):
             dynexec.Executor(connect=ex.connection_file)
+
+
+# -- live or stale: who wrote the file, and does that head still run ---------------------------------
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(30)
+    return p.pid  # reaped: no process has it now
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once closed
+
+
+@pytest.fixture
+def listening():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def sleeper():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield p.pid
+    p.kill()
+    p.wait(10)
+
+
+HERE = socket.gethostname()
+
+
+def test_head_alive_by_pid_here_and_by_tcp_elsewhere(listening):
+    assert connection.head_alive({"host": HERE, "pid": os.getpid(), "endpoint": ENDPOINT}) is True
+    assert connection.head_alive({"host": HERE, "pid": dead_pid(), "endpoint": listening}) is False  # pid decides
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": os.getpid(), "endpoint": listening}) is True
+    t = time.monotonic()
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": 1,
+                                  "endpoint": f"tcp://127.0.0.1:{closed_port()}"}) is False
+    assert time.monotonic() - t < 2
+    assert connection.head_alive({"endpoint": "ipc:///tmp/x"}) is None  # cannot tell: used as today
+
+
+def test_claim_refuses_a_live_clusters_file_and_replaces_a_stale_one(tmp_path, keys, sleeper):
+    path = tmp_path / "cluster.json"
+    assert connection.claim(path) is None  # none there
+    connection.write(path, ENDPOINT, keys, "client")
+    assert connection.claim(path) is None and path.exists()  # our own
+    connection.write(path, ENDPOINT, keys, "client", pid=sleeper)
+    with pytest.raises(FileExistsError) as e:
+        connection.claim(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"{HERE} (pid {sleeper})" in msg and "'pid'" in msg and path.exists()
+    assert_no_secret(msg, keys)
+    pid = dead_pid()
+    connection.write(path, ENDPOINT, keys, "client", pid=pid)
+    note = connection.claim(path)
+    assert "stale" in note and str(path) in note and f"pid {pid}" in note and not path.exists()
+    assert_no_secret(note, keys)
+
+
+def test_remove_if_ours_leaves_another_clusters_file(tmp_path, keys, sleeper):
+    mine = connection.write(tmp_path / "mine.json", ENDPOINT, keys, "client")
+    theirs = connection.write(tmp_path / "theirs.json", ENDPOINT, keys, "client", pid=sleeper)
+    connection.remove_if_ours(mine)
+    connection.remove_if_ours(theirs)
+    connection.remove_if_ours(tmp_path / "absent.json")
+    assert not mine.exists() and theirs.exists()
+
+
+def test_a_client_fails_at_once_on_a_stale_file(tmp_path, keys):
+    pid = dead_pid()
+    path = connection.write(tmp_path / "cluster.json", ENDPOINT, keys, "client", pid=pid)
+    t = time.monotonic()
+    with pytest.raises(connection.StaleConnectionFileError) as e:
+        dynexec.Executor(connect=path)  # not the 60 s start_timeout
+    assert time.monotonic() - t < 2
+    msg = str(e.value)
+    assert str(path) in msg and f"the cluster at {HERE} (pid {pid}) is gone" in msg and "stale" in msg
+    assert_no_secret(msg, keys)
+    far = connection.write(tmp_path / "far.json", f"tcp://127.0.0.1:{closed_port()}", keys, "client",
+                           host="elsewhere.invalid")
+    t = time.monotonic()
+    with pytest.raises(connection.StaleConnectionFileError, match="did not answer within 2 s"):
+        dynexec.Executor(connect=far)
+    assert time.monotonic() - t < 3
+
+
+def test_wait_for_a_file_that_appears_later(tmp_path, keys, listening):
+    path = tmp_path / "later.json"
+    t = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"later\.json.*waited 0\.3 s"):
+        connection.read_live(path, wait=0.3)
+    assert 0.3 <= time.monotonic() - t < 2
+    with pytest.raises(FileNotFoundError):
+        dynexec.Executor(connect=path)  # wait=0: at once, as before
+    # A stale file first, then the live one that replaces it, within `wait`.
+    connection.write(path, ENDPOINT, keys, "client", pid=dead_pid())
+    timer = threading.Timer(0.5, connection.write, (path, listening, keys, "client"))
+    timer.start()
+    try:
+        info = connection.read_live(path, wait=30)
+    finally:
+        timer.join()
+    assert info["endpoint"] == listening and info["pid"] == os.getpid()

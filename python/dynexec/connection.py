@@ -18,6 +18,7 @@ import os
 import socket
 import stat
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -176,3 +177,113 @@ def read(path, role: str | None = None) -> dict:
             want += " or null" if type(None) in types else ""
             raise field(name, f"must be {want}, not {_type_name(v)}")
     return info
+
+
+# -- whose file is it, and does its cluster still run ----------------------------------------------
+class StaleConnectionFileError(ConnectionFileError):
+    """A connection file whose cluster is gone (its head's pid is dead, or its endpoint does not answer)."""
+
+
+def _head_of(path) -> dict | None:
+    """The host, pid and endpoint a file names (no secret), or None if it is no JSON object."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _answers(endpoint, timeout: float) -> bool | None:
+    """Whether a TCP endpoint takes a connection within `timeout` s; None when it is not TCP."""
+    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+        return None
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def is_ours(info: dict) -> bool:
+    return info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+
+
+def head_alive(info: dict, timeout: float = 1.0) -> bool | None:
+    """Whether the head that wrote a connection file still runs: on this host, whether its pid is alive; on
+    another, whether its endpoint takes a TCP connection within `timeout` s. None: cannot tell (no host or
+    pid, not TCP)."""
+    pid = info.get("pid")
+    if info.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool):
+        return _pid_alive(pid)
+    return _answers(info.get("endpoint"), timeout)
+
+
+def whose(info: dict) -> str:
+    return f"the cluster at {info.get('host', '?')} (pid {info.get('pid', '?')})"
+
+
+def claim(path, timeout: float = 1.0) -> str | None:
+    """Before a cluster writes `path`: raises FileExistsError when a live cluster's file is there (naming
+    that cluster's host and pid); removes a stale one and returns a note saying so; None when there is none
+    (or it is our own)."""
+    try:
+        info = _head_of(path)
+    except FileNotFoundError:
+        return None
+    if info is not None and is_ours(info):
+        return None
+    if info is not None and head_alive(info, timeout) is True:
+        raise FileExistsError(f"{path} belongs to a running dynexec cluster, {whose(info)} (fields 'host' and "
+                              f"'pid'): refusing to overwrite it; stop that cluster or choose another file")
+    Path(path).unlink(missing_ok=True)  # so that clients meanwhile hear "no file", not of a dead cluster
+    return (f"dynexec cluster: replacing {path}, which is no connection file" if info is None else
+            f"dynexec cluster: replacing the stale {path} of {whose(info)}, which is gone")
+
+
+def remove_if_ours(path) -> None:
+    """Deletes `path` only while it is still this process's file: never another cluster's."""
+    try:
+        info = _head_of(path)
+        if info is not None and is_ours(info):
+            Path(path).unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+
+
+def read_live(path, role: str = "client", wait: float = 0.0, probe_timeout: float = 2.0) -> dict:
+    """read(path, role), waiting up to `wait` s for the file to appear and for its head to be alive; a file
+    whose head is gone raises StaleConnectionFileError (at once when wait is 0)."""
+    deadline = time.monotonic() + wait
+    while True:
+        last = time.monotonic() >= deadline
+        try:
+            info = read(path, role)
+        except FileNotFoundError as e:
+            if last:
+                raise FileNotFoundError(f"{e} (waited {wait:g} s)" if wait else str(e)) from None
+            time.sleep(0.1)
+            continue
+        alive = head_alive(info, probe_timeout)
+        if alive is not False:
+            return info
+        if last:
+            here = info.get("host") == socket.gethostname()
+            raise StaleConnectionFileError(
+                f"{path} is stale: {whose(info)} is gone (" + (
+                    f"no process has pid {info['pid']} on this host" if here else
+                    f"its endpoint {info['endpoint']} did not answer within {probe_timeout:g} s") + ")"
+                + (f"; waited {wait:g} s for a new one" if wait else ""))
+        time.sleep(0.1)
