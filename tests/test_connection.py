@@ -320,6 +320,8 @@ def test_wait_for_a_file_that_appears_later(tmp_path, keys, listening):
     assert 0.3 <= time.monotonic() - t < 2
     with pytest.raises(FileNotFoundError):
         dynexec.Executor(connect=path)  # wait=0: at once, as before
+    with pytest.raises(ValueError, match="pass connect= too"):
+        dynexec.Executor(max_workers=1, wait=5)
     # A stale file first, then the live one that replaces it, within `wait`.
     connection.write(path, ENDPOINT, keys, "client", pid=dead_pid())
     timer = threading.Timer(0.5, connection.write, (path, listening, keys, "client"))
@@ -329,3 +331,17 @@ def test_wait_for_a_file_that_appears_later(tmp_path, keys, listening):
     finally:
         timer.join()
     assert info["endpoint"] == listening and info["pid"] == os.getpid()
+
+
+
+def test_claim_refuses_a_file_it_cannot_read(tmp_path, keys, monkeypatch):
+    path = connection.write(tmp_path / "cluster.json", ENDPOINT, keys, "client", pid=dead_pid())
+
+    def denied(self, *a, **k):  # what another user's 0600 file gives a non-root user
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(connection.Path, "read_text", denied)
+    with pytest.raises(FileExistsError, match="cannot be read"):
+        connection.claim(path)
+    connection.remove_if_ours(path)
+    assert path.exists()  # whose it is cannot be told: it stays

@@ -185,10 +185,11 @@ class StaleConnectionFileError(ConnectionFileError):
 
 
 def _head_of(path) -> dict | None:
-    """The host, pid and endpoint a file names (no secret), or None if it is no JSON object."""
+    """The JSON object in a file (only its host, pid and endpoint are used), or None if it holds none.
+    FileNotFoundError and PermissionError pass: "none there" and "cannot tell" are no "not a connection file"."""
     try:
         info = json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         raise
     except (OSError, ValueError):
         return None
@@ -243,6 +244,9 @@ def claim(path, timeout: float = 1.0) -> str | None:
         info = _head_of(path)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise FileExistsError(f"{path} exists and cannot be read (another user's?): refusing to overwrite it; "
+                              f"choose another file") from None
     if info is not None and is_ours(info):
         return None
     if info is not None and head_alive(info, timeout) is True:
@@ -257,10 +261,10 @@ def remove_if_ours(path) -> None:
     """Deletes `path` only while it is still this process's file: never another cluster's."""
     try:
         info = _head_of(path)
-        if info is not None and is_ours(info):
-            Path(path).unlink(missing_ok=True)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, PermissionError):
+        return
+    if info is not None and is_ours(info):
+        Path(path).unlink(missing_ok=True)
 
 
 def read_live(path, role: str = "client", wait: float = 0.0, probe_timeout: float = 2.0) -> dict:

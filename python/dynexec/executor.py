@@ -244,6 +244,8 @@ class Executor(_Executor):
             self._start_echo(echo_output)
             self._start_collector()
             return
+        if wait:
+            raise ValueError("wait= is how long connect= waits for a cluster's connection file; pass connect= too")
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif max_workers <= 0:
