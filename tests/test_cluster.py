@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -185,10 +186,10 @@ def start(tmp_path):
 
     class Starter:
         @staticmethod
-        def cluster(n=3, *extra, name="cluster"):
+        def cluster(n=3, *extra, name="cluster", ready=True):
             c = Cluster(tmp_path, n, extra, name)
             jobs.append(c)
-            return c.wait_ready()
+            return c.wait_ready() if ready else c
 
         @staticmethod
         def join(c, k=1):
@@ -481,4 +482,69 @@ def test_a_client_cannot_register_as_a_compute_server_nor_a_server_submit(start,
         assert len(ex.servers()) == 1
         c.note(s["pid"] for s in ex.servers())
         ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()
+
+
+def test_a_second_cluster_on_a_live_clusters_file_refuses_at_once_naming_it(start):
+    first = start.cluster(0)  # a head only: it says nobody will run the jobs
+    out = first.output()
+    assert "ready: 0 servers" in out and "no compute server: jobs wait until one joins with" in out
+    assert f"--join {first.server_file}" in out
+    second = start.cluster(2, "--start-timeout", "60", ready=False)  # the same files
+    t = time.monotonic()
+    assert second.wait_exit(30) != 0, second.output()
+    assert time.monotonic() - t < 30  # before, not after, the start timeout
+    out = second.output()
+    assert str(first.conn) in out and f"the cluster at {first.info['host']} (pid {first.info['pid']})" in out
+    assert "ready" not in out
+    assert json.loads(first.conn.read_text()) == first.info  # untouched, and still the first's
+    with dynexec.Executor(connect=first.conn) as ex:
+        assert ex.status()["servers"] == []
+        # Another cluster takes the file over (as if started once this one seemed gone): stopping this one
+        # must not delete it.
+        theirs = connection.write(first.conn, first.info["endpoint"], connection.new_keys(), "client")
+        ex.shutdown_cluster()
+    assert first.wait_exit(30) == 0, first.output()
+    assert theirs.exists() and json.loads(theirs.read_text())["pid"] == os.getpid()
+    assert not first.server_file.exists()  # its own
+
+
+def test_a_killed_heads_file_is_stale_for_clients_and_replaced_by_the_next_cluster(start):
+    first = start.cluster(0)
+    first.kill()  # kill -9: nothing removes its files
+    assert first.conn.exists()
+    t = time.monotonic()
+    with pytest.raises(connection.StaleConnectionFileError) as e:
+        dynexec.Executor(connect=first.conn)
+    assert time.monotonic() - t < 2
+    assert f"the cluster at {first.info['host']} (pid {first.info['pid']}) is gone" in str(e.value)
+    second = start.cluster(2)
+    assert "replacing the stale" in second.output() and f"pid {first.info['pid']}" in second.output()
+    assert "ready: 1 server," in second.output()
+    with dynexec.Executor(connect=second.conn) as ex:
+        assert ex.submit(square, 6).result(timeout=60) == 36
+        ex.shutdown_cluster()
+    assert second.wait_exit(30) == 0, second.output()
+    assert not second.conn.exists() and not second.server_file.exists()
+
+
+def test_a_client_waits_for_a_cluster_started_after_it(start, tmp_path):
+    conn = tmp_path / "cluster.json"
+    done = {}
+
+    def client():
+        try:
+            with dynexec.Executor(connect=conn, wait=60) as ex:
+                done["result"] = ex.submit(square, 9).result(timeout=60)
+                ex.shutdown_cluster()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            done["error"] = e
+
+    waiter = threading.Thread(target=client, daemon=True)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not conn.exists()  # waiting, not failed
+    c = start.cluster(2, ready=False)
+    waiter.join(90)
+    assert not waiter.is_alive() and done.get("result") == 81, done
     assert c.wait_exit(30) == 0, c.output()

@@ -8,6 +8,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -315,3 +316,126 @@ def test_a_server_whose_endpoints_all_fail_leaves_with_2_saying_what_it_tried(tm
     assert p.returncode == 2, p.stderr
     assert str(path) in p.stderr and all(b in p.stderr for b in bad)
     assert_no_secret(p.stderr + p.stdout, keys)
+
+
+# -- live or stale: who wrote the file, and does that head still run ---------------------------------
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(30)
+    return p.pid  # reaped: no process has it now
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once closed
+
+
+@pytest.fixture
+def sleeper():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield p.pid
+    p.kill()
+    p.wait(10)
+
+
+HERE = socket.gethostname()
+
+
+def test_head_alive_by_pid_here_and_by_tcp_elsewhere(listener):
+    assert connection.head_alive({"host": HERE, "pid": os.getpid(), "endpoint": ENDPOINT}) is True
+    assert connection.head_alive({"host": HERE, "pid": dead_pid(), "endpoint": listener}) is False  # pid decides
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": os.getpid(), "endpoint": listener}) is True
+    t = time.monotonic()
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": 1,
+                                  "endpoint": f"tcp://127.0.0.1:{closed_port()}"}) is False
+    assert time.monotonic() - t < 2
+    assert connection.head_alive({"endpoint": "ipc:///tmp/x"}) is None  # cannot tell: used as today
+
+
+def test_claim_refuses_a_live_clusters_file_and_replaces_a_stale_one(tmp_path, keys, sleeper):
+    path = tmp_path / "cluster.json"
+    assert connection.claim(path) is None  # none there
+    connection.write(path, ENDPOINT, keys, "client")
+    assert connection.claim(path) is None and path.exists()  # our own
+    connection.write(path, ENDPOINT, keys, "client", pid=sleeper)
+    with pytest.raises(FileExistsError) as e:
+        connection.claim(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"{HERE} (pid {sleeper})" in msg and "'pid'" in msg and path.exists()
+    assert_no_secret(msg, keys)
+    pid = dead_pid()
+    connection.write(path, ENDPOINT, keys, "client", pid=pid)
+    note = connection.claim(path)
+    assert "stale" in note and str(path) in note and f"pid {pid}" in note and not path.exists()
+    assert_no_secret(note, keys)
+
+
+def test_remove_if_ours_leaves_another_clusters_file(tmp_path, keys, sleeper):
+    mine = connection.write(tmp_path / "mine.json", ENDPOINT, keys, "client")
+    theirs = connection.write(tmp_path / "theirs.json", ENDPOINT, keys, "client", pid=sleeper)
+    connection.remove_if_ours(mine)
+    connection.remove_if_ours(theirs)
+    connection.remove_if_ours(tmp_path / "absent.json")
+    assert not mine.exists() and theirs.exists()
+
+
+def test_a_client_fails_at_once_on_a_stale_file(tmp_path, keys):
+    pid = dead_pid()
+    path = connection.write(tmp_path / "cluster.json", ENDPOINT, keys, "client", pid=pid)
+    t = time.monotonic()
+    with pytest.raises(connection.StaleConnectionFileError) as e:
+        dynexec.Executor(connect=path)  # not the 60 s start_timeout
+    assert time.monotonic() - t < 2
+    msg = str(e.value)
+    assert str(path) in msg and f"the cluster at {HERE} (pid {pid}) is gone" in msg and "stale" in msg
+    assert_no_secret(msg, keys)
+    far = connection.write(tmp_path / "far.json", f"tcp://127.0.0.1:{closed_port()}", keys, "client",
+                           host="elsewhere.invalid")
+    t = time.monotonic()
+    with pytest.raises(connection.StaleConnectionFileError, match="did not answer within 2 s"):
+        dynexec.Executor(connect=far)
+    assert time.monotonic() - t < 3
+
+
+def test_a_head_elsewhere_is_alive_if_any_of_its_endpoints_answers(listener):
+    """The head advertises every interface address; the first may be one this host cannot reach."""
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": 1,
+                                  "endpoint": _refused(), "endpoints": [_refused(), listener]}) is True
+    assert connection.head_alive({"host": "elsewhere.invalid", "pid": 1,
+                                  "endpoint": _refused(), "endpoints": [_refused(), _refused()]}) is False
+
+
+def test_wait_for_a_file_that_appears_later(tmp_path, keys, listener):
+    path = tmp_path / "later.json"
+    t = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"later\.json.*waited 0\.3 s"):
+        connection.read_live(path, wait=0.3)
+    assert 0.3 <= time.monotonic() - t < 2
+    with pytest.raises(FileNotFoundError):
+        dynexec.Executor(connect=path)  # wait=0: at once, as before
+    with pytest.raises(ValueError, match="pass connect= too"):
+        dynexec.Executor(max_workers=1, wait=5)
+    # A stale file first, then the live one that replaces it, within `wait`.
+    connection.write(path, ENDPOINT, keys, "client", pid=dead_pid())
+    timer = threading.Timer(0.5, connection.write, (path, listener, keys, "client"))
+    timer.start()
+    try:
+        info = connection.read_live(path, wait=30)
+    finally:
+        timer.join()
+    assert info["endpoint"] == listener and info["pid"] == os.getpid()
+
+
+
+def test_claim_refuses_a_file_it_cannot_read(tmp_path, keys, monkeypatch):
+    path = connection.write(tmp_path / "cluster.json", ENDPOINT, keys, "client", pid=dead_pid())
+
+    def denied(self, *a, **k):  # what another user's 0600 file gives a non-root user
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(connection.Path, "read_text", denied)
+    with pytest.raises(FileExistsError, match="cannot be read"):
+        connection.claim(path)
+    connection.remove_if_ours(path)
+    assert path.exists()  # whose it is cannot be told: it stays

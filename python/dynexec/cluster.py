@@ -14,11 +14,12 @@ permissions), one per role, and prints "dynexec cluster ready: ...":
            mpirun -n K python -m dynexec.server --join SFILE  # K more
 
 Each holds the credentials of its role only: a client cannot register as a compute server (whose results
-other clients unpickle), and a compute server cannot submit jobs.
+other clients unpickle), and a compute server cannot submit jobs. A cluster refuses at once to overwrite
+the files of a live cluster (naming its host and pid) and replaces stale ones (their head gone), saying so.
 
 The cluster runs until a client calls Executor.shutdown_cluster() or mpirun is interrupted (Ctrl-C); then
-every server is told to leave, the archive is closed complete, both files are removed and mpirun
-exits.
+every server is told to leave, the archive is closed complete, both files are removed (those still its
+own) and mpirun exits.
 
 Each compute-server rank runs its server as a child process and exits normally when that child ends, so
 kill -9 of a compute server (the pid shown by Executor.servers()) does not make mpirun abort the other
@@ -194,24 +195,44 @@ class _Head:
                   f"{a.start_timeout:g} s; going on with those", file=sys.stderr, flush=True)
         if self.plugin_names and have:
             _wait_plugins(engine, self.plugin_names, 10.0)
+        try:
+            self.claim_files()  # another cluster may have taken the files while this one waited for servers
+        except FileExistsError as e:
+            print(f"dynexec cluster: {e}", file=sys.stderr, flush=True)
+            self.stop(signals)
+            return 1
         connection.write(self.server_file, self.endpoints, self.keys, "server")
         connection.write(self.connection_file, self.endpoints, self.keys, "client", session=engine.session,
                          archive=str(self.archive) if self.archive else None, policy=a.policy,
                          lease_seconds=a.lease_seconds, mpi_size=n_servers + 1)
         published = self._publish()
-        print(f"dynexec cluster ready: {len(engine.servers())} servers, connection file {self.connection_file}, "
+        n = len(engine.servers())
+        print(f"dynexec cluster ready: {n} server{'' if n == 1 else 's'}, connection file {self.connection_file}, "
               f"server join file {self.server_file}" + (f", published as {a.publish!r}" if published else ""),
               flush=True)
+        if not n:
+            print(f"dynexec cluster: no compute server: jobs wait until one joins with "
+                  f"`python -m dynexec.server --join {self.server_file}`", file=sys.stderr, flush=True)
         try:
             while not signals.event.is_set():
                 if engine.wait_shutdown_request(0.2):
                     break
             return self.stop(signals)
         finally:
-            self.connection_file.unlink(missing_ok=True)
-            self.server_file.unlink(missing_ok=True)
+            self._remove_files()
             if published:
                 self._publish(unpublish=True)
+
+    def claim_files(self) -> None:
+        """Refuses (FileExistsError) to replace the files of a live cluster; says so when replacing stale ones."""
+        for path in (self.connection_file, self.server_file):
+            note = connection.claim(path)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+
+    def _remove_files(self) -> None:
+        for path in (self.connection_file, self.server_file):
+            connection.remove_if_ours(path)  # another cluster's (one that replaced a file we left) stays
 
     def _publish(self, unpublish=False) -> bool:
         """--publish NAME: the endpoint and the head's public key (never a secret) in the MPI name service."""
@@ -236,8 +257,7 @@ class _Head:
         is closed either way. Returns 0, or 1 when jobs were given up.
         """
         engine = self.engine
-        self.connection_file.unlink(missing_ok=True)  # no new client finds a cluster that is going away
-        self.server_file.unlink(missing_ok=True)
+        self._remove_files()  # no new client finds a cluster that is going away
         done = threading.Event()
 
         def graceful():
@@ -334,6 +354,7 @@ def main(argv=None) -> int:
 
     head = _Head(a, comm)
     try:
+        head.claim_files()  # before binding and before waiting for servers: a clash is said at once
         info = head.start(hosts)
     except Exception as e:
         if comm is not None:

@@ -251,6 +251,18 @@ def pick_endpoint(candidates: list[str], timeout: float = 1.0, source="") -> str
     yet is waited for there as before. ConnectionError listing what was tried when none answers."""
     if len(candidates) == 1 or not candidates[0].startswith("tcp://"):
         return candidates[0]
+    first, why = _first_answering(candidates, timeout)
+    if first is not None:
+        return first
+    tried = ", ".join(f"{e} ({why.get(e, 'timed out')})" for e in candidates)
+    raise ConnectionError(f"no endpoint of the dynexec head{' in ' + str(source) if source else ''} accepts a "
+                          f"TCP connection within {timeout:g} s; tried {tried}. From this host, one of them must be "
+                          f"reachable (or start the cluster with --advertise ADDR)")
+
+
+def _first_answering(candidates: list[str], timeout: float) -> tuple[str | None, dict]:
+    """The first TCP endpoint, in list order, that accepts a connection within `timeout` s (all are tried at
+    once), or None; and why each other one did not."""
     why = {}
     threads = [threading.Thread(target=lambda e=e: why.__setitem__(e, _try_tcp(e, timeout)), daemon=True)
                for e in candidates]  # daemons: a host name lookup that hangs is left behind
@@ -259,10 +271,110 @@ def pick_endpoint(candidates: list[str], timeout: float = 1.0, source="") -> str
     deadline = time.monotonic() + timeout + 0.5
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    for e in candidates:
-        if why.get(e) == "":
-            return e
-    tried = ", ".join(f"{e} ({why.get(e, 'timed out')})" for e in candidates)
-    raise ConnectionError(f"no endpoint of the dynexec head{' in ' + str(source) if source else ''} accepts a "
-                          f"TCP connection within {timeout:g} s; tried {tried}. From this host, one of them must be "
-                          f"reachable (or start the cluster with --advertise ADDR)")
+    return next((e for e in candidates if why.get(e) == ""), None), why
+
+
+# -- whose file is it, and does its cluster still run ----------------------------------------------
+class StaleConnectionFileError(ConnectionFileError):
+    """A connection file whose cluster is gone (its head's pid is dead, or its endpoint does not answer)."""
+
+
+def _head_of(path) -> dict | None:
+    """The JSON object in a file (only its host, pid and endpoint are used), or None if it holds none.
+    FileNotFoundError and PermissionError pass: "none there" and "cannot tell" are no "not a connection file"."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def is_ours(info: dict) -> bool:
+    return info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+
+
+def head_alive(info: dict, timeout: float = 1.0) -> bool | None:
+    """Whether the head that wrote a connection file still runs: on this host, whether its pid is alive; on
+    another, whether its endpoint takes a TCP connection within `timeout` s. None: cannot tell (no host or
+    pid, not TCP)."""
+    pid = info.get("pid")
+    if info.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool):
+        return _pid_alive(pid)
+    candidates = info.get("endpoints") or [info.get("endpoint")]
+    candidates = [e for e in candidates if isinstance(e, str) and e.startswith("tcp://")] if isinstance(candidates, list) else []
+    if not candidates:
+        return None
+    return _first_answering(candidates, timeout)[0] is not None
+
+
+def whose(info: dict) -> str:
+    return f"the cluster at {info.get('host', '?')} (pid {info.get('pid', '?')})"
+
+
+def claim(path, timeout: float = 1.0) -> str | None:
+    """Before a cluster writes `path`: raises FileExistsError when a live cluster's file is there (naming
+    that cluster's host and pid); removes a stale one and returns a note saying so; None when there is none
+    (or it is our own)."""
+    try:
+        info = _head_of(path)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise FileExistsError(f"{path} exists and cannot be read (another user's?): refusing to overwrite it; "
+                              f"choose another file") from None
+    if info is not None and is_ours(info):
+        return None
+    if info is not None and head_alive(info, timeout) is True:
+        raise FileExistsError(f"{path} belongs to a running dynexec cluster, {whose(info)} (fields 'host' and "
+                              f"'pid'): refusing to overwrite it; stop that cluster or choose another file")
+    Path(path).unlink(missing_ok=True)  # so that clients meanwhile hear "no file", not of a dead cluster
+    return (f"dynexec cluster: replacing {path}, which is no connection file" if info is None else
+            f"dynexec cluster: replacing the stale {path} of {whose(info)}, which is gone")
+
+
+def remove_if_ours(path) -> None:
+    """Deletes `path` only while it is still this process's file: never another cluster's."""
+    try:
+        info = _head_of(path)
+    except (FileNotFoundError, PermissionError):
+        return
+    if info is not None and is_ours(info):
+        Path(path).unlink(missing_ok=True)
+
+
+def read_live(path, role: str = "client", wait: float = 0.0, probe_timeout: float = 2.0) -> dict:
+    """read(path, role), waiting up to `wait` s for the file to appear and for its head to be alive; a file
+    whose head is gone raises StaleConnectionFileError (at once when wait is 0)."""
+    deadline = time.monotonic() + wait
+    while True:
+        last = time.monotonic() >= deadline
+        try:
+            info = read(path, role)
+        except FileNotFoundError as e:
+            if last:
+                raise FileNotFoundError(f"{e} (waited {wait:g} s)" if wait else str(e)) from None
+            time.sleep(0.1)
+            continue
+        alive = head_alive(info, probe_timeout)
+        if alive is not False:
+            return info
+        if last:
+            here = info.get("host") == socket.gethostname()
+            raise StaleConnectionFileError(
+                f"{path} is stale: {whose(info)} is gone (" + (
+                    f"no process has pid {info['pid']} on this host" if here else
+                    f"its endpoint {info['endpoint']} did not answer within {probe_timeout:g} s") + ")"
+                + (f"; waited {wait:g} s for a new one" if wait else ""))
+        time.sleep(0.1)

@@ -210,6 +210,11 @@ class Executor(_Executor):
         core; False runs them as threads of this process (Python jobs then share the GIL).
     connect: a cluster's connection file (see `python -m dynexec.cluster`): submit to that cluster instead
         of starting servers here; max_workers, policy, archive and the server settings belong to the cluster.
+        A file whose cluster is gone (its head's pid is dead on this host, or on another host its endpoint does
+        not answer a TCP connect within 2 s) fails at once with connection.StaleConnectionFileError (a ValueError)
+        naming its host and pid.
+    wait: with connect=, seconds to wait for the connection file to appear and its head to be alive (a
+        cluster started after this client); default 0: fail at once when it is missing or stale.
     time_limit, retries: defaults for every job's options (see options()): seconds a job may run (None: no
         limit) and how often a job that raises is run again (0).
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
@@ -220,7 +225,7 @@ class Executor(_Executor):
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
-                 seed: int = 0, processes: bool = True, connect=None, start_timeout: float = 60.0,
+                 seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
                  time_limit: float | None = None, retries: int = 0, echo_output: bool = False):
         self._local = None
         self._echo = None
@@ -230,7 +235,7 @@ class Executor(_Executor):
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
-            info = connection.read(connect, role="client")  # checked here: no secret reaches an error
+            info = connection.read_live(connect, "client", wait)  # checked here: no secret reaches an error
             self._archive = Path(info["archive"]) if info.get("archive") else None
             self._session = info.get("session", "")
             self._owner = owner or _default_owner()
@@ -240,6 +245,8 @@ class Executor(_Executor):
             self._start_echo(echo_output)
             self._start_collector()
             return
+        if wait:
+            raise ValueError("wait= is how long connect= waits for a cluster's connection file; pass connect= too")
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif max_workers <= 0:
