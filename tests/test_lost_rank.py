@@ -1,0 +1,111 @@
+"""A cluster started the documented way (`python -m dynexec.launch`) outlives a compute-server rank killed
+with -9, and a stopped cluster fails its unfinished jobs with ShutDownError, not CancelledError.
+
+Real processes on loopback; every process a test starts is killed by PID at teardown, every wait bounded.
+"""
+import json
+import os
+import signal
+import sys
+import time
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+
+import dynexec
+from dynexec import connection
+from test_cluster import MPIRUN, Job, alive, archived, descendants, nap, pytestmark, wait_for  # noqa: F401
+
+
+class Launched(Job):
+    """A cluster from `python -m dynexec.launch -n N --oversubscribe -- ...`."""
+
+    def __init__(self, tmp: Path, n: int, *extra):
+        self.conn = tmp / "cluster.json"
+        self.archive = tmp / "archive"
+        cmd = [sys.executable, "-m", "dynexec.launch", "-n", str(n), "--oversubscribe", "--",
+               "--archive", str(self.archive), "--connection-file", str(self.conn), *extra]
+        super().__init__(cmd, tmp / "cluster.log")
+
+    def wait_ready(self, timeout=60):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the cluster exited with {self.proc.returncode}:\n{self.output()}")
+            return "dynexec cluster ready" in self.output()
+        wait_for(ready, timeout, "the cluster's ready line", interval=0.05)
+        self.info = json.loads(self.conn.read_text())
+        self.note()
+        return self
+
+    def kill(self):  # mpirun has a process group of its own and is no python: kill it by PID too
+        self.note()
+        for pid in self.seen:
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        super().kill()
+
+
+@pytest.fixture
+def launch(tmp_path):
+    jobs = []
+
+    def start(n, *extra):
+        c = Launched(tmp_path, n, *extra)
+        jobs.append(c)
+        return c.wait_ready()
+
+    start.jobs = jobs
+    yield start
+    for j in jobs:
+        j.kill()
+
+
+def parent(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_kill_9_of_a_server_rank_leaves_the_cluster_running_and_a_new_server_takes_work(launch, tmp_path):
+    c = launch(3, "--lease-seconds", "1")
+    with dynexec.Executor(connect=c.conn) as ex:
+        servers = ex.servers()
+        assert len(servers) == 2
+        victim, other = servers
+        rank = parent(victim["pid"])  # the rank's own process, which supervises the server child
+        assert b"dynexec.cluster" in Path(f"/proc/{rank}/cmdline").read_bytes()
+        c.note([victim["pid"], other["pid"]])
+        futures = [ex.submit(nap, i, 0.02) for i in range(200)]
+        wait_for(lambda: sum(f.done() for f in futures) >= 20, 30, "20 jobs done")
+        os.kill(rank, signal.SIGKILL)
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(timeout=60))
+            except (CancelledError, Exception) as e:  # noqa: B014 -- CancelledError is no Exception
+                outcomes.append(repr(e))
+        assert outcomes == list(range(200)), [o for o in outcomes if not isinstance(o, int)][:5]
+        assert c.proc.poll() is None, "the cluster stopped when a server rank was killed:\n" + c.output()
+        wait_for(lambda: victim["id"] not in {s["id"] for s in ex.servers()}, 10, "the lost server to leave")
+        assert not alive(rank) and wait_for(lambda: not alive(victim["pid"]), 10, "its server child to leave")
+        assert [s["id"] for s in ex.servers()] == [other["id"]]  # the head and the other server serve on
+        assert [f.result(timeout=30) for f in [ex.submit(nap, i, 0) for i in range(10)]] == list(range(10))
+        # A new server takes work again.
+        joined = Job([sys.executable, "-m", "dynexec.server", "--join", str(connection.server_file_for(c.conn))],
+                     tmp_path / "join.log")
+        launch.jobs.append(joined)
+        new = wait_for(lambda: [s for s in ex.servers() if s["id"] != other["id"]], 30, "a new server")[0]
+        c.note([new["pid"]])
+        more = [ex.submit(nap, i, 0.02) for i in range(100)]
+        assert [f.result(timeout=60) for f in more] == list(range(100))
+        done = {s["id"]: s["statistics"]["jobs_done"] for s in ex.servers()}
+        assert done[new["id"]] > 0 and done[other["id"]] > 0, done
+        ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()
+    jobs = archived(c.archive, c.info["session"])
+    ids = [f.job_id for f in futures + more]
+    assert len(jobs) == 310 and set(ids) <= set(jobs)  # once each: one record per job id
+    assert {status for status, *_ in jobs.values()} == {"ok"}
+
