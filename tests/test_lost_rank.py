@@ -109,3 +109,19 @@ def test_kill_9_of_a_server_rank_leaves_the_cluster_running_and_a_new_server_tak
     assert len(jobs) == 310 and set(ids) <= set(jobs)  # once each: one record per job id
     assert {status for status, *_ in jobs.values()} == {"ok"}
 
+
+
+def test_ctrl_c_of_the_launcher_fails_unfinished_jobs_as_stopped_not_cancelled(launch):
+    c = launch(3, "--stop-grace", "0.5")
+    with dynexec.Executor(connect=c.conn) as ex:
+        c.note(s["pid"] for s in ex.servers())
+        futures = [ex.submit(nap, i, 60) for i in range(5)]  # 2 running, 3 waiting
+        time.sleep(1.5)  # the first 2 have started
+        os.kill(c.proc.pid, signal.SIGINT)  # what Ctrl-C in the launcher's terminal does
+        for f in futures:
+            with pytest.raises(dynexec.ShutDownError, match=r"the cluster at .* was stopped"):
+                f.result(timeout=30)
+            assert not f.cancelled()
+    c.wait_exit(30)
+    jobs = archived(c.archive, c.info["session"])
+    assert set(jobs) == {f.job_id for f in futures} and {s for s, *_ in jobs.values()} == {"lost"}

@@ -276,10 +276,11 @@ class _Head:
         s = engine.stats()
         print(f"dynexec cluster: stopping with {s['submitted'] - s['delivered']} jobs unfinished",
               file=sys.stderr, flush=True)
-        forced = threading.Thread(target=engine.shutdown, args=(False, True), daemon=True)
-        forced.start()
-        forced.join(5.0)
-        self.abandoned = True  # the graceful thread still waits inside the engine: leave without it
+        # Failed, not cancelled: their clients did not cancel them, the cluster went away. With every job
+        # delivered, the graceful shutdown above ends by itself.
+        engine.fail_pending("ShutDownError", f"the cluster at {self.endpoint} was stopped")
+        if not done.wait(5.0):
+            self.abandoned = True  # the graceful thread still waits inside the engine: leave without it
         return 1
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _core
 from .errors import (ArchiveError, BrokenExecutorError, JobKilledError, JobTimeoutError, RemoteError, ResultDecodeError,
-                     ResultNotFoundError, ServerDiedError, ServerLostError, _decode_error, _RemoteTraceback)
+                     ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, _decode_error, _RemoteTraceback)
 
 
 def default_archive() -> Path:
@@ -103,7 +103,8 @@ class Result:
             cls = _ENGINE_ERRORS[self.error_type]
             return cls(self.message, self.job_id) if cls is ResultDecodeError else cls(self.message)
         if self.status == "lost":
-            kind = {"ServerDiedError": ServerDiedError, "BrokenExecutor": BrokenExecutorError}.get(self.error_type)
+            kind = {"ServerDiedError": ServerDiedError, "BrokenExecutor": BrokenExecutorError,
+                    "ShutDownError": ShutDownError}.get(self.error_type)
             return (kind or ServerLostError)(self.message)
         if self.status in ("killed", "timeout"):
             return (JobTimeoutError if self.status == "timeout" else JobKilledError)(self.message)
