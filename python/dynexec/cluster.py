@@ -2,6 +2,10 @@
 
     mpirun -n N python -m dynexec.cluster --archive DIR --connection-file FILE [--server-file SFILE]
 
+or, so that the cluster outlives a lost server rank (mpirun's fault tolerance on; see dynexec.launch):
+
+    python -m dynexec.launch -n N [mpirun options] -- --archive DIR --connection-file FILE ...
+
 Rank 0 becomes the head: the lookup registry, execution manager, load balancer and results manager,
 listening on a CURVE-secured ZeroMQ endpoint. It hands that endpoint and the compute servers' credentials
 to every other rank through MPI (no host names or ports in any configuration), and each of those ranks
