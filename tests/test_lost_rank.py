@@ -15,7 +15,7 @@ import pytest
 
 import dynexec
 from dynexec import connection
-from test_cluster import MPIRUN, Job, alive, archived, descendants, nap, pytestmark, wait_for  # noqa: F401
+from test_cluster import MPIRUN, Job, alive, archived, nap, pytestmark, wait_for, wait_gone  # noqa: F401
 
 
 class Launched(Job):
@@ -115,6 +115,7 @@ def test_ctrl_c_of_the_launcher_fails_unfinished_jobs_as_stopped_not_cancelled(l
     c = launch(3, "--stop-grace", "0.5")
     with dynexec.Executor(connect=c.conn) as ex:
         c.note(s["pid"] for s in ex.servers())
+        assert len(c.seen) >= 6  # mpirun, its 3 ranks, 2 server children
         futures = [ex.submit(nap, i, 60) for i in range(5)]  # 2 running, 3 waiting
         time.sleep(1.5)  # the first 2 have started
         os.kill(c.proc.pid, signal.SIGINT)  # what Ctrl-C in the launcher's terminal does
@@ -123,5 +124,6 @@ def test_ctrl_c_of_the_launcher_fails_unfinished_jobs_as_stopped_not_cancelled(l
                 f.result(timeout=30)
             assert not f.cancelled()
     c.wait_exit(30)
+    assert wait_gone(c.seen, 10) == []  # mpirun, the head, both ranks and their servers
     jobs = archived(c.archive, c.info["session"])
     assert set(jobs) == {f.job_id for f in futures} and {s for s, *_ in jobs.values()} == {"lost"}
