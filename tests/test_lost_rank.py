@@ -127,3 +127,12 @@ def test_ctrl_c_of_the_launcher_fails_unfinished_jobs_as_stopped_not_cancelled(l
     assert wait_gone(c.seen, 10) == []  # mpirun, the head, both ranks and their servers
     jobs = archived(c.archive, c.info["session"])
     assert set(jobs) == {f.job_id for f in futures} and {s for s, *_ in jobs.values()} == {"lost"}
+
+
+def test_the_launcher_runs_mpirun_with_recovery_and_splits_options_at_the_double_dash():
+    from dynexec.launch import command
+
+    cmd = command(["-n", "4", "--hostfile", "h", "--", "--archive", "a", "--connection-file", "c.json"], "mpirun")
+    assert cmd[:5] == ["mpirun", "--enable-recovery", "--mca", "orte_abort_on_non_zero_status", "0"]
+    assert cmd[5:9] == ["-n", "4", "--hostfile", "h"]
+    assert cmd[9:] == [sys.executable, "-m", "dynexec.cluster", "--archive", "a", "--connection-file", "c.json"]
