@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 
-# Open MPI 4.1: keep the job going when a rank dies; a rank's non-zero exit is no reason to abort the others.
+# Open MPI 4.1: --enable-recovery keeps the job going when a rank dies (kill -9, its node or link lost); the
+# MCA setting keeps it going when a rank exits non-zero too.
 RECOVERY = ["--enable-recovery", "--mca", "orte_abort_on_non_zero_status", "0"]
 
 
@@ -49,11 +50,7 @@ def main(argv=None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
-    while True:
-        try:
-            return proc.wait()
-        except InterruptedError:
-            continue
+    return proc.wait()  # a signal handled above does not interrupt it (PEP 475)
 
 
 if __name__ == "__main__":
