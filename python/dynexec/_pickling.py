@@ -3,9 +3,13 @@
 Callables pickled by value (functions of __main__, lambdas, local functions) are cached too: see
 function_part. The cache keeps a function's pickle only while everything that pickle captured is unchanged.
 """
+import functools
 import io
+import os
 import pickle
+import site
 import sys
+import sysconfig
 import types
 
 import cloudpickle
@@ -21,14 +25,79 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 def dumps(obj) -> bytes:
     """pickle where it is enough (several times faster), cloudpickle where it is not: lambdas, local
-    functions, and whatever refers to __main__, which the other process cannot import."""
+    functions, and whatever refers to __main__ or to a module shipped by value (see ship_local_modules),
+    which the other process cannot import."""
     try:
         out = pickle.dumps(obj, protocol=_PROTOCOL)
-        if b"__main__" not in out:
+        if b"__main__" not in out and not (_shipped and any(name in out for name in _shipped)):
             return out
     except Exception:
         pass
     return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+
+
+# -- the client's own modules, by value ----------------------------------------------------------------------
+def _installed_dirs() -> tuple:
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    dirs.update(p for p in sysconfig.get_paths().values())
+    try:
+        dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    except AttributeError:  # pragma: no cover - a site module without them (some virtualenvs)
+        pass
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+_local: dict = {}  # module name -> whether it is one of the client's own (shipped by value)
+_shipped: set = set()  # names (bytes) of the modules registered by value, for dumps
+
+
+def is_local_module(module) -> bool:
+    """Whether `module` is one of the client's own: a .py file outside the standard library and the installed
+    packages (under sys.prefix/base_prefix, site-packages, dist-packages), e.g. beside the script or in a
+    directory the user put on sys.path. __main__ is not: cloudpickle ships it by value anyway."""
+    name = getattr(module, "__name__", None)
+    path = getattr(module, "__file__", None)
+    if not isinstance(name, str) or name == "__main__" or name.partition(".")[0] == "dynexec":
+        return False
+    if not isinstance(path, str) or not path.endswith(".py"):  # built in, frozen, compiled, namespace package
+        return False
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_installed_dirs())
+
+
+_installed_dirs = functools.lru_cache(maxsize=1)(_installed_dirs)
+
+
+def ship_local_modules(objs) -> None:
+    """Registers with cloudpickle, by value, the client's own modules (is_local_module) that `objs` come from:
+    a function or class from its module, another object from its class's. Compute servers can import only
+    installed packages (their PYTHONPATH is not the client's), so a job's callable or argument from a module
+    beside the script would fail there with ModuleNotFoundError. Each module is looked at once (_local)."""
+    for obj in objs:
+        if isinstance(obj, functools.partial):
+            ship_local_modules((obj.func, *obj.args, *obj.keywords.values()))
+            continue
+        t = type(obj)
+        if t is types.ModuleType:
+            name = obj.__name__
+        elif t is types.FunctionType or isinstance(obj, type):
+            name = obj.__module__
+        elif t is types.MethodType:
+            ship_local_modules((obj.__func__, obj.__self__))
+            continue
+        else:
+            name = t.__module__
+        local = _local.get(name)
+        if local is None:
+            if len(_local) >= 4096:
+                _local.clear()
+            local = _local[name] = is_local_module(sys.modules.get(name)) if isinstance(name, str) else False
+            if local:
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+                _shipped.add(name.encode())
 
 
 # -- by-value functions -----------------------------------------------------------------------------------
@@ -156,6 +225,8 @@ def capture(fn) -> _Captured:
 
     def classify(v, kind, where, key):
         nonlocal modules
+        if type(v) is types.ModuleType or type(v) is types.FunctionType or isinstance(v, type):
+            ship_local_modules((v,))  # before _by_value: a function of such a module goes by value
         if _by_value(v):
             todo.append(v)
         elif not (v is _MISSING or _unchanging(v)):

@@ -18,7 +18,7 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from ._pickling import dumps, function_part
+from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from .results import Result, default_archive
@@ -50,11 +50,12 @@ def _function_blob(fn):
         return dumps(fn)
     if blob is not None:
         return blob
+    ship_local_modules((fn,))  # before function_part: a function of the client's own modules goes by value
     part = function_part(fn)
     if part is not None:
         return part
     # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
-    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) and not _by_value(fn):
         try:
             blob = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
@@ -81,6 +82,9 @@ def job_payload(fn, args, kwargs) -> bytes:
 def _payload(blob, args, kwargs) -> bytes:
     # The arguments are pickled apart from the callable's blob: a by-value blob holds the text "__main__",
     # which would send every payload through cloudpickle (dumps looks for it).
+    ship_local_modules(args)
+    if kwargs:
+        ship_local_modules(kwargs.values())
     return pickle.dumps((blob, dumps((args, kwargs))), protocol=pickle.HIGHEST_PROTOCOL)
 
 

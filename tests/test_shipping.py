@@ -1,0 +1,102 @@
+"""The client's own modules (beside the script, on a sys.path entry of its own) reach compute servers by
+value; a module a server cannot import fails the job with a message naming the module and the server."""
+import importlib
+import json
+import math
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dynexec
+from dynexec import _pickling, _runner
+from dynexec.executor import job_payload
+
+PHYSICS = '''
+import math
+G = 2.0
+class Particle:
+    def __init__(self, m):
+        self.m = m
+def _square(x):
+    return x * x
+def energy(x):
+    return G * _square(x)
+def mass(p):
+    return p.m * G
+def uses_extra(x):
+    import {extra}  # on the client only: an import in a job's body is the server's to make
+    return x
+'''
+
+
+def _write(d, name, text):
+    (d / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+@pytest.fixture
+def physics(tmp_path, monkeypatch):
+    """A helper module only this process can import (a directory of its own on sys.path), named per test."""
+    name = f"physics_{tmp_path.name.replace('-', '_')}"
+    extra = f"{name}_extra"
+    _write(tmp_path, name, PHYSICS.format(extra=extra))
+    _write(tmp_path, extra, "X = 1\n")
+    pkg = tmp_path / f"{name}_pkg"
+    pkg.mkdir()
+    _write(pkg, "__init__", "")
+    _write(pkg, "sub", "def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module(name)
+    for m in [m for m in sys.modules if m.startswith(name)]:
+        del sys.modules[m]
+
+
+# -- (a) which modules go by value --------------------------------------------------------------------------
+def test_modules_of_the_clients_own_directories_are_local_installed_and_standard_ones_are_not(physics):
+    sub = importlib.import_module(f"{physics.__name__}_pkg.sub")
+    assert _pickling.is_local_module(physics)
+    assert _pickling.is_local_module(sub) and _pickling.is_local_module(sys.modules[f"{physics.__name__}_pkg"])
+    for installed in (math, json, pickle, socket, np, pytest, _pickling.cloudpickle, dynexec, _pickling,
+                      sys.modules["__main__"], None):
+        assert not _pickling.is_local_module(installed), installed
+
+
+def test_a_job_from_a_local_module_unpickles_where_that_module_cannot_be_imported(physics, tmp_path):
+    sub = importlib.import_module(f"{physics.__name__}_pkg.sub")
+    jobs = [job_payload(physics.energy, (3,), {}), job_payload(physics.mass, (physics.Particle(5),), {}),
+            job_payload(sub.triple, (4,), {}), job_payload(len, ([physics.Particle(1)] * 2,), {})]
+    from dynexec.executor import _function_blobs
+    assert physics.energy not in _function_blobs  # that cache is for functions pickled by reference
+    (tmp_path / "jobs.pickle").write_bytes(pickle.dumps(jobs))
+    code = ("import pickle, sys; from dynexec import _runner\n"
+            f"print([_runner.run(p)[:2] for p in pickle.loads(open({str(tmp_path / 'jobs.pickle')!r}, 'rb').read())])")
+    # Run from / with the test's PYTHONPATH only: the tmp directory is not on that interpreter's sys.path.
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str([("value", 18.0), ("value", 10.0), ("value", 12), ("value", 2)])
+
+
+def test_a_function_of_an_installed_module_stays_by_reference_and_cached():
+    from dynexec.executor import _function_blob, _function_blobs
+    blob = _function_blob(json.dumps)
+    assert isinstance(blob, bytes) and _function_blobs[json.dumps] is blob and b"dumps" in blob
+    assert _pickling._local.get("json") is False
+
+
+# -- (c) a module a server cannot import --------------------------------------------------------------------
+def test_a_job_that_cannot_be_unpickled_for_a_missing_module_says_so_naming_the_server(tmp_path, monkeypatch):
+    _write(tmp_path, "dx_only_here", "class C:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("dx_only_here")
+    payload = pickle.dumps((pickle.dumps(len), pickle.dumps(((mod.C(),), {}))))  # by reference, as installed
+    del sys.modules["dx_only_here"]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    kind, type_name, message, tb, exc = _runner.run(payload)
+    assert (kind, type_name) == ("error", "ModuleNotFoundError")
+    assert f"compute server {socket.gethostname()} (pid " in message and "'dx_only_here'" in message
+    assert "cannot be unpickled" in message and "installed package" in message and "pip install" in message
+    assert pickle.loads(exc).name == "dx_only_here"
