@@ -15,6 +15,7 @@ import pytest
 import dynexec
 from dynexec import _pickling, _runner
 from dynexec.executor import job_payload
+from test_cluster import start  # noqa: F401 (the fixture)
 
 PHYSICS = '''
 import math
@@ -40,16 +41,19 @@ def _write(d, name, text):
 
 @pytest.fixture
 def physics(tmp_path, monkeypatch):
-    """A helper module only this process can import (a directory of its own on sys.path), named per test."""
+    """A helper module only this process can import (a directory of its own on sys.path, not the cwd of the
+    servers the tests start), named per test."""
     name = f"physics_{tmp_path.name.replace('-', '_')}"
     extra = f"{name}_extra"
-    _write(tmp_path, name, PHYSICS.format(extra=extra))
-    _write(tmp_path, extra, "X = 1\n")
-    pkg = tmp_path / f"{name}_pkg"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _write(mine, name, PHYSICS.format(extra=extra))
+    _write(mine, extra, "X = 1\n")
+    pkg = mine / f"{name}_pkg"
     pkg.mkdir()
     _write(pkg, "__init__", "")
     _write(pkg, "sub", "def triple(x):\n    return 3 * x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(mine))
     yield importlib.import_module(name)
     for m in [m for m in sys.modules if m.startswith(name)]:
         del sys.modules[m]
@@ -100,3 +104,27 @@ def test_a_job_that_cannot_be_unpickled_for_a_missing_module_says_so_naming_the_
     assert f"compute server {socket.gethostname()} (pid " in message and "'dx_only_here'" in message
     assert "cannot be unpickled" in message and "installed package" in message and "pip install" in message
     assert pickle.loads(exc).name == "dx_only_here"
+
+
+# -- (b), (c) on a real cluster: its servers' PYTHONPATH does not have the tmp directory -------------------
+@pytest.mark.timeout(120)
+def test_on_an_mpirun_cluster_a_local_modules_function_runs_and_a_missing_import_names_the_server(start, physics):
+    pytest.importorskip("mpi4py")
+    c = start.cluster(3)
+    sub = importlib.import_module(f"{physics.__name__}_pkg.sub")
+    with dynexec.Executor(connect=c.conn) as ex:
+        servers = ex.servers()
+        c.note(s["pid"] for s in servers)
+        futures = [ex.submit(physics.energy, i) for i in range(20)]
+        assert [f.result(timeout=60) for f in futures] == [2.0 * i * i for i in range(20)]
+        assert ex.submit(physics.mass, physics.Particle(4)).result(timeout=60) == 8.0
+        assert list(ex.map(sub.triple, range(5), timeout=60)) == [0, 3, 6, 9, 12]
+        assert ex.submit(lambda x: physics.energy(x) + 1, 3).result(timeout=60) == 19.0  # via __main__-like code
+        f = ex.submit(physics.uses_extra, 1)
+        with pytest.raises(ModuleNotFoundError) as info:
+            f.result(timeout=60)
+        message = str(info.value)
+        assert f"'{physics.__name__}_extra'" in message and "installed" in message and "pip install" in message
+        assert any(f"compute server {s['host']} (pid {s['pid']})" in message for s in servers), (message, servers)
+        ex.shutdown_cluster()
+    assert c.wait_exit(30) == 0, c.output()
