@@ -71,8 +71,8 @@ def test_modules_of_the_clients_own_directories_are_local_installed_and_standard
 
 def test_a_job_from_a_local_module_unpickles_where_that_module_cannot_be_imported(physics, tmp_path):
     sub = importlib.import_module(f"{physics.__name__}_pkg.sub")
-    jobs = [job_payload(physics.energy, (3,), {}), job_payload(physics.mass, (physics.Particle(5),), {}),
-            job_payload(sub.triple, (4,), {}), job_payload(len, ([physics.Particle(1)] * 2,), {})]
+    calls = [(physics.energy, 3), (physics.mass, physics.Particle(5)), (sub.triple, 4), (len, [physics.Particle(1)] * 2)]
+    jobs = [job_payload(fn, (x,), {}, ship=True) for fn, x in calls]
     from dynexec.executor import _function_blobs
     assert physics.energy not in _function_blobs  # that cache is for functions pickled by reference
     (tmp_path / "jobs.pickle").write_bytes(pickle.dumps(jobs))
@@ -84,9 +84,15 @@ def test_a_job_from_a_local_module_unpickles_where_that_module_cannot_be_importe
     assert p.stdout.strip() == str([("value", 18.0), ("value", 10.0), ("value", 12), ("value", 2)])
 
 
+def test_a_local_executor_ships_nothing_by_value(physics):
+    from dynexec.executor import _function_blob, _function_blobs
+    blob = _function_blob(physics.energy)  # local servers import it: they have the client's sys.path
+    assert _function_blobs[physics.energy] is blob and physics.__name__ not in _pickling._local
+
+
 def test_a_function_of_an_installed_module_stays_by_reference_and_cached():
     from dynexec.executor import _function_blob, _function_blobs
-    blob = _function_blob(json.dumps)
+    blob = _function_blob(json.dumps, ship=True)
     assert isinstance(blob, bytes) and _function_blobs[json.dumps] is blob and b"dumps" in blob
     assert _pickling._local.get("json") is False
 

@@ -32,8 +32,13 @@ def dumps(obj) -> bytes:
         if b"__main__" not in out and not (_shipped and any(name in out for name in _shipped)):
             return out
     except Exception:
-        pass
-    return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+        out = None
+    try:
+        return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:
+        if out is None or b"__main__" in out:
+            raise
+        return out  # by value it cannot be (a lock, say): by reference, for servers that import it
 
 
 # -- the client's own modules, by value ----------------------------------------------------------------------
@@ -49,6 +54,7 @@ def _installed_dirs() -> tuple:
 
 _local: dict = {}  # module name -> whether it is one of the client's own (shipped by value)
 _shipped: set = set()  # names (bytes) of the modules registered by value, for dumps
+_plain: set = set()  # types of arguments that are no module, function nor class, from modules not local
 
 
 def is_local_module(module) -> bool:
@@ -71,16 +77,23 @@ def is_local_module(module) -> bool:
 _installed_dirs = functools.lru_cache(maxsize=1)(_installed_dirs)
 
 
+caches: list = []  # pickles cached by callable, made stale by a module newly shipped by value
+
+
 def ship_local_modules(objs) -> None:
     """Registers with cloudpickle, by value, the client's own modules (is_local_module) that `objs` come from:
-    a function or class from its module, another object from its class's. Compute servers can import only
-    installed packages (their PYTHONPATH is not the client's), so a job's callable or argument from a module
-    beside the script would fail there with ModuleNotFoundError. Each module is looked at once (_local)."""
+    a function or class from its module, another object from its class's. A cluster's compute servers import
+    only installed packages (their PYTHONPATH is not the client's), so a job's callable or argument from a
+    module beside the script would fail there with ModuleNotFoundError. Each module is looked at once (_local).
+    Executors connected to a cluster call it; local servers get the client's sys.path and import them."""
     for obj in objs:
+        t = type(obj)
+        if t in _plain:
+            continue
         if isinstance(obj, functools.partial):
             ship_local_modules((obj.func, *obj.args, *obj.keywords.values()))
             continue
-        t = type(obj)
+        plain = False
         if t is types.ModuleType:
             name = obj.__name__
         elif t is types.FunctionType or isinstance(obj, type):
@@ -89,7 +102,7 @@ def ship_local_modules(objs) -> None:
             ship_local_modules((obj.__func__, obj.__self__))
             continue
         else:
-            name = t.__module__
+            name, plain = t.__module__, True
         local = _local.get(name)
         if local is None:
             if len(_local) >= 4096:
@@ -98,6 +111,10 @@ def ship_local_modules(objs) -> None:
             if local:
                 cloudpickle.register_pickle_by_value(sys.modules[name])
                 _shipped.add(name.encode())
+                for cache in caches:
+                    cache.clear()
+        if plain and not local and len(_plain) < 4096:
+            _plain.add(t)
 
 
 # -- by-value functions -----------------------------------------------------------------------------------
@@ -157,7 +174,7 @@ def _by_value(v) -> bool:
 
 class _Captured:
     """What one by-value function captured, and how to tell whether it still holds."""
-    __slots__ = ("template", "nodes", "same", "cells", "slots", "shared", "modules")
+    __slots__ = ("template", "nodes", "same", "cells", "slots", "shared", "modules", "shipped")
 
     def fresh(self):
         """The values of the mutable slots as they are now, or None if the template no longer holds."""
@@ -215,7 +232,7 @@ class _TemplatePickler(cloudpickle.CloudPickler):
         return None
 
 
-def capture(fn) -> _Captured:
+def capture(fn, ship=False) -> _Captured:
     """Splits a by-value function into its template and how to read its state; Uncachable if it cannot be."""
     nodes, seen = [], set()
     same, cells, places = [], [], []  # places: (id of the mutable object, kind, where, key)
@@ -225,7 +242,7 @@ def capture(fn) -> _Captured:
 
     def classify(v, kind, where, key):
         nonlocal modules
-        if type(v) is types.ModuleType or type(v) is types.FunctionType or isinstance(v, type):
+        if ship and (type(v) is types.ModuleType or type(v) is types.FunctionType or isinstance(v, type)):
             ship_local_modules((v,))  # before _by_value: a function of such a module goes by value
         if _by_value(v):
             todo.append(v)
@@ -267,7 +284,7 @@ def capture(fn) -> _Captured:
     pickler = _TemplatePickler(buf, slot_objects)
     pickler.dump((fn, [n[0] for n in nodes]))
     c = _Captured()
-    c.template = buf.getvalue()
+    c.template, c.shipped = buf.getvalue(), ship
     c.nodes, c.same, c.cells = nodes, same, cells
     c.modules = len(sys.modules) if modules else -1
     # State: one reader per slot number (the first place it was found); other places of the same object are
@@ -286,18 +303,19 @@ def capture(fn) -> _Captured:
 
 
 _captured: dict = {}  # function -> _Captured (holds the function and every unchanging value it captured)
+caches.append(_captured)
 
 
-def function_part(fn):
+def function_part(fn, ship=False):
     """What a job's payload carries for a by-value function: (template, pickled state), or None if `fn` is not
-    a by-value function or cannot be split (pickle it whole then)."""
+    a by-value function or cannot be split (pickle it whole then). ship: see ship_local_modules."""
     c = _captured.get(fn)
-    state = None if c is None else c.fresh()
+    state = None if c is None or (ship and not c.shipped) else c.fresh()
     if state is None:
         if not _by_value(fn):
             return None
         try:
-            c = capture(fn)
+            c = capture(fn, ship)
         except Uncachable:
             return None
         state = c.fresh()
