@@ -15,6 +15,7 @@ import pytest
 import dynexec
 from dynexec import _pickling, _runner
 from dynexec.executor import job_payload
+from hosts import hosts  # noqa: F401 (the fixture)
 from test_cluster import start  # noqa: F401 (the fixture)
 
 PHYSICS = '''
@@ -134,3 +135,36 @@ def test_on_an_mpirun_cluster_a_local_modules_function_runs_and_a_missing_import
         assert any(f"compute server {s['host']} (pid {s['pid']})" in message for s in servers), (message, servers)
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
+
+
+CLIENT = """
+import json, socket, sys
+import dynexec
+import physics  # beside this script: sys.path[0] here, on no server's path
+
+with dynexec.Executor(connect=sys.argv[1]) as ex:
+    futures = [ex.submit(physics.where, i) for i in range(20)]
+    out = [f.result(timeout=60) for f in futures]
+    ex.shutdown_cluster()
+print(json.dumps({"me": socket.gethostname(), "out": out}))
+"""
+
+
+def test_a_script_s_helper_module_reaches_servers_on_other_hosts(hosts, tmp_path):
+    from test_hosts import HostsCluster
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _write(mine, "physics", "import socket\ndef where(i):\n    return [i * i, socket.gethostname()]\n")
+    (mine / "client.py").write_text(CLIENT)
+    c = HostsCluster(tmp_path, hosts)
+    try:
+        c.wait_ready(60)
+        p = subprocess.run(hosts.cmd(2, [sys.executable, str(mine / "client.py"), str(c.conn)]),
+                           capture_output=True, text=True, timeout=90, cwd="/")
+        assert p.returncode == 0, p.stderr + "\n" + c.output()
+        out = json.loads(p.stdout)
+        assert [sq for sq, _ in out["out"]] == [i * i for i in range(20)]
+        assert {host for _, host in out["out"]} <= set(hosts.names[1:])
+        assert c.wait_exit(30) == 0, c.output()
+    finally:
+        c.kill()
