@@ -113,6 +113,23 @@ def test_a_job_that_cannot_be_unpickled_for_a_missing_module_says_so_naming_the_
     assert pickle.loads(exc).name == "dx_only_here"
 
 
+def _raises_import_error():
+    raise ImportError("a job's own ImportError")
+
+
+def _imports_nothing_anywhere():
+    import dx_nowhere_at_all  # noqa: F401
+
+
+def test_an_import_error_of_the_job_itself_is_left_as_it_is_a_missing_import_names_the_server():
+    kind, type_name, message, *_ = _runner.run(job_payload(_raises_import_error, (), {}))
+    assert (kind, type_name, message) == ("error", "ImportError", "a job's own ImportError")
+    kind, type_name, message, *_ = _runner.run(job_payload(_imports_nothing_anywhere, (), {}))
+    assert (kind, type_name) == ("error", "ModuleNotFoundError")
+    assert f"module 'dx_nowhere_at_all' cannot be imported on compute server {socket.gethostname()} (pid " in message
+    assert "where the job imports it" in message and "pip install" in message
+
+
 # -- (b), (c) on a real cluster: its servers' PYTHONPATH does not have the tmp directory -------------------
 @pytest.mark.timeout(120)
 def test_on_an_mpirun_cluster_a_local_modules_function_runs_and_a_missing_import_names_the_server(start, physics):

@@ -42,6 +42,7 @@ def dumps(obj) -> bytes:
 
 
 # -- the client's own modules, by value ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _installed_dirs() -> tuple:
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     dirs.update(p for p in sysconfig.get_paths().values())
@@ -72,9 +73,6 @@ def is_local_module(module) -> bool:
     if "site-packages" in parts or "dist-packages" in parts:
         return False
     return not path.startswith(_installed_dirs())
-
-
-_installed_dirs = functools.lru_cache(maxsize=1)(_installed_dirs)
 
 
 caches: list = []  # pickles cached by callable, made stale by a module newly shipped by value

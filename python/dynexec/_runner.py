@@ -36,7 +36,8 @@ _LOADERS = frozenset((__file__, pickle.__file__, cloudpickle.cloudpickle.__file_
 
 
 def _import_error(exc: ImportError) -> ImportError:
-    """`exc` (of the same type) saying which module this compute server cannot import, naming the server."""
+    """`exc` (of the same type) saying which module this compute server cannot import, naming the server; `exc`
+    itself for an ImportError the job's own code raised that is no missing module."""
     name = exc.name or "?"
     where = f"compute server {socket.gethostname()} (pid {os.getpid()})"
     frames = []
@@ -44,14 +45,16 @@ def _import_error(exc: ImportError) -> ImportError:
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    if all(f in _LOADERS or f.startswith("<frozen") for f in frames):
+    if not all(f in _LOADERS or f.startswith("<frozen") for f in frames):  # raised while the job ran
+        if not isinstance(exc, ModuleNotFoundError):
+            return exc
+        text = (f"module {name!r} cannot be imported on {where}, where the job imports it ({exc}). It is not "
+                f"installed there: install it on every host (pip install it there)")
+    else:
         text = (f"module {name!r} cannot be imported on {where}, so the job cannot be unpickled there ({exc}). It "
                 f"is not installed there, and was not shipped with the job because on the client it is an "
                 f"installed package (only modules from the client's own directories are shipped by value): "
                 f"install it on every host (pip install it there)")
-    else:
-        text = (f"module {name!r} cannot be imported on {where}, where the job imports it ({exc}). It is not "
-                f"installed there: install it on every host (pip install it there)")
     try:
         new = type(exc)(text, name=exc.name, path=exc.path)
     except Exception:  # a subclass with a constructor of its own
