@@ -143,6 +143,7 @@ def test_on_an_mpirun_cluster_a_local_modules_function_runs_and_a_missing_import
         assert [f.result(timeout=60) for f in futures] == [2.0 * i * i for i in range(20)]
         assert ex.submit(physics.mass, physics.Particle(4)).result(timeout=60) == 8.0
         assert list(ex.map(sub.triple, range(5), timeout=60)) == [0, 3, 6, 9, 12]
+        assert list(ex.map(sub.triple, range(5), timeout=60, chunksize=2)) == [0, 3, 6, 9, 12]
         assert ex.submit(lambda x: physics.energy(x) + 1, 3).result(timeout=60) == 19.0  # via __main__-like code
         f = ex.submit(physics.uses_extra, 1)
         with pytest.raises(ModuleNotFoundError) as info:
