@@ -72,7 +72,8 @@ def test_modules_of_the_clients_own_directories_are_local_installed_and_standard
 
 def test_a_job_from_a_local_module_unpickles_where_that_module_cannot_be_imported(physics, tmp_path):
     sub = importlib.import_module(f"{physics.__name__}_pkg.sub")
-    calls = [(physics.energy, 3), (physics.mass, physics.Particle(5)), (sub.triple, 4), (len, [physics.Particle(1)] * 2)]
+    calls = [(physics.energy, 3), (physics.mass, physics.Particle(5)), (sub.triple, 4),
+             (len, [physics.Particle(1)] * 2)]  # the last: an instance of a shipped module's class, nested
     jobs = [job_payload(fn, (x,), {}, ship=True) for fn, x in calls]
     from dynexec.executor import _function_blobs
     assert physics.energy not in _function_blobs  # that cache is for functions pickled by reference
