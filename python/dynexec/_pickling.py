@@ -3,9 +3,13 @@
 Callables pickled by value (functions of __main__, lambdas, local functions) are cached too: see
 function_part. The cache keeps a function's pickle only while everything that pickle captured is unchanged.
 """
+import functools
 import io
+import os
 import pickle
+import site
 import sys
+import sysconfig
 import types
 
 import cloudpickle
@@ -21,14 +25,94 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 def dumps(obj) -> bytes:
     """pickle where it is enough (several times faster), cloudpickle where it is not: lambdas, local
-    functions, and whatever refers to __main__, which the other process cannot import."""
+    functions, and whatever refers to __main__ or to a module shipped by value (see ship_local_modules),
+    which the other process cannot import."""
     try:
         out = pickle.dumps(obj, protocol=_PROTOCOL)
-        if b"__main__" not in out:
+        if b"__main__" not in out and not (_shipped and any(name in out for name in _shipped)):
             return out
     except Exception:
+        out = None
+    try:
+        return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+    except Exception:
+        if out is None or b"__main__" in out:
+            raise
+        return out  # by value it cannot be (a lock, say): by reference, for servers that import it
+
+
+# -- the client's own modules, by value ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _installed_dirs() -> tuple:
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    dirs.update(p for p in sysconfig.get_paths().values())
+    try:
+        dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    except AttributeError:  # pragma: no cover - a site module without them (some virtualenvs)
         pass
-    return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+_local: dict = {}  # module name -> whether it is one of the client's own (shipped by value)
+_shipped: set = set()  # names (bytes) of the modules registered by value, for dumps
+_plain: set = set()  # types of arguments that are no module, function nor class, from modules not local
+
+
+def is_local_module(module) -> bool:
+    """Whether `module` is one of the client's own: a .py file outside the standard library and the installed
+    packages (under sys.prefix/base_prefix, site-packages, dist-packages), e.g. beside the script or in a
+    directory the user put on sys.path. __main__ is not: cloudpickle ships it by value anyway."""
+    name = getattr(module, "__name__", None)
+    path = getattr(module, "__file__", None)
+    if not isinstance(name, str) or name == "__main__" or name.partition(".")[0] == "dynexec":
+        return False
+    if not isinstance(path, str) or not path.endswith(".py"):  # built in, frozen, compiled, namespace package
+        return False
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_installed_dirs())
+
+
+caches: list = []  # pickles cached by callable, made stale by a module newly shipped by value
+
+
+def ship_local_modules(objs) -> None:
+    """Registers with cloudpickle, by value, the client's own modules (is_local_module) that `objs` come from:
+    a function or class from its module, another object from its class's. A cluster's compute servers import
+    only installed packages (their PYTHONPATH is not the client's), so a job's callable or argument from a
+    module beside the script would fail there with ModuleNotFoundError. Each module is looked at once (_local).
+    Executors connected to a cluster call it; local servers get the client's sys.path and import them."""
+    for obj in objs:
+        t = type(obj)
+        if t in _plain:
+            continue
+        if isinstance(obj, functools.partial):
+            ship_local_modules((obj.func, *obj.args, *obj.keywords.values()))
+            continue
+        plain = False
+        if t is types.ModuleType:
+            name = obj.__name__
+        elif t is types.FunctionType or isinstance(obj, type):
+            name = obj.__module__
+        elif t is types.MethodType:
+            ship_local_modules((obj.__func__, obj.__self__))
+            continue
+        else:
+            name, plain = t.__module__, True
+        local = _local.get(name)
+        if local is None:
+            if len(_local) >= 4096:
+                _local.clear()
+            local = _local[name] = is_local_module(sys.modules.get(name)) if isinstance(name, str) else False
+            if local:
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+                _shipped.add(name.encode())
+                for cache in caches:
+                    cache.clear()
+        if plain and not local and len(_plain) < 4096:
+            _plain.add(t)
 
 
 # -- by-value functions -----------------------------------------------------------------------------------
@@ -88,7 +172,7 @@ def _by_value(v) -> bool:
 
 class _Captured:
     """What one by-value function captured, and how to tell whether it still holds."""
-    __slots__ = ("template", "nodes", "same", "cells", "slots", "shared", "modules")
+    __slots__ = ("template", "nodes", "same", "cells", "slots", "shared", "modules", "shipped")
 
     def fresh(self):
         """The values of the mutable slots as they are now, or None if the template no longer holds."""
@@ -146,7 +230,7 @@ class _TemplatePickler(cloudpickle.CloudPickler):
         return None
 
 
-def capture(fn) -> _Captured:
+def capture(fn, ship=False) -> _Captured:
     """Splits a by-value function into its template and how to read its state; Uncachable if it cannot be."""
     nodes, seen = [], set()
     same, cells, places = [], [], []  # places: (id of the mutable object, kind, where, key)
@@ -156,6 +240,8 @@ def capture(fn) -> _Captured:
 
     def classify(v, kind, where, key):
         nonlocal modules
+        if ship and (type(v) is types.ModuleType or type(v) is types.FunctionType or isinstance(v, type)):
+            ship_local_modules((v,))  # before _by_value: a function of such a module goes by value
         if _by_value(v):
             todo.append(v)
         elif not (v is _MISSING or _unchanging(v)):
@@ -196,7 +282,7 @@ def capture(fn) -> _Captured:
     pickler = _TemplatePickler(buf, slot_objects)
     pickler.dump((fn, [n[0] for n in nodes]))
     c = _Captured()
-    c.template = buf.getvalue()
+    c.template, c.shipped = buf.getvalue(), ship
     c.nodes, c.same, c.cells = nodes, same, cells
     c.modules = len(sys.modules) if modules else -1
     # State: one reader per slot number (the first place it was found); other places of the same object are
@@ -215,18 +301,19 @@ def capture(fn) -> _Captured:
 
 
 _captured: dict = {}  # function -> _Captured (holds the function and every unchanging value it captured)
+caches.append(_captured)
 
 
-def function_part(fn):
+def function_part(fn, ship=False):
     """What a job's payload carries for a by-value function: (template, pickled state), or None if `fn` is not
-    a by-value function or cannot be split (pickle it whole then)."""
+    a by-value function or cannot be split (pickle it whole then). ship: see ship_local_modules."""
     c = _captured.get(fn)
-    state = None if c is None else c.fresh()
+    state = None if c is None or (ship and not c.shipped) else c.fresh()
     if state is None:
         if not _by_value(fn):
             return None
         try:
-            c = capture(fn)
+            c = capture(fn, ship)
         except Uncachable:
             return None
         state = c.fresh()

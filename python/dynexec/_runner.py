@@ -1,6 +1,8 @@
 """Runs one pickled Python job inside a compute server. Called from C++ with the GIL held."""
 import io
+import os
 import pickle
+import socket
 import sys
 import traceback
 
@@ -25,6 +27,39 @@ def _error(exc, message=None):
         payload = b""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return ("error", type_name(type(exc)), message or str(exc), tb, payload)
+
+
+# Files whose frames load a job (unpickle it) rather than run it: an ImportError with only these in its
+# traceback is the job's pickle naming a module this server lacks.
+_LOADERS = frozenset((__file__, pickle.__file__, cloudpickle.cloudpickle.__file__,
+                      sys.modules[Instance.__module__].__file__))
+
+
+def _import_error(exc: ImportError) -> ImportError:
+    """`exc` (of the same type) saying which module this compute server cannot import, naming the server; `exc`
+    itself for an ImportError the job's own code raised that is no missing module."""
+    name = exc.name or "?"
+    where = f"compute server {socket.gethostname()} (pid {os.getpid()})"
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    if not all(f in _LOADERS or f.startswith("<frozen") for f in frames):  # raised while the job ran
+        if not isinstance(exc, ModuleNotFoundError):
+            return exc
+        text = (f"module {name!r} cannot be imported on {where}, where the job imports it ({exc}). It is not "
+                f"installed there: install it on every host (pip install it there)")
+    else:
+        text = (f"module {name!r} cannot be imported on {where}, so the job cannot be unpickled there ({exc}). It "
+                f"is not installed there, and was not shipped with the job because on the client it is an "
+                f"installed package (only modules from the client's own directories are shipped by value): "
+                f"install it on every host (pip install it there)")
+    try:
+        new = type(exc)(text, name=exc.name, path=exc.path)
+    except Exception:  # a subclass with a constructor of its own
+        new = ImportError(text, name=exc.name, path=exc.path)
+    return new.with_traceback(exc.__traceback__)
 
 
 _functions: dict[bytes, object] = {}  # pickled callable -> callable: each is unpickled once per server
@@ -190,6 +225,8 @@ def run(payload):
         else:
             fn = _function(blob)
             value = fn(*args, **kwargs)
+    except ImportError as exc:
+        return _error(_import_error(exc))
     except BaseException as exc:  # the job's failure is its result, whatever it raised
         return _error(exc)
     if isinstance(value, np.ndarray) and f"{value.dtype.kind}{value.dtype.itemsize}" in _NATIVE_DTYPES and value.ndim > 0:

@@ -18,7 +18,8 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from ._pickling import dumps, function_part
+from . import _pickling
+from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from .results import Result, default_archive
@@ -37,24 +38,28 @@ def _default_owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-_function_blobs: dict = {}  # callable -> its pickle, for those pickled by reference only (never stale)
+_function_blobs: dict = {}  # callable -> its pickle, for those pickled by reference only
+_pickling.caches.append(_function_blobs)  # stale once the callable's module is shipped by value
 
 
-def _function_blob(fn):
+def _function_blob(fn, ship=False):
     """The callable's part of a job payload: its pickle (bytes), or for a function pickled by value (of
     __main__, a lambda, a local function) (template, state) from _pickling.function_part: the template is
-    cached while what it captured is unchanged, the mutable values it captured are pickled afresh."""
+    cached while what it captured is unchanged, the mutable values it captured are pickled afresh.
+    ship: for a cluster's servers, which cannot import the client's own modules (_pickling.ship_local_modules)."""
+    if ship:
+        ship_local_modules((fn,))  # first: a function of the client's own modules goes by value
     try:
         blob = _function_blobs.get(fn)
     except TypeError:  # unhashable callable
         return dumps(fn)
     if blob is not None:
         return blob
-    part = function_part(fn)
+    part = function_part(fn, ship)
     if part is not None:
         return part
     # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
-    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) and not _by_value(fn):
         try:
             blob = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
@@ -72,15 +77,19 @@ def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
                            f"be pickled ({type(exc).__name__}: {exc})")
 
 
-def job_payload(fn, args, kwargs) -> bytes:
+def job_payload(fn, args, kwargs, ship=False) -> bytes:
     """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
-    unpickles each callable once, and the arguments."""
-    return _payload(_function_blob(fn), args, kwargs)
+    unpickles each callable once, and the arguments. ship: see _function_blob."""
+    return _payload(_function_blob(fn, ship), args, kwargs, ship)
 
 
-def _payload(blob, args, kwargs) -> bytes:
+def _payload(blob, args, kwargs, ship=False) -> bytes:
     # The arguments are pickled apart from the callable's blob: a by-value blob holds the text "__main__",
     # which would send every payload through cloudpickle (dumps looks for it).
+    if ship:
+        ship_local_modules(args)
+        if kwargs:
+            ship_local_modules(kwargs.values())
     return pickle.dumps((blob, dumps((args, kwargs))), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -232,6 +241,7 @@ class Executor(_Executor):
         self._session = None
         self._broken = None  # why no compute server can be had, once that is so
         self._defaults = _job_options(time_limit, retries)
+        self._ship = connect is not None  # the client's own modules, by value: its servers cannot import them
         if connect is not None:
             if max_workers is not None or archive is not None:
                 raise ValueError("with connect=, the cluster decides max_workers and archive; do not pass them")
@@ -341,7 +351,7 @@ class Executor(_Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         try:
-            payload = job_payload(fn, args, kwargs)
+            payload = job_payload(fn, args, kwargs, self._ship)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
         return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
@@ -380,13 +390,13 @@ class Executor(_Executor):
         else:
             items = zip(*iterables)
         try:
-            blob = _function_blob(fn)
+            blob = _function_blob(fn, self._ship)
         except Exception as exc:
             raise _unpicklable(fn, "the callable", exc) from exc
         futures = []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
             try:
-                payloads = [_payload(blob, args, {}) for args in batch]
+                payloads = [_payload(blob, args, {}, self._ship) for args in batch]
             except Exception as exc:
                 for f in futures:
                     f.cancel()
