@@ -157,13 +157,16 @@ def mpirun(n, *args):
 
 
 class Cluster(Job):
-    def __init__(self, tmp: Path, n: int, extra, name):
+    def __init__(self, tmp: Path, n: int, extra, name, launch=False):
         self.tmp = tmp
         self.conn = tmp / f"{name}.json"  # the client connection file
         self.server_file = connection.server_file_for(self.conn)  # the server join file, written next to it
         self.archive = tmp / "archive"
-        cmd = (mpirun(n, "-m", "dynexec.cluster") if n else [sys.executable, "-m", "dynexec.cluster"]) + [
-            "--archive", str(self.archive), "--connection-file", str(self.conn), *extra]
+        if launch:  # the documented way: python -m dynexec.launch -n N [mpirun options] -- [cluster options]
+            start = [sys.executable, "-m", "dynexec.launch", "-n", str(n), "--oversubscribe", "--"]
+        else:
+            start = mpirun(n, "-m", "dynexec.cluster") if n else [sys.executable, "-m", "dynexec.cluster"]
+        cmd = start + ["--archive", str(self.archive), "--connection-file", str(self.conn), *extra]
         super().__init__(cmd, tmp / f"{name}.log")
 
     def wait_ready(self, timeout=60):

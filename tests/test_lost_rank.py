@@ -3,7 +3,6 @@ with -9, and a stopped cluster fails its unfinished jobs with ShutDownError, not
 
 Real processes on loopback; every process a test starts is killed by PID at teardown, every wait bounded.
 """
-import json
 import os
 import signal
 import sys
@@ -15,28 +14,14 @@ import pytest
 
 import dynexec
 from dynexec import connection
-from test_cluster import MPIRUN, Job, alive, archived, nap, pytestmark, wait_for, wait_gone  # noqa: F401
+from test_cluster import MPIRUN, Cluster, Job, alive, archived, nap, pytestmark, wait_for, wait_gone  # noqa: F401
 
 
-class Launched(Job):
+class Launched(Cluster):
     """A cluster from `python -m dynexec.launch -n N --oversubscribe -- ...`."""
 
     def __init__(self, tmp: Path, n: int, *extra):
-        self.conn = tmp / "cluster.json"
-        self.archive = tmp / "archive"
-        cmd = [sys.executable, "-m", "dynexec.launch", "-n", str(n), "--oversubscribe", "--",
-               "--archive", str(self.archive), "--connection-file", str(self.conn), *extra]
-        super().__init__(cmd, tmp / "cluster.log")
-
-    def wait_ready(self, timeout=60):
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the cluster exited with {self.proc.returncode}:\n{self.output()}")
-            return "dynexec cluster ready" in self.output()
-        wait_for(ready, timeout, "the cluster's ready line", interval=0.05)
-        self.info = json.loads(self.conn.read_text())
-        self.note()
-        return self
+        super().__init__(tmp, n, extra, "cluster", launch=True)
 
     def kill(self):  # mpirun has a process group of its own and is no python: kill it by PID too
         self.note()
