@@ -32,6 +32,21 @@ def run_python():
     return run
 
 
+@pytest.fixture
+def build_plugin(tmp_path):
+    """Compiles a service plugin from C++ source, as a user would (g++ with dynexec.get_include());
+    returns the library's path."""
+
+    def build(name: str, source: str):
+        src, lib = tmp_path / f"{name}.cpp", tmp_path / f"lib{name}.so"
+        src.write_text(textwrap.dedent(source))
+        subprocess.run(["g++", "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{dynexec.get_include()}", str(src), "-o",
+                        str(lib)], check=True, timeout=120)
+        return lib
+
+    return build
+
+
 def pytest_configure(config):
     # Never write into the user's real default archive from tests.
     os.environ.setdefault("DYNEXEC_ARCHIVE", str(config.rootpath / "build" / "test-archive"))

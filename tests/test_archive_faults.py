@@ -5,7 +5,6 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -260,12 +259,8 @@ DYNEXEC_SERVICES(r) {
 """
 
 
-def test_a_native_string_that_is_not_utf8_fails_only_its_job(tmp_path, run_python):
-    src = tmp_path / "latin1.cpp"
-    src.write_text(LATIN1)
-    lib = tmp_path / "liblatin1.so"
-    subprocess.run(["g++", "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{dynexec.get_include()}", str(src), "-o",
-                    str(lib)], check=True, timeout=120)
+def test_a_native_string_that_is_not_utf8_fails_only_its_job(tmp_path, run_python, build_plugin):
+    lib = build_plugin("latin1", LATIN1)
     # In a fresh process: a plugin is loaded once per process. Both kinds of servers: processes and threads.
     out = run_python(f"""
         import dynexec

@@ -2,7 +2,6 @@
 running(), kill and time limits, retries, and jobs that kill their servers."""
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -91,18 +90,14 @@ def test_a_job_that_kills_its_servers_fails_clearly_and_the_rest_goes_on(archive
         assert ex.submit(double, 21).result(timeout=30) == 42
 
 
-def test_a_native_service_that_aborts_fails_clearly(archive, tmp_path):
-    src = tmp_path / "abort.cpp"
-    src.write_text("""
+def test_a_native_service_that_aborts_fails_clearly(archive, build_plugin):
+    lib = build_plugin("abort", """
         #include <dynexec/service.hpp>
         #include <cstdlib>
         DYNEXEC_SERVICES(r) {
             r.add({"test.abort", "calls abort()", {}, [](const dynexec::Params&) -> dynexec::Value { std::abort(); }});
         }
     """)
-    lib = tmp_path / "libabort.so"
-    subprocess.run(["g++", "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{dynexec.get_include()}", str(src), "-o",
-                    str(lib)], check=True, timeout=120)
     with dynexec.Executor(max_workers=2, archive=archive, max_attempts=2) as ex:
         dynexec.load_services(lib)
         bad = ex.submit_service("test.abort")

@@ -62,9 +62,8 @@ def test_invalid_utf8_is_replaced_and_oversized_output_is_cut_with_a_note():
     assert note.startswith(f"{len(head) + (3 << 19) - (1 << 20)} more bytes of stdout dropped"), note
 
 
-def test_a_native_service_writing_to_file_descriptors_is_captured(tmp_path, run_python):
-    src = tmp_path / "noisy.cpp"
-    src.write_text(textwrap.dedent("""
+def test_a_native_service_writing_to_file_descriptors_is_captured(run_python, build_plugin):
+    lib = build_plugin("noisy", """
         #include <dynexec/service.hpp>
         #include <cstdio>
         #include <iostream>
@@ -80,10 +79,7 @@ def test_a_native_service_writing_to_file_descriptors_is_captured(tmp_path, run_
                        return x;
                    }});
         }
-    """))
-    lib = tmp_path / "libnoisy.so"
-    subprocess.run(["g++", "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{dynexec.get_include()}", str(src), "-o",
-                    str(lib)], check=True, timeout=120)
+    """)
     out = run_python(f"""
         import json, dynexec
         dynexec.load_services({str(lib)!r})

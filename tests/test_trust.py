@@ -5,9 +5,7 @@ fewer bytes than the shape needs). Without an archive the value reaches _core's 
 it (the wire decoder's own refusal is tested in cpp/wire/protocol_test.cpp); with one, the archive refuses it
 first. Either way only that job fails, the others and the collector live on, and the archive reads.
 """
-import subprocess
 
-import dynexec
 
 EVIL = r"""
 #include <dynexec/service.hpp>
@@ -42,12 +40,8 @@ DYNEXEC_SERVICES(r) {
 KINDS = {"negative": "negative", "object": "'O8'", "unicode": "'U8'", "short": "8000 bytes"}
 
 
-def test_a_malformed_array_never_reaches_numpy(tmp_path, run_python):
-    src = tmp_path / "evil.cpp"
-    src.write_text(EVIL)
-    lib = tmp_path / "libevil.so"
-    subprocess.run(["g++", "-O1", "-std=c++20", "-shared", "-fPIC", f"-I{dynexec.get_include()}", str(src), "-o",
-                    str(lib)], check=True, timeout=120)
+def test_a_malformed_array_never_reaches_numpy(tmp_path, run_python, build_plugin):
+    lib = build_plugin("evil", EVIL)
     out = run_python(f"""
         import dynexec, numpy as np
         dynexec.load_services({str(lib)!r})

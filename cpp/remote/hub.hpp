@@ -54,6 +54,9 @@ public:
     void set_echo(bool on);                        // servers send live output while on
     // Where live output goes: to the clients whose jobs printed it (returns the rest).
     std::function<std::vector<OutputChunk>(std::vector<OutputChunk>&&)> route_output;
+    // The proxy and registry ID of a live remote server.
+    std::pair<std::shared_ptr<RemoteServerProxy>, std::string> find(const std::string& routing);
+    void alive(const std::string& routing); // bytes keep coming from it: its lease holds
 
 private:
     void on(const std::string& from, wire::HelloServer&& m);
@@ -65,12 +68,6 @@ private:
     void on(const std::string& from, wire::Leaving&& m);
     void on(const std::string& from, wire::OutputMsg&& m);
     void on_registry_event(const RegistryEvent& ev);
-public:
-    // The proxy and registry ID of a live remote server.
-    std::pair<std::shared_ptr<RemoteServerProxy>, std::string> find(const std::string& routing);
-    void alive(const std::string& routing); // bytes keep coming from it: its lease holds
-
-private:
 
     LookupRegistry& registry_;
     Outbox& out_;
