@@ -132,6 +132,15 @@ PList contiguous_creation() {
     return p;
 }
 
+PList compact_creation() {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)", "<plist>"));
+    check(H5Pset_layout(p.id(), H5D_COMPACT), "H5Pset_layout", "<plist>");
+    check(H5Pset_fill_time(p.id(), H5D_FILL_TIME_NEVER), "H5Pset_fill_time", "<plist>");
+    check(H5Pset_obj_track_times(p.id(), false), "H5Pset_obj_track_times", "<plist>");
+    return p;
+}
+
 PList chunked_creation(hsize_t chunk, hid_t type, const void* fill) {
     Quiet q;
     PList p(check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate(dataset create)", "<plist>"));
@@ -245,6 +254,19 @@ Type fixed_string_type(std::size_t size) {
     check(H5Tset_size(t.id(), size), "H5Tset_size", "<datatype>");
     check(H5Tset_strpad(t.id(), H5T_STR_NULLPAD), "H5Tset_strpad", "<datatype>");
     return t;
+}
+
+Type short_text_type(std::size_t size) {
+    Quiet q;
+    Type t(check(H5Tcopy(H5T_C_S1), "H5Tcopy(H5T_C_S1)", "<datatype>"));
+    check(H5Tset_size(t.id(), size), "H5Tset_size", "<datatype>");
+    check(H5Tset_strpad(t.id(), H5T_STR_NULLTERM), "H5Tset_strpad", "<datatype>");
+    return t;
+}
+
+Type vlen_type(hid_t base) {
+    Quiet q;
+    return Type(check(H5Tvlen_create(base), "H5Tvlen_create", "<datatype>"));
 }
 
 Type enum_type(std::span<const char* const> names) {
@@ -386,6 +408,24 @@ void free_memory(void* p) {
 }
 
 // --- typed helpers ----------------------------------------------------------
+
+void reclaim(hid_t type, hsize_t count, void* buf) noexcept {
+    Quiet q;
+    hid_t space = H5Screate_simple(1, &count, nullptr);
+    if (space < 0) return;
+    H5Dvlen_reclaim(type, space, H5P_DEFAULT, buf);
+    H5Sclose(space);
+}
+
+bool attribute_exists(hid_t loc, const std::string& name) {
+    Quiet q;
+    return check(H5Aexists(loc, name.c_str()), "H5Aexists", loc, name) > 0;
+}
+
+void delete_attribute(hid_t loc, const std::string& name) {
+    Quiet q;
+    check(H5Adelete(loc, name.c_str()), "H5Adelete", loc, name);
+}
 
 void set_attribute(hid_t loc, const std::string& name, std::string_view value, hid_t str_type, hid_t scalar) {
     // Variable-length C strings end at the first NUL: refuse rather than truncate silently.

@@ -94,6 +94,8 @@ PList file_access();                    // new-style groups (libver v18..latest)
 PList group_creation();                 // no timestamps
 // Contiguous, allocated on the first write and never filled: one write of the data, nothing else.
 PList contiguous_creation();
+// Compact: the data lives in the dataset's header (under 64 KiB): one small write, no extra block.
+PList compact_creation();
 // 1-D chunks of `chunk` elements, no filters; unwritten elements read as `fill` (one element of `type`).
 PList chunked_creation(hsize_t chunk, hid_t type, const void* fill);
 // A chunk cache of `bytes` for one dataset.
@@ -121,6 +123,8 @@ std::vector<hsize_t> dims(hid_t space); // empty for a scalar
 Type utf8_string_type();                // variable-length UTF-8, as h5py writes str
 Type bool_type();                       // enum int8 {FALSE=0, TRUE=1}, as h5py writes numpy bool
 Type fixed_string_type(std::size_t size); // ASCII, NUL-padded
+Type short_text_type(std::size_t size);   // ASCII, NUL-terminated: h5dump prints just the text
+Type vlen_type(hid_t base);               // variable-length sequence of `base`
 Type enum_type(std::span<const char* const> names); // uint8: names[i] = i
 Type array_type(hid_t base, std::span<const hsize_t> dims);
 Type compound_type(std::size_t size);
@@ -151,6 +155,10 @@ void read_attribute(hid_t attribute, hid_t mem_type, void* buf);
 
 // Memory HDF5 allocated for us (variable-length strings read back).
 void free_memory(void* p);
+// Frees what a read of `count` elements of `type` into `buf` allocated (variable-length members).
+void reclaim(hid_t type, hsize_t count, void* buf) noexcept;
+bool attribute_exists(hid_t loc, const std::string& name);
+void delete_attribute(hid_t loc, const std::string& name);
 
 // Typed helpers built on the above.
 void set_attribute(hid_t loc, const std::string& name, std::string_view value, hid_t str_type, hid_t scalar);

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -13,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <span>
@@ -29,91 +33,119 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kResults = "results";
-constexpr const char* kHeap = "heap";
+constexpr const char* kIndex = "index";
 constexpr const char* kValues = "values";
 constexpr const char* kFormat = "dynexec results archive";
-constexpr int kVersion = 3;      // written
-constexpr int kOldestRead = 2;   // read: version 2 has no stdout/stderr columns
+constexpr int kVersion = 4; // the only one read and written here
 
-constexpr hsize_t kRowsPerChunk = 256;
-constexpr hsize_t kHeapChunk = 16 * 1024;
+constexpr hsize_t kRowsPerChunk = 1024;
+constexpr hsize_t kIndexChunk = 8192;
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
 constexpr std::size_t kChunkCache = 4 << 20;
-// Bigger values get a dataset of their own, written straight from their buffer.
+// Bigger str, bytes and pickle values get a dataset of their own, written straight from their buffer.
 constexpr std::size_t kInlineMax = 64 * 1024;
-constexpr std::size_t kMaxDims = 8;
-// Unarchived rows a write may fill with zeros to join two runs of rows into one H5Dwrite.
+// Arrays up to this size are compact datasets (their data in the dataset's header): one small write each.
+constexpr std::size_t kCompactMax = 32 * 1024;
+// Unarchived index entries a write may fill with zeros to join two runs of entries into one H5Dwrite.
 constexpr std::uint64_t kMaxGap = 64;
-// owner, service, server and error_type repeat: each distinct one is written to /heap once.
-constexpr std::size_t kInternMaxSize = 256;
-constexpr std::size_t kInternMaxCount = 4096;
-// Rows read at once when a reopened archive rebuilds its index.
-constexpr hsize_t kScanRows = 64 * 1024;
+// Index entries read at once when a reopened archive rebuilds its bitmap.
+constexpr hsize_t kScanEntries = 64 * 1024;
+constexpr const char* kTimeUnit = "submit_time, start_time, end_time: seconds since 1970-01-01T00:00:00Z (Unix time)";
 
 constexpr const char* kKindNames[] = {"none", "bool", "int", "float", "str", "bytes", "pickle", "array"};
 static_assert(std::size(kKindNames) == std::variant_size_v<Value>);
-constexpr std::size_t kArrayKind = std::variant_size_v<Value> - 1;
-// Status codes: Status + 1; 0 is a row no result was written to.
-constexpr const char* kStatusNames[] = {"absent", "ok", "error", "cancelled", "lost", "killed", "timeout"};
+constexpr const char* kJsonKind = "json";
+// By Status.
+constexpr const char* kStatusNames[] = {"ok", "error", "cancelled", "lost", "killed", "timeout"};
 
-// Bytes [offset, offset + size) of /heap.
-struct Ref {
-    std::uint64_t offset = 0, size = 0;
-};
+// The pickle of the call json.loads(text) (protocol 2: GLOBAL, BINUNICODE, TUPLE1, REDUCE, STOP), which
+// dynexec._runner makes of a JSON-representable result: stored as its JSON text (value_kind "json"), and
+// given back as the same bytes, which any Python unpickles to the dict or list.
+constexpr std::string_view kJsonPrefix{"\x80\x02" "cjson\nloads\n" "X", 15};
+constexpr std::string_view kJsonSuffix{"\x85R.", 3};
 
-// One row of /results, laid out the same in memory and in the file.
+std::optional<std::string_view> json_text(const Pickled& p) {
+    std::string_view d = p.data;
+    if (d.size() < kJsonPrefix.size() + 4 + kJsonSuffix.size() || !d.starts_with(kJsonPrefix) || !d.ends_with(kJsonSuffix))
+        return std::nullopt;
+    std::uint32_t n = 0;
+    for (int i = 3; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(d[kJsonPrefix.size() + i]);
+    if (n != d.size() - kJsonPrefix.size() - 4 - kJsonSuffix.size()) return std::nullopt;
+    std::string_view text = d.substr(kJsonPrefix.size() + 4, n);
+    if (text.find('\0') != std::string_view::npos) return std::nullopt;
+    return text;
+}
+
+Pickled json_pickle(std::string_view text) {
+    std::string d(kJsonPrefix);
+    auto n = static_cast<std::uint32_t>(text.size());
+    for (int i = 0; i < 4; ++i) d.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+    d.append(text);
+    d.append(kJsonSuffix);
+    return Pickled{std::move(d)};
+}
+
+// One row of /results in memory (the file's type is this one packed). Texts are NUL-terminated UTF-8.
 struct Row {
-    std::uint8_t status;
-    std::uint8_t value_kind;
-    std::uint8_t external; // the value is the dataset /values/<job_id>
-    std::uint8_t ndim;
-    std::int32_t attempts;
-    char dtype[8];
-    double submit_time, start_time, end_time;
-    std::int64_t int_value; // bool and int values
+    const char* job_id;
+    char status[10];
+    char value_kind[8];
+    const char* value;   // str, json text, or the path of the value's own dataset
+    std::int64_t int_value;
     double float_value;
-    std::uint64_t shape[kMaxDims];
-    Ref value, owner, service, server, error_type, message, traceback;
-    Ref stdout_text, stderr_text; // version 3
+    hvl_t value_bytes;   // bytes, pickle (and a str holding NUL characters)
+    const char* service;
+    const char* function;
+    const char* summary;
+    const char* args;
+    const char* label;
+    const char* tags;
+    const char* owner;
+    const char* server;
+    double submit_time, start_time, end_time;
+    std::int32_t attempts;
+    const char* error_type;
+    const char* message;
+    const char* traceback;
+    const char* stdout_text;
+    const char* stderr_text;
 };
 static_assert(std::is_trivially_copyable_v<Row> && std::is_standard_layout_v<Row>);
-static_assert(sizeof(Row) == 264, "no padding: readers see exactly these fields");
 
-h5::Type make_row_type(hid_t status, hid_t kind) {
-    const hsize_t two = 2, dims = kMaxDims;
-    h5::Type ref = h5::array_type(H5T_NATIVE_UINT64, std::span(&two, 1));
-    h5::Type shape = h5::array_type(H5T_NATIVE_UINT64, std::span(&dims, 1));
-    h5::Type dtype = h5::fixed_string_type(sizeof(Row::dtype));
+h5::Type make_row_type(hid_t str, hid_t status, hid_t kind, hid_t bytes) {
     h5::Type t = h5::compound_type(sizeof(Row));
     auto add = [&](const char* name, std::size_t offset, hid_t type) { h5::insert_member(t.id(), name, offset, type); };
+    add("job_id", offsetof(Row, job_id), str);
     add("status", offsetof(Row, status), status);
     add("value_kind", offsetof(Row, value_kind), kind);
-    add("external", offsetof(Row, external), H5T_NATIVE_UINT8);
-    add("ndim", offsetof(Row, ndim), H5T_NATIVE_UINT8);
-    add("attempts", offsetof(Row, attempts), H5T_NATIVE_INT32);
-    add("dtype", offsetof(Row, dtype), dtype.id());
+    add("value", offsetof(Row, value), str);
+    add("int_value", offsetof(Row, int_value), H5T_NATIVE_INT64);
+    add("float_value", offsetof(Row, float_value), H5T_NATIVE_DOUBLE);
+    add("value_bytes", offsetof(Row, value_bytes), bytes);
+    add("service", offsetof(Row, service), str);
+    add("function", offsetof(Row, function), str);
+    add("summary", offsetof(Row, summary), str);
+    add("args", offsetof(Row, args), str);
+    add("label", offsetof(Row, label), str);
+    add("tags", offsetof(Row, tags), str);
+    add("owner", offsetof(Row, owner), str);
+    add("server", offsetof(Row, server), str);
     add("submit_time", offsetof(Row, submit_time), H5T_NATIVE_DOUBLE);
     add("start_time", offsetof(Row, start_time), H5T_NATIVE_DOUBLE);
     add("end_time", offsetof(Row, end_time), H5T_NATIVE_DOUBLE);
-    add("int_value", offsetof(Row, int_value), H5T_NATIVE_INT64);
-    add("float_value", offsetof(Row, float_value), H5T_NATIVE_DOUBLE);
-    add("shape", offsetof(Row, shape), shape.id());
-    add("value", offsetof(Row, value), ref.id());
-    add("owner", offsetof(Row, owner), ref.id());
-    add("service", offsetof(Row, service), ref.id());
-    add("server", offsetof(Row, server), ref.id());
-    add("error_type", offsetof(Row, error_type), ref.id());
-    add("message", offsetof(Row, message), ref.id());
-    add("traceback", offsetof(Row, traceback), ref.id());
-    add("stdout", offsetof(Row, stdout_text), ref.id());
-    add("stderr", offsetof(Row, stderr_text), ref.id());
+    add("attempts", offsetof(Row, attempts), H5T_NATIVE_INT32);
+    add("error_type", offsetof(Row, error_type), str);
+    add("message", offsetof(Row, message), str);
+    add("traceback", offsetof(Row, traceback), str);
+    add("stdout", offsetof(Row, stdout_text), str);
+    add("stderr", offsetof(Row, stderr_text), str);
     return t;
 }
 
-// Just the status of a row: what a reopened archive reads to rebuild its index.
-h5::Type make_status_type(hid_t status) {
-    h5::Type t = h5::compound_type(1);
-    h5::insert_member(t.id(), "status", 0, status);
+h5::Type packed(hid_t type) {
+    h5::Quiet q;
+    h5::Type t(H5Tcopy(type));
+    if (!t || H5Tpack(t.id()) < 0) h5::fail("H5Tpack", "<datatype>");
     return t;
 }
 
@@ -121,10 +153,11 @@ h5::Type make_status_type(hid_t status) {
 struct Kit {
     h5::Type str = h5::utf8_string_type();
     h5::Type boolean = h5::bool_type();
-    h5::Type status = h5::enum_type(kStatusNames);
-    h5::Type kind = h5::enum_type(kKindNames);
-    h5::Type row = make_row_type(status.id(), kind.id());
-    h5::Type status_only = make_status_type(status.id());
+    h5::Type status = h5::short_text_type(sizeof(Row::status));
+    h5::Type kind = h5::short_text_type(sizeof(Row::value_kind));
+    h5::Type bytes = h5::vlen_type(H5T_NATIVE_UINT8);
+    h5::Type row = make_row_type(str.id(), status.id(), kind.id(), bytes.id());
+    h5::Type file_row = packed(row.id());
     h5::Space scalar = h5::scalar_space();
 };
 
@@ -141,10 +174,45 @@ fs::path normal_dir(const fs::path& dir) {
     return p;
 }
 
+std::string os_error(int e) { return std::error_code(e, std::generic_category()).message(); }
+
+// Creates each missing directory of `dir` with `mode` (existing ones are left as they are).
+void make_dirs(const fs::path& dir, mode_t mode) {
+    fs::path p;
+    for (const auto& part : dir) {
+        p /= part;
+        if (::mkdir(p.c_str(), mode) != 0 && errno != EEXIST)
+            throw ArchiveError(fmt::format("cannot create results archive directory '{}': {}", p.string(), os_error(errno)));
+    }
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        throw ArchiveError(fmt::format("results archive directory '{}' is not a directory", dir.string()));
+}
+
+std::string iso_now() {
+    std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+std::string user_name() {
+    if (passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_name) return pw->pw_name;
+    return std::to_string(::geteuid());
+}
+
+std::string host_name() {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0) return "";
+    return buf;
+}
+
 std::string location(const fs::path& file, std::uint64_t row) { return fmt::format("{}:/{}[{}]", file.string(), kResults, row); }
 
-// The row of `id` in the archive of `session`; InvalidJob for anything else.
-std::uint64_t row_of(const JobId& id, const std::string& session, const fs::path& file) {
+// The sequence number - 1 of `id` in the archive of `session`; InvalidJob for anything else.
+std::uint64_t slot_of(const JobId& id, const std::string& session, const fs::path& file) {
     std::uint64_t seq = JobIdGenerator::sequence_of(id);
     if (JobIdGenerator::session_of(id) != session)
         throw InvalidJob(fmt::format("job {} is not of session {}, whose results archive is '{}'", id, session, file.string()));
@@ -186,21 +254,19 @@ std::string dtype_of(hid_t type, hid_t dataset) {
     throw ArchiveError(fmt::format("dataset '{}' has a datatype dynexec cannot read as an array", h5::describe(dataset)));
 }
 
-// Checks that `file` is an archive of this layout and of `session`: version 3 to write to it, 2 or 3 to read.
-void check_layout(hid_t file, const std::string& session, const Kit& kit, bool writing) {
+// Checks that `file` is an archive of this layout and of `session`.
+void check_layout(hid_t file, const std::string& session, const Kit& kit) {
     if (!h5::exists(file, kResults)) {
         if (h5::exists(file, "jobs"))
             throw ArchiveError("it has the group-per-job layout (/jobs) of an older dynexec, which this one cannot read");
         throw ArchiveError(fmt::format("it has no /{} dataset: not a dynexec results archive", kResults));
     }
     int version = h5::int_attribute(file, "version");
-    if (writing && version != kVersion)
-        throw ArchiveError(fmt::format("it has layout version {}; this dynexec reads versions {} to {} but writes only "
-                                       "version {} (find() and read_archive() still read it)",
-                                       version, kOldestRead, kVersion, kVersion));
-    if (version < kOldestRead || version > kVersion)
-        throw ArchiveError(fmt::format("it has layout version {}; this dynexec reads versions {} to {}", version,
-                                       kOldestRead, kVersion));
+    if (version != kVersion)
+        throw ArchiveError(fmt::format("it has layout version {}, of {} dynexec; this one finds and writes only version {} "
+                                       "(dynexec.read_archive() still reads versions 2 and 3)",
+                                       version, version < kVersion ? "an older" : "a newer", kVersion));
+    if (!h5::exists(file, kIndex)) throw ArchiveError(fmt::format("it has no /{} dataset", kIndex));
     std::string of = h5::string_attribute(file, "session", kit.str.id());
     if (of != session) throw ArchiveError(fmt::format("it holds the results of session {}, not of session {}", of, session));
 }
@@ -212,35 +278,42 @@ hsize_t extent(hid_t dataset) {
     return d[0];
 }
 
+// A row read back: HDF5 allocated its texts, freed here.
+struct ReadRow {
+    const Kit& kit;
+    Row row{};
+    explicit ReadRow(const Kit& k) : kit(k) {}
+    ~ReadRow() { h5::reclaim(kit.row.id(), 1, &row); }
+    ReadRow(const ReadRow&) = delete;
+    ReadRow& operator=(const ReadRow&) = delete;
+};
+
+std::string str(const char* p) { return p ? std::string(p) : std::string(); }
+std::string fixed(const char* p, std::size_t n) { return std::string(p, strnlen(p, n)); }
+
 // An open archive file, for reading one row.
 struct Reader {
     const Kit& kit;
-    hid_t file, results, heap;
-    std::uint64_t heap_size;
+    hid_t file, results, index;
 
-    void read_heap(Ref ref, void* out) const {
-        if (ref.size == 0) return;
-        if (ref.offset > heap_size || ref.size > heap_size - ref.offset)
-            throw ArchiveError(fmt::format("a reference [{}, +{}) past the end of '{}' ({} bytes)", ref.offset, ref.size,
-                                           h5::describe(heap), heap_size));
-        h5::read_range(heap, H5T_NATIVE_UINT8, ref.offset, ref.size, out);
-    }
-    std::string text(Ref ref) const {
-        std::string s(ref.size, '\0');
-        read_heap(ref, s.data());
-        return s;
-    }
-
-    h5::Dataset external(const JobId& id) const {
+    h5::Dataset own_dataset(const JobId& id) const {
         std::string name = fmt::format("{}/{}", kValues, id);
         if (!h5::exists(file, kValues) || !h5::exists(file, name))
-            throw ArchiveError(fmt::format("job {} has an external value but '{}' has no /{}", id, h5::describe(file), name));
+            throw ArchiveError(fmt::format("job {} has its value in '{}', which has no /{}", id, h5::describe(file), name));
         return h5::open_dataset(file, name);
     }
 
-    std::string payload(const Row& row, const JobId& id) const {
-        if (!row.external) return text(row.value);
-        h5::Dataset ds = external(id);
+    // A str, bytes or pickle value of its own dataset: a scalar string or 1-D uint8.
+    std::string own_payload(const JobId& id) const {
+        h5::Dataset ds = own_dataset(id);
+        h5::Type type = h5::dataset_type(ds.id());
+        if (h5::type_class(type.id()) == H5T_STRING) {
+            char* p = nullptr;
+            h5::read(ds.id(), kit.str.id(), &p);
+            std::string s = str(p);
+            h5::free_memory(p);
+            return s;
+        }
         h5::Space space = h5::dataset_space(ds.id());
         auto dims = h5::dims(space.id());
         if (dims.size() != 1) throw ArchiveError(fmt::format("'{}' is not a 1-D byte dataset", h5::describe(ds.id())));
@@ -249,81 +322,86 @@ struct Reader {
         return data;
     }
 
-    Array array(const Row& row, const JobId& id) const {
+    Array array(const JobId& id) const {
         Array a;
-        h5::Dataset ds;
-        if (row.external) {
-            ds = external(id);
-            h5::Type type = h5::dataset_type(ds.id());
-            a.dtype = dtype_of(type.id(), ds.id());
-            h5::Space space = h5::dataset_space(ds.id());
-            for (auto d : h5::dims(space.id())) a.shape.push_back(static_cast<std::int64_t>(d));
-        } else {
-            a.dtype.assign(row.dtype, strnlen(row.dtype, sizeof(row.dtype)));
-            if (native_type(a.dtype, kit) == 0 || row.ndim > kMaxDims)
-                throw ArchiveError(fmt::format("job {} has an array of dtype '{}' and {} dimensions, which dynexec cannot read",
-                                               id, a.dtype, row.ndim));
-            a.shape.assign(row.shape, row.shape + row.ndim);
-        }
+        h5::Dataset ds = own_dataset(id);
+        h5::Type type = h5::dataset_type(ds.id());
+        a.dtype = dtype_of(type.id(), ds.id());
+        h5::Space space = h5::dataset_space(ds.id());
+        for (auto d : h5::dims(space.id())) a.shape.push_back(static_cast<std::int64_t>(d));
         a.nbytes = a.size() * a.itemsize();
-        if (!row.external && a.nbytes != row.value.size)
-            throw ArchiveError(fmt::format("job {}: an array of {} bytes has {} in /{}", id, a.nbytes, row.value.size, kHeap));
         // Uninitialised on purpose: every byte is read over.
         std::shared_ptr<std::byte[]> buf(new std::byte[std::max<std::size_t>(a.nbytes, 1)]);
-        if (a.nbytes > 0) {
-            if (row.external) h5::read(ds.id(), native_type(a.dtype, kit), buf.get());
-            else read_heap(row.value, buf.get());
-        }
+        if (a.nbytes > 0) h5::read(ds.id(), native_type(a.dtype, kit), buf.get());
         a.data = buf.get();
         a.owner = std::shared_ptr<const void>(buf, buf.get());
         return a;
     }
 
     Value value(const Row& row, const JobId& id) const {
-        switch (row.value_kind) {
-        case 0: return std::monostate{};
-        case 1: return row.int_value != 0;
-        case 2: return std::int64_t{row.int_value};
-        case 3: return row.float_value;
-        case 4: return payload(row, id);
-        case 5: return Bytes{payload(row, id)};
-        case 6: return Pickled{payload(row, id)};
-        case kArrayKind: return array(row, id);
-        }
-        throw ArchiveError(fmt::format("job {} has an unknown value kind {}", id, row.value_kind));
+        std::string kind = fixed(row.value_kind, sizeof(row.value_kind));
+        bool own = row.value && std::string_view(row.value).starts_with("/values/");
+        auto bytes = [&] {
+            if (own) return own_payload(id);
+            return std::string(static_cast<const char*>(row.value_bytes.p), row.value_bytes.p ? row.value_bytes.len : 0);
+        };
+        if (kind == "none") return std::monostate{};
+        if (kind == "bool") return row.int_value != 0;
+        if (kind == "int") return std::int64_t{row.int_value};
+        if (kind == "float") return row.float_value;
+        if (kind == "str") return own || row.value_bytes.len ? bytes() : str(row.value);
+        if (kind == "bytes") return Bytes{bytes()};
+        if (kind == "pickle") return Pickled{bytes()};
+        if (kind == kJsonKind) return json_pickle(str(row.value));
+        if (kind == "array") return array(id);
+        throw ArchiveError(fmt::format("job {} has an unknown value kind '{}'", id, kind));
     }
 
-    // nullopt if no result was written to the row.
-    std::optional<Result> read(const JobId& id, std::uint64_t row_index, const fs::path& path) const {
-        Row row{}; // members a version-2 file lacks (stdout, stderr) stay empty: HDF5 converts by name
-        h5::read_range(results, kit.row.id(), row_index, 1, &row);
-        if (row.status == 0) return std::nullopt;
-        if (row.status >= std::size(kStatusNames))
-            throw ArchiveError(fmt::format("job {} has an unknown status code {}", id, row.status));
+    // nullopt if the job is not archived.
+    std::optional<Result> read(const JobId& id, std::uint64_t slot, const fs::path& path) const {
+        if (slot >= extent(index)) return std::nullopt;
+        std::uint64_t entry = 0;
+        h5::read_range(index, H5T_NATIVE_UINT64, slot, 1, &entry);
+        if (entry == 0) return std::nullopt;
+        std::uint64_t row_index = entry - 1;
+        if (row_index >= extent(results))
+            throw ArchiveError(fmt::format("/{} gives job {} row {}, past the end of /{}", kIndex, id, row_index, kResults));
+        ReadRow rr(kit);
+        h5::read_range(results, kit.row.id(), row_index, 1, &rr.row);
+        const Row& row = rr.row;
+        if (str(row.job_id) != id)
+            throw ArchiveError(fmt::format("/{} gives job {} row {}, which holds job '{}'", kIndex, id, row_index, str(row.job_id)));
+        std::string status = fixed(row.status, sizeof(row.status));
         Result r;
         r.job_id = id;
-        r.status = static_cast<Status>(row.status - 1);
+        try {
+            r.status = status_from_name(status);
+        } catch (const std::invalid_argument&) {
+            throw ArchiveError(fmt::format("job {} has an unknown status '{}'", id, status));
+        }
         r.value = value(row, id);
-        r.error_type = text(row.error_type);
-        r.message = text(row.message);
-        r.traceback = text(row.traceback);
-        r.captured_stdout = text(row.stdout_text);
-        r.captured_stderr = text(row.stderr_text);
-        r.owner = text(row.owner);
-        r.service = text(row.service);
-        r.server = text(row.server);
+        r.error_type = str(row.error_type);
+        r.message = str(row.message);
+        r.traceback = str(row.traceback);
+        r.captured_stdout = str(row.stdout_text);
+        r.captured_stderr = str(row.stderr_text);
+        r.owner = str(row.owner);
+        r.service = str(row.service);
+        r.server = str(row.server);
         r.submit_time = row.submit_time;
         r.start_time = row.start_time;
         r.end_time = row.end_time;
         r.attempts = row.attempts;
+        auto info = std::make_shared<JobInfo>();
+        info->function = str(row.function);
+        info->args = str(row.args);
+        info->summary = str(row.summary);
+        info->label = str(row.label);
+        info->tags = str(row.tags);
+        r.info = std::move(info);
         r.location = location(path, row_index);
         return r;
     }
-};
-
-struct StringHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
 } // namespace
@@ -331,83 +409,87 @@ struct StringHash {
 struct ResultsArchive::Impl {
     fs::path dir, file;
     std::string session;
+    ArchiveAccess access = ArchiveAccess::owner;
     mutable std::mutex mu;
     bool closed = false;
     // Declared before the file, so destroyed after it.
     Kit kit;
     h5::PList gcpl = h5::group_creation();
     h5::PList contiguous = h5::contiguous_creation();
+    h5::PList compact = h5::compact_creation();
     h5::PList dapl = h5::dataset_access(kChunkCache);
     h5::File h5file;
-    h5::Dataset results, heap;
+    h5::Dataset results, index;
     h5::Group values;
 
-    std::vector<bool> archived;  // by row; during write() also the rows of the batch
+    // By sequence number - 1: the job's row + 1 (kPending while a write() holds it), 0 if not archived.
+    std::vector<std::uint32_t> archived;
+    static constexpr std::uint32_t kPending = UINT32_MAX;
     std::size_t count = 0;
     hsize_t rows = 0;            // the extent of /results
-    std::uint64_t heap_size = 0; // the extent of /heap
-    std::unordered_map<std::string, Ref, StringHash, std::equal_to<>> interned;
-    bool values_unflushed = false; // a /values dataset was written since the last flush
-
-    // One write()'s bytes for /heap, appended in one go.
-    struct Heap {
-        std::uint64_t base;
-        std::string bytes;
-        std::vector<std::string> interned; // keys added by this batch, dropped if the append fails
-
-        Ref append(std::string_view data) {
-            if (data.empty()) return {};
-            Ref r{base + bytes.size(), data.size()};
-            bytes.append(data);
-            return r;
-        }
-    };
+    hsize_t index_size = 0;      // the extent of /index
 
     void require_open() const {
         if (closed) throw ArchiveError(fmt::format("results archive '{}' is closed", file.string()));
     }
 
-    bool is_archived(std::uint64_t row) const { return row < archived.size() && archived[row]; }
-    void mark(std::uint64_t row, bool on) {
-        if (row >= archived.size()) archived.resize(std::max<std::uint64_t>(row + 1, archived.size() * 2));
-        archived[row] = on;
+    bool is_archived(std::uint64_t slot) const { return slot < archived.size() && archived[slot] != 0; }
+    void mark(std::uint64_t slot, std::uint32_t entry) {
+        if (slot >= archived.size()) archived.resize(std::max<std::uint64_t>(slot + 1, archived.size() * 2));
+        archived[slot] = entry;
+    }
+    std::optional<std::uint64_t> row_of(std::uint64_t slot) const {
+        if (!is_archived(slot) || archived[slot] == kPending) return std::nullopt;
+        return archived[slot] - 1;
     }
 
     void create() {
         h5::PList fapl = h5::file_access();
         h5file = h5::create_file(file.string(), fapl.id());
-        h5::set_attribute(h5file.id(), "format", kFormat, kit.str.id(), kit.scalar.id());
-        h5::set_attribute(h5file.id(), "version", kVersion, kit.scalar.id());
-        h5::set_attribute(h5file.id(), "session", session, kit.str.id(), kit.scalar.id());
+        hid_t f = h5file.id();
+        h5::set_attribute(f, "format", kFormat, kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "version", kVersion, kit.scalar.id());
+        h5::set_attribute(f, "session", session, kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "start_time", iso_now(), kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "end_time", "", kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "user", user_name(), kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "host", host_name(), kit.str.id(), kit.scalar.id());
+        h5::set_attribute(f, "pid", static_cast<int>(::getpid()), kit.scalar.id());
         Row zero{};
-        std::uint8_t zero_byte = 0;
+        const char* empty_text = "";
+        for (auto* p : {&zero.job_id, &zero.value, &zero.service, &zero.function, &zero.summary, &zero.args, &zero.label,
+                        &zero.tags, &zero.owner, &zero.server, &zero.error_type, &zero.message, &zero.traceback,
+                        &zero.stdout_text, &zero.stderr_text})
+            *p = empty_text;
+        std::uint64_t zero_entry = 0;
         h5::PList rows_dcpl = h5::chunked_creation(kRowsPerChunk, kit.row.id(), &zero);
-        h5::PList heap_dcpl = h5::chunked_creation(kHeapChunk, H5T_NATIVE_UINT8, &zero_byte);
+        h5::PList index_dcpl = h5::chunked_creation(kIndexChunk, H5T_NATIVE_UINT64, &zero_entry);
         h5::Space empty = h5::extendible_space(0);
-        results = h5::create_dataset(h5file.id(), kResults, kit.row.id(), empty.id(), rows_dcpl.id(), dapl.id());
-        heap = h5::create_dataset(h5file.id(), kHeap, H5T_NATIVE_UINT8, empty.id(), heap_dcpl.id(), dapl.id());
-        values = h5::create_group(h5file.id(), kValues, gcpl.id());
-        h5::flush(h5file.id()); // a valid, empty archive for readers from now on
+        results = h5::create_dataset(f, kResults, kit.file_row.id(), empty.id(), rows_dcpl.id(), dapl.id());
+        h5::set_attribute(results.id(), "time_unit", kTimeUnit, kit.str.id(), kit.scalar.id());
+        index = h5::create_dataset(f, kIndex, H5T_NATIVE_UINT64, empty.id(), index_dcpl.id(), dapl.id());
+        values = h5::create_group(f, kValues, gcpl.id());
+        h5::flush(f); // a valid, empty archive for readers from now on
     }
 
     void reopen() {
         h5::PList fapl = h5::file_access();
         h5file = h5::open_file(file.string(), true, fapl.id());
-        check_layout(h5file.id(), session, kit, true);
+        check_layout(h5file.id(), session, kit);
         results = h5::open_dataset(h5file.id(), kResults, dapl.id());
-        heap = h5::open_dataset(h5file.id(), kHeap, dapl.id());
+        index = h5::open_dataset(h5file.id(), kIndex, dapl.id());
         values = h5::exists(h5file.id(), kValues) ? h5::open_group(h5file.id(), kValues)
                                                   : h5::create_group(h5file.id(), kValues, gcpl.id());
         rows = extent(results.id());
-        heap_size = extent(heap.id());
-        archived.assign(rows, false);
-        std::vector<std::uint8_t> status(std::min(rows, kScanRows));
-        for (hsize_t start = 0; start < rows; start += kScanRows) {
-            hsize_t n = std::min(kScanRows, rows - start);
-            h5::read_range(results.id(), kit.status_only.id(), start, n, status.data());
+        index_size = extent(index.id());
+        archived.assign(index_size, 0);
+        std::vector<std::uint64_t> entries(std::min(index_size, kScanEntries));
+        for (hsize_t start = 0; start < index_size; start += kScanEntries) {
+            hsize_t n = std::min(kScanEntries, index_size - start);
+            h5::read_range(index.id(), H5T_NATIVE_UINT64, start, n, entries.data());
             for (hsize_t i = 0; i < n; ++i)
-                if (status[i] != 0) {
-                    archived[start + i] = true;
+                if (entries[i] != 0 && entries[i] <= rows && entries[i] < kPending) {
+                    archived[start + i] = static_cast<std::uint32_t>(entries[i]);
                     ++count;
                 }
         }
@@ -415,17 +497,18 @@ struct ResultsArchive::Impl {
 
     void close_handles() noexcept {
         values.reset();
-        heap.reset();
+        index.reset();
         results.reset();
         h5file.reset();
     }
 
     void open_or_create() {
-        // Create the file ourselves first: errno gives a clear reason, and O_EXCL settles who creates it.
-        int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        // Create the file ourselves first: errno gives a clear reason, O_EXCL settles who creates it, and its mode
+        // keeps it private (H5Fcreate's truncation keeps the mode).
+        mode_t mode = access == ArchiveAccess::group ? 0640 : 0600;
+        int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
         if (fd < 0 && errno != EEXIST)
-            throw ArchiveError(fmt::format("cannot create results archive file '{}': {}", file.string(),
-                                           std::error_code(errno, std::generic_category()).message()));
+            throw ArchiveError(fmt::format("cannot create results archive file '{}': {}", file.string(), os_error(errno)));
         std::error_code ec;
         // An empty file is one a crash left between the two steps: create it again.
         if (fd >= 0 || fs::file_size(file, ec) == 0) {
@@ -448,25 +531,13 @@ struct ResultsArchive::Impl {
         }
     }
 
-    Ref intern(std::string_view s, Heap& h) {
-        if (s.empty()) return {};
-        if (s.size() > kInternMaxSize) return h.append(s);
-        if (auto it = interned.find(s); it != interned.end()) return it->second;
-        Ref r = h.append(s);
-        if (interned.size() < kInternMaxCount) {
-            interned.emplace(std::string(s), r);
-            h.interned.emplace_back(s);
-        }
-        return r;
-    }
-
     // /values/<id>, written straight from `data`.
-    void write_external(const JobId& id, hid_t type, std::span<const hsize_t> dims, const void* data, std::size_t nbytes) {
+    void write_own(const JobId& id, hid_t type, std::span<const hsize_t> dims, const void* data, std::size_t nbytes,
+                   bool small) {
         // One may be left by a crash or by a batch that failed after writing it: never by an archived job.
         if (h5::exists(values.id(), id)) h5::unlink(values.id(), id);
         h5::Space space = h5::simple_space(dims);
-        h5::Dataset ds = h5::create_dataset(values.id(), id, type, space.id(), contiguous.id());
-        values_unflushed = true;
+        h5::Dataset ds = h5::create_dataset(values.id(), id, type, space.id(), small ? compact.id() : contiguous.id());
         try {
             if (nbytes > 0) h5::write(ds.id(), type, data);
         } catch (...) {
@@ -480,17 +551,47 @@ struct ResultsArchive::Impl {
         }
     }
 
-    void encode_payload(const JobId& id, const std::string& data, Row& row, Heap& h) {
+    void write_own_text(const JobId& id, const std::string& text) {
+        if (h5::exists(values.id(), id)) h5::unlink(values.id(), id);
+        h5::Dataset ds = h5::create_dataset(values.id(), id, kit.str.id(), kit.scalar.id(), H5P_DEFAULT);
+        const char* p = text.c_str();
+        h5::write(ds.id(), kit.str.id(), &p);
+    }
+
+    // Texts of one batch that are not the results' own strings (their NUL characters replaced, paths).
+    struct Scratch {
+        std::deque<std::string> texts;
+        const char* keep(std::string s) { return texts.emplace_back(std::move(s)).c_str(); }
+        // HDF5 strings end at a NUL: one inside a text is written as the two characters "\0".
+        const char* text(const std::string& s) {
+            if (s.find('\0') == std::string::npos) return s.c_str();
+            std::string out;
+            for (char c : s) {
+                if (c) out.push_back(c);
+                else out.append("\\0");
+            }
+            return keep(std::move(out));
+        }
+    };
+
+    static void set_kind(Row& row, std::string_view kind) {
+        std::memset(row.value_kind, 0, sizeof(row.value_kind));
+        std::memcpy(row.value_kind, kind.data(), kind.size());
+    }
+
+    const char* own_path(const JobId& id, Scratch& s) { return s.keep(fmt::format("/{}/{}", kValues, id)); }
+
+    void encode_payload(const JobId& id, const std::string& data, Row& row, Scratch& s) {
         if (data.size() <= kInlineMax) {
-            row.value = h.append(data);
+            row.value_bytes = {data.size(), const_cast<char*>(data.data())};
             return;
         }
         hsize_t n = data.size();
-        write_external(id, H5T_NATIVE_UINT8, std::span(&n, 1), data.data(), data.size());
-        row.external = 1;
+        write_own(id, H5T_NATIVE_UINT8, std::span(&n, 1), data.data(), data.size(), false);
+        row.value = own_path(id, s);
     }
 
-    void encode_array(const JobId& id, const Array& v, Row& row, Heap& h) {
+    void encode_array(const JobId& id, const Array& v, Row& row, Scratch& s) {
         hid_t type = native_type(v.dtype, kit);
         if (type == 0) throw ArchiveError(fmt::format("unsupported array dtype '{}'", v.dtype));
         std::vector<hsize_t> dims;
@@ -498,25 +599,21 @@ struct ResultsArchive::Impl {
             if (d < 0) throw ArchiveError("array has a negative dimension");
             dims.push_back(static_cast<hsize_t>(d));
         }
+        if (dims.size() > H5S_MAX_RANK) throw ArchiveError(fmt::format("array has {} dimensions, over HDF5's {}", dims.size(), H5S_MAX_RANK));
         if (v.nbytes != v.size() * v.itemsize() || (v.nbytes > 0 && !v.data))
             throw ArchiveError(fmt::format("array of dtype '{}' holds {} bytes, not the {} its shape needs", v.dtype,
                                            v.nbytes, v.size() * v.itemsize()));
-        std::memcpy(row.dtype, v.dtype.data(), v.dtype.size()); // at most 2 characters, checked above
-        row.ndim = static_cast<std::uint8_t>(std::min(dims.size(), std::size_t{255}));
-        if (dims.size() <= kMaxDims) std::copy(dims.begin(), dims.end(), row.shape);
-        if (v.nbytes <= kInlineMax && dims.size() <= kMaxDims) {
-            row.value = h.append({static_cast<const char*>(v.data), v.nbytes});
-            return;
-        }
-        write_external(id, type, dims, v.data, v.nbytes);
-        row.external = 1;
+        write_own(id, type, dims, v.data, v.nbytes, v.nbytes <= kCompactMax);
+        row.value = own_path(id, s);
     }
 
-    // Everything but the row's position; throws if the value cannot be stored.
-    Row encode(const Result& r, Heap& h) {
+    // Everything of the row; throws if the value cannot be stored.
+    Row encode(const Result& r, Scratch& s) {
+        static const char* const empty = "";
         Row row{};
-        row.value_kind = static_cast<std::uint8_t>(r.value.index());
-        // The value first: it may throw, and then nothing of this result reaches /heap.
+        row.value = empty;
+        set_kind(row, kKindNames[r.value.index()]);
+        // The value first: it may throw, and then nothing of this result is kept.
         std::visit(
             [&](const auto& v) {
                 using T = std::decay_t<decltype(v)>;
@@ -526,32 +623,54 @@ struct ResultsArchive::Impl {
                 } else if constexpr (std::is_same_v<T, double>) {
                     row.float_value = v;
                 } else if constexpr (std::is_same_v<T, std::string>) {
-                    encode_payload(r.job_id, v, row, h);
-                } else if constexpr (std::is_same_v<T, Bytes> || std::is_same_v<T, Pickled>) {
-                    encode_payload(r.job_id, v.data, row, h);
+                    if (v.size() > kInlineMax && v.find('\0') == std::string::npos) {
+                        write_own_text(r.job_id, v);
+                        row.value = own_path(r.job_id, s);
+                    } else if (v.find('\0') != std::string::npos) {
+                        encode_payload(r.job_id, v, row, s); // its UTF-8 bytes, whole
+                    } else {
+                        row.value = v.c_str();
+                    }
+                } else if constexpr (std::is_same_v<T, Bytes>) {
+                    encode_payload(r.job_id, v.data, row, s);
+                } else if constexpr (std::is_same_v<T, Pickled>) {
+                    if (auto json = json_text(v)) {
+                        set_kind(row, kJsonKind);
+                        row.value = s.keep(std::string(*json));
+                    } else {
+                        encode_payload(r.job_id, v.data, row, s);
+                    }
                 } else {
                     static_assert(std::is_same_v<T, Array>);
-                    encode_array(r.job_id, v, row, h);
+                    encode_array(r.job_id, v, row, s);
                 }
             },
             r.value);
-        row.status = static_cast<std::uint8_t>(static_cast<int>(r.status) + 1);
+        std::string_view status = kStatusNames[static_cast<int>(r.status)];
+        std::memcpy(row.status, status.data(), status.size());
+        row.job_id = s.text(r.job_id);
         row.attempts = r.attempts;
         row.submit_time = r.submit_time;
         row.start_time = r.start_time;
         row.end_time = r.end_time;
-        row.owner = intern(r.owner, h);
-        row.service = intern(r.service, h);
-        row.server = intern(r.server, h);
-        row.error_type = intern(r.error_type, h);
-        row.message = h.append(r.message);
-        row.traceback = h.append(r.traceback);
-        row.stdout_text = h.append(r.captured_stdout);
-        row.stderr_text = h.append(r.captured_stderr);
+        row.owner = s.text(r.owner);
+        row.service = s.text(r.service);
+        row.server = s.text(r.server);
+        row.error_type = s.text(r.error_type);
+        row.message = s.text(r.message);
+        row.traceback = s.text(r.traceback);
+        row.stdout_text = s.text(r.captured_stdout);
+        row.stderr_text = s.text(r.captured_stderr);
+        const JobInfo* info = r.info.get();
+        row.function = info ? s.text(info->function) : empty;
+        row.summary = info ? s.text(info->summary) : empty;
+        row.args = info ? s.text(info->args) : empty;
+        row.label = info ? s.text(info->label) : empty;
+        row.tags = info ? s.text(info->tags) : empty;
         return row;
     }
 
-    // Rows strictly between a and b may be written over with zeros: no result is in them.
+    // Index entries strictly between a and b may be written over with zeros: no job of them is archived.
     bool joinable(std::uint64_t a, std::uint64_t b) const {
         if (b - a - 1 > kMaxGap) return false;
         for (std::uint64_t i = a + 1; i < b; ++i)
@@ -560,8 +679,8 @@ struct ResultsArchive::Impl {
     }
 
     struct Pending {
-        std::uint64_t row;
-        std::size_t index; // in the batch
+        std::uint64_t slot;  // sequence number - 1
+        std::size_t index;   // in the batch
         Row data;
     };
     struct Failure {
@@ -575,43 +694,50 @@ struct ResultsArchive::Impl {
         std::string detail; // HDF5's full account of the first failed write or flush
     };
 
-    // A failed write or flush: every result in `ps` is left out, and its row marked free again.
+    // A failed write or flush: every result in `ps` is left out, and its slot marked free again.
     void fail(std::span<const Pending> ps, const ArchiveError& e, Failures& failures) {
         auto* h5e = dynamic_cast<const h5::Error*>(&e);
         int os_errno = h5e ? h5e->os_errno : 0;
         // The OS error is what a user can act on; HDF5's stack goes to what() once.
-        std::string why = os_errno ? fmt::format("{} (errno {})", std::error_code(os_errno, std::generic_category()).message(), os_errno)
-                                   : std::string(e.what());
+        std::string why = os_errno ? fmt::format("{} (errno {})", os_error(os_errno), os_errno) : std::string(e.what());
         if (failures.detail.empty()) {
             failures.detail = e.what();
             failures.os_errno = os_errno;
         }
         for (const auto& p : ps) {
-            mark(p.row, false);
+            mark(p.slot, 0);
             failures.list.push_back({p.index, why});
         }
     }
 
-    // Zeros over rows of this batch that may have reached the file's cache: a later flush makes them absent.
-    void unwrite(std::span<const std::pair<std::uint64_t, std::size_t>> runs) noexcept {
-        std::vector<Row> zeros;
-        for (auto [first, n] : runs) {
-            zeros.assign(n, Row{});
-            try {
-                h5::write_range(results.id(), kit.row.id(), first, n, zeros.data());
-            } catch (const ArchiveError&) {
-                // Still full: the rows were never flushed, so the file has them absent, or holds their heap bytes.
+    // Takes the batch's rows back out of /results (they are past its old end) and zeros its index entries.
+    void unwrite(hsize_t old_rows, std::span<const std::pair<std::uint64_t, std::size_t>> index_runs) noexcept {
+        try {
+            std::vector<std::uint64_t> zeros;
+            for (auto [first, n] : index_runs) {
+                zeros.assign(n, 0);
+                h5::write_range(index.id(), H5T_NATIVE_UINT64, first, n, zeros.data());
             }
+        } catch (const ArchiveError&) {
+            // Still failing: those entries never reached the file, or point past the end of /results below.
+        }
+        try {
+            h5::set_extent(results.id(), old_rows);
+            rows = old_rows;
+        } catch (const ArchiveError&) {
         }
     }
 
-    // Bytes the batch may add to the file, counted high: its values and texts, a new chunk of rows and of
-    // /heap on either side, and room for HDF5's own metadata.
+    // Bytes the batch may add to the file, counted high: its values and texts, new chunks, HDF5's metadata.
     std::uint64_t room_needed(const std::vector<Result>& batch) const {
-        std::uint64_t bytes = 256 * 1024 + 2 * kHeapChunk + 2 * kRowsPerChunk * sizeof(Row);
+        std::uint64_t bytes = 256 * 1024 + 2 * kRowsPerChunk * sizeof(Row) + 2 * kIndexChunk * 8;
         for (const Result& r : batch) {
-            bytes += sizeof(Row) + r.owner.size() + r.service.size() + r.server.size() + r.error_type.size() +
-                     r.message.size() + r.traceback.size() + r.captured_stdout.size() + r.captured_stderr.size();
+            bytes += sizeof(Row) + 16 * 16 + r.job_id.size() + r.owner.size() + r.service.size() + r.server.size() +
+                     r.error_type.size() + r.message.size() + r.traceback.size() + r.captured_stdout.size() +
+                     r.captured_stderr.size();
+            if (r.info)
+                bytes += r.info->function.size() + r.info->args.size() + r.info->summary.size() + r.info->label.size() +
+                         r.info->tags.size();
             std::visit(
                 [&](const auto& v) {
                     using T = std::decay_t<decltype(v)>;
@@ -625,8 +751,7 @@ struct ResultsArchive::Impl {
     }
 
     // Fails the whole batch before HDF5 sees it when the disk cannot take it: HDF5 does not recover every
-    // write it could not finish (a chunk whose write failed may lose later writes into it), so a full disk
-    // must be met here, not inside H5Fflush.
+    // write it could not finish, so a full disk must be met here, not inside H5Fflush.
     bool refuse_when_full(const std::vector<Result>& batch, Failures& failures) {
         struct statvfs fs_info;
         if (::statvfs(dir.c_str(), &fs_info) != 0) return false; // cannot tell: let the write find out
@@ -635,31 +760,30 @@ struct ResultsArchive::Impl {
         failures.os_errno = ENOSPC;
         failures.detail = fmt::format("the disk of '{}' has {} bytes free; this batch of {} results needs about {}",
                                       dir.string(), free, batch.size(), need);
-        std::string why = fmt::format("{} (errno {}): {} bytes free, about {} needed",
-                                      std::error_code(ENOSPC, std::generic_category()).message(), ENOSPC, free, need);
+        std::string why = fmt::format("{} (errno {}): {} bytes free, about {} needed", os_error(ENOSPC), ENOSPC, free, need);
         for (std::size_t i = 0; i < batch.size(); ++i) failures.list.push_back({i, why});
         return true;
     }
 
-    // Two steps, each flushed: the batch's bytes (/heap; encode() wrote /values), then its rows. A row never
-    // reaches the file before the bytes it points to, whatever fails in between.
+    // Two steps, each flushed: the batch's values and rows (appended to /results), then its /index entries.
+    // find() never reaches a row before the row (and what it points to) is in the file.
     Failures write(const std::vector<Result>& batch) {
         Failures failures;
         if (refuse_when_full(batch, failures)) return failures;
         std::vector<Pending> pending;
         pending.reserve(batch.size());
-        Heap h{heap_size, {}, {}};
+        Scratch scratch;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             const Result& r = batch[i];
             try {
-                std::uint64_t row = row_of(r.job_id, session, file);
-                if (is_archived(row)) {
+                std::uint64_t slot = slot_of(r.job_id, session, file);
+                if (is_archived(slot)) {
                     failures.list.push_back({i, fmt::format("job {} is already archived", r.job_id), true});
                     continue;
                 }
-                Row data = encode(r, h);
-                mark(row, true);
-                pending.push_back({row, i, data});
+                Row data = encode(r, scratch);
+                mark(slot, kPending);
+                pending.push_back({slot, i, data});
             } catch (const std::exception& e) { // ArchiveError, InvalidJob, or a malformed value
                 std::string why = e.what();
                 failures.list.push_back(
@@ -668,73 +792,62 @@ struct ResultsArchive::Impl {
         }
         if (pending.empty()) return failures;
 
+        const hsize_t old_rows = rows;
         try {
-            if (!h.bytes.empty()) {
-                h5::set_extent(heap.id(), heap_size + h.bytes.size());
-                heap_size += h.bytes.size(); // grown: these bytes are never handed out again, even if lost
-                h5::write_range(heap.id(), H5T_NATIVE_UINT8, h.base, h.bytes.size(), h.bytes.data());
-            }
-            if (!h.bytes.empty() || values_unflushed) h5::flush(h5file.id()); // rows of ints point to nothing new
-            values_unflushed = false;
+            std::vector<Row> block;
+            block.reserve(pending.size());
+            for (const auto& p : pending) block.push_back(p.data);
+            h5::set_extent(results.id(), old_rows + block.size());
+            rows = old_rows + block.size();
+            h5::write_range(results.id(), kit.row.id(), old_rows, block.size(), block.data());
+            h5::flush(h5file.id());
         } catch (const ArchiveError& e) {
-            for (const auto& k : h.interned) interned.erase(k); // they may never reach the file
-            try {
-                heap_size = std::max<std::uint64_t>(heap_size, extent(heap.id()));
-            } catch (const ArchiveError&) {
-            }
-            // HDF5 may lose a chunk whose write failed, also the bytes later written into it: start afresh.
-            heap_size = (heap_size / kHeapChunk + 2) * kHeapChunk;
+            unwrite(old_rows, {});
             fail(pending, e, failures);
             return failures;
         }
 
-        std::sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) { return a.row < b.row; });
-        if (hsize_t need = pending.back().row + 1; need > rows) {
-            try {
-                h5::set_extent(results.id(), need);
-                rows = need;
-            } catch (const ArchiveError& e) {
-                fail(pending, e, failures);
-                return failures;
-            }
-        }
-        std::vector<std::pair<std::uint64_t, std::size_t>> written; // (first row, rows) of each run
-        std::vector<std::pair<std::size_t, std::size_t>> kept;      // [a, b) of `pending`, for each run written
-        std::size_t kept_count = 0;
-        std::vector<Row> run;
-        for (std::size_t a = 0, b; a < pending.size(); a = b) {
-            for (b = a + 1; b < pending.size() && joinable(pending[b - 1].row, pending[b].row); ++b) {
-            }
-            std::uint64_t first = pending[a].row;
-            run.assign(pending[b - 1].row - first + 1, Row{});
-            for (std::size_t k = a; k < b; ++k) run[pending[k].row - first] = pending[k].data;
-            try {
-                h5::write_range(results.id(), kit.row.id(), first, run.size(), run.data());
-                written.emplace_back(first, run.size());
-                kept.emplace_back(a, b);
-                kept_count += b - a;
-            } catch (const ArchiveError& e) {
-                fail(std::span(pending).subspan(a, b - a), e, failures);
-            }
-        }
-        if (kept.empty()) return failures;
-        try {
-            h5::flush(h5file.id());
-        } catch (const ArchiveError& e) {
-            // Which rows reached the file is unknown: take them all back. Their bytes are in the file, so a
-            // row that did get there reads as what it is until the zeros are flushed with a later batch.
-            unwrite(written);
-            for (auto [a, b] : kept) fail(std::span(pending).subspan(a, b - a), e, failures);
+        if (old_rows + pending.size() >= kPending) {
+            unwrite(old_rows, {});
+            fail(pending, ArchiveError("the archive holds its maximum of 2^32 - 2 rows"), failures);
             return failures;
         }
-        count += kept_count;
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> order; // (slot, row), by slot
+        order.reserve(pending.size());
+        for (std::size_t k = 0; k < pending.size(); ++k) order.emplace_back(pending[k].slot, old_rows + k);
+        std::sort(order.begin(), order.end());
+        std::vector<std::pair<std::uint64_t, std::size_t>> runs; // (first slot, entries) of each H5Dwrite
+        try {
+            if (hsize_t need = order.back().first + 1; need > index_size) {
+                h5::set_extent(index.id(), need);
+                index_size = need;
+            }
+            std::vector<std::uint64_t> run;
+            for (std::size_t a = 0, b; a < order.size(); a = b) {
+                for (b = a + 1; b < order.size() && joinable(order[b - 1].first, order[b].first); ++b) {
+                }
+                std::uint64_t first = order[a].first;
+                run.assign(order[b - 1].first - first + 1, 0);
+                for (std::size_t k = a; k < b; ++k) run[order[k].first - first] = order[k].second + 1;
+                runs.emplace_back(first, run.size());
+                h5::write_range(index.id(), H5T_NATIVE_UINT64, first, run.size(), run.data());
+            }
+            h5::flush(h5file.id());
+        } catch (const ArchiveError& e) {
+            unwrite(old_rows, runs);
+            fail(pending, e, failures);
+            return failures;
+        }
+        for (auto [slot, row] : order) mark(slot, static_cast<std::uint32_t>(row + 1));
+        count += pending.size();
         return failures;
     }
 
-    Reader reader() const { return Reader{kit, h5file.id(), results.id(), heap.id(), heap_size}; }
+    Reader reader() const { return Reader{kit, h5file.id(), results.id(), index.id()}; }
 };
 
-ResultsArchive::ResultsArchive(fs::path dir, std::string session) : impl_(std::make_unique<Impl>()) {
+ResultsArchive::ResultsArchive(fs::path dir, std::string session, ArchiveAccess access)
+    : impl_(std::make_unique<Impl>()) {
     if (!valid_file_name(session)) throw ArchiveError(fmt::format("'{}' cannot name a results archive file", session));
     try {
         JobIdGenerator check(session); // rows come from job IDs, so the session must be one they can have
@@ -743,12 +856,9 @@ ResultsArchive::ResultsArchive(fs::path dir, std::string session) : impl_(std::m
     }
     impl_->dir = normal_dir(dir);
     impl_->session = std::move(session);
+    impl_->access = access;
     impl_->file = file_of(impl_->dir, impl_->session);
-    std::error_code ec;
-    fs::create_directories(impl_->dir, ec);
-    if (ec)
-        throw ArchiveError(
-            fmt::format("cannot create results archive directory '{}': {}", impl_->dir.string(), ec.message()));
+    make_dirs(impl_->dir, access == ArchiveAccess::group ? 0750 : 0700);
     h5::Quiet q;
     impl_->open_or_create();
 }
@@ -786,6 +896,20 @@ void ResultsArchive::write(const std::vector<Result>& batch) {
     throw ArchiveWriteError(what, std::move(out), failures.os_errno);
 }
 
+void ResultsArchive::set_info(const std::vector<std::pair<std::string, std::string>>& info) {
+    std::lock_guard lk(impl_->mu);
+    impl_->require_open();
+    h5::Quiet q;
+    hid_t f = impl_->h5file.id();
+    for (const auto& [name, value] : info) {
+        if (name.empty() || name == "format" || name == "version" || name == "session")
+            throw ArchiveError(fmt::format("session attribute '{}' cannot be set", name));
+        if (h5::attribute_exists(f, name)) h5::delete_attribute(f, name);
+        h5::set_attribute(f, name, value, impl_->kit.str.id(), impl_->kit.scalar.id());
+    }
+    h5::flush(f);
+}
+
 void ResultsArchive::flush() {
     std::lock_guard lk(impl_->mu);
     impl_->require_open();
@@ -799,13 +923,20 @@ void ResultsArchive::close() {
     h5::Quiet q;
     // Close the datasets even if the flush fails, then the file: its close writes what is still cached.
     try {
+        hid_t f = impl_->h5file.id();
+        if (h5::attribute_exists(f, "end_time")) h5::delete_attribute(f, "end_time");
+        h5::set_attribute(f, "end_time", iso_now(), impl_->kit.str.id(), impl_->kit.scalar.id());
+    } catch (const ArchiveError&) {
+        // A session end time that cannot be recorded (a full disk) is no reason to lose the results.
+    }
+    try {
         h5::flush(impl_->h5file.id());
     } catch (const ArchiveError&) {
         impl_->close_handles();
         throw;
     }
     impl_->values.close("H5Gclose");
-    impl_->heap.close("H5Dclose");
+    impl_->index.close("H5Dclose");
     impl_->results.close("H5Dclose");
     impl_->h5file.close("H5Fclose");
 }
@@ -813,11 +944,11 @@ void ResultsArchive::close() {
 std::optional<Result> ResultsArchive::read(const JobId& id) const {
     std::lock_guard lk(impl_->mu);
     impl_->require_open();
-    std::uint64_t row = row_of(id, impl_->session, impl_->file);
-    if (!impl_->is_archived(row)) return std::nullopt;
+    std::uint64_t slot = slot_of(id, impl_->session, impl_->file);
+    if (!impl_->row_of(slot)) return std::nullopt;
     h5::Quiet q;
     try {
-        return impl_->reader().read(id, row, impl_->file);
+        return impl_->reader().read(id, slot, impl_->file);
     } catch (const ArchiveError& e) {
         throw ArchiveError(fmt::format("cannot read job {} from results archive '{}': {}", id, impl_->file.string(), e.what()));
     }
@@ -826,7 +957,7 @@ std::optional<Result> ResultsArchive::read(const JobId& id) const {
 bool ResultsArchive::contains(const JobId& id) const {
     std::lock_guard lk(impl_->mu);
     impl_->require_open();
-    return impl_->is_archived(row_of(id, impl_->session, impl_->file));
+    return impl_->row_of(slot_of(id, impl_->session, impl_->file)).has_value();
 }
 
 std::size_t ResultsArchive::count() const {
@@ -836,7 +967,10 @@ std::size_t ResultsArchive::count() const {
 }
 
 std::string ResultsArchive::location_of(const JobId& id) const {
-    return location(impl_->file, row_of(id, impl_->session, impl_->file));
+    std::uint64_t slot = slot_of(id, impl_->session, impl_->file);
+    std::lock_guard lk(impl_->mu);
+    if (auto row = impl_->row_of(slot)) return location(impl_->file, *row);
+    return fmt::format("{}:/{}", impl_->file.string(), kResults); // not archived (yet)
 }
 const fs::path& ResultsArchive::dir() const { return impl_->dir; }
 const fs::path& ResultsArchive::file() const { return impl_->file; }
@@ -848,7 +982,7 @@ fs::path ResultsArchive::file_of(const fs::path& dir, const std::string& session
 
 std::optional<Result> ResultsArchive::read_from(const fs::path& dir, const JobId& id) {
     std::string session = JobIdGenerator::session_of(id);
-    std::uint64_t row = JobIdGenerator::sequence_of(id) - 1;
+    std::uint64_t slot = JobIdGenerator::sequence_of(id) - 1;
     fs::path file = file_of(dir, session);
     std::error_code ec;
     bool present = fs::exists(file, ec);
@@ -859,11 +993,10 @@ std::optional<Result> ResultsArchive::read_from(const fs::path& dir, const JobId
         Kit kit;
         h5::PList fapl = h5::file_access();
         h5::File f = h5::open_file(file.string(), false, fapl.id());
-        check_layout(f.id(), session, kit, false);
+        check_layout(f.id(), session, kit);
         h5::Dataset results = h5::open_dataset(f.id(), kResults);
-        if (row >= extent(results.id())) return std::nullopt;
-        h5::Dataset heap = h5::open_dataset(f.id(), kHeap);
-        return Reader{kit, f.id(), results.id(), heap.id(), extent(heap.id())}.read(id, row, file);
+        h5::Dataset index = h5::open_dataset(f.id(), kIndex);
+        return Reader{kit, f.id(), results.id(), index.id()}.read(id, slot, file);
     } catch (const ArchiveError& e) {
         throw ArchiveError(fmt::format("cannot read job {} from results archive '{}': {}", id, file.string(), e.what()));
     }

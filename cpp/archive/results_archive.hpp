@@ -1,36 +1,38 @@
 // The results archive: one HDF5 file per session, `<dir>/<session>.h5`, in
-// plain HDF5 that h5py, h5dump and HDFView read without dynexec
-// (dynexec.read_archive is such a reader, h5py and numpy only). Job
-// "<session>-<seq>" (seq from 1) is row seq-1 of /results.
-//   root attributes  format = "dynexec results archive", version = 3 (int32),
-//                    session (the session whose jobs the file holds)
-//   /results  1-D compound dataset, chunked (256 rows), extended as rows come;
-//             rows no result was written to are all zeros (status "absent"):
-//     status       enum uint8 {absent=0, ok, error, cancelled, lost, killed, timeout}
-//     value_kind   enum uint8 {none=0, bool, int, float, str, bytes, pickle, array}
-//     external     uint8: 1 if the value is the dataset /values/<job_id>
-//     ndim         uint8, dtype char[8] (numpy's "f8", "i4", "b1", ...), shape
-//                  uint64[8] (the first ndim used): an array value's
-//     attempts     int32; submit_time, start_time, end_time float64 (Unix s)
+// plain HDF5 that h5py, h5dump, HDFView and pandas (through h5py) read
+// without dynexec (dynexec.read_archive is such a reader, h5py and numpy only).
+//   root attributes  format = "dynexec results archive", version = 4 (int32),
+//                    session; start_time, end_time (ISO 8601 UTC text; end_time
+//                    "" while the session runs), user, host, pid, and what the
+//                    Executor adds (script, label, dynexec_version, ...)
+//   /results  1-D compound table, one row per archived job in the order they
+//             were written (no empty rows), chunked, extended as rows come.
+//             Texts are variable-length UTF-8 strings ("" when empty); status
+//             and value_kind are short NUL-terminated ASCII strings:
+//     job_id, status ("ok", "error", "cancelled", "lost", "killed", "timeout"),
+//     value_kind ("none", "bool", "int", "float", "str", "bytes", "pickle",
+//                 "array", "json"),
+//     value        str: the text; json: the JSON text; array and any value
+//                  kept as a dataset of its own: that dataset's path
 //     int_value    int64: a bool or int value; float_value float64: a float
-//     value, owner, service, server, error_type, message, traceback, stdout,
-//     stderr       uint64[2] = (offset, size) of the bytes in /heap; (0, 0) is
-//                  empty. Texts are UTF-8; a value is a str's UTF-8, the bytes,
-//                  the pickle, or an array's elements (C order, native =
-//                  little-endian). Repeated owner/service/server/error_type
-//                  texts share their bytes. stdout and stderr are what the job
-//                  printed (new in version 3; version 2 has neither).
-//   /heap     1-D uint8, chunked, extended by each batch's bytes
-//   /values/<job_id>  a value over 64 KiB (or an array of over 8 dimensions):
-//             contiguous, the array's own dtype and shape (b1 as h5py's enum
-//             bool), or 1-D uint8 for str, bytes and pickle
-// A row is written once: a job already archived is never overwritten.
-// Write order: a batch's /heap bytes and /values datasets are written and
-// flushed before its rows, and its rows are flushed before write() returns.
-// So a row that reads as a result (any status but absent) always points to
-// bytes that are in the file, also after a crash or a full disk; rows of a
-// batch whose flush failed are written back to zeros (absent).
-// Versions 2 and 3 are read; only version 3 files are written to.
+//     value_bytes  variable-length uint8: a bytes or pickle value up to 64 KiB
+//     service, function (a Python job's callable), args (JSON text), summary,
+//     label, tags (a JSON array), owner, server,
+//     submit_time, start_time, end_time  float64 seconds since the Unix epoch
+//                  (the dataset's attribute time_unit says so), attempts int32,
+//     error_type, message, traceback, stdout, stderr
+//   /index    1-D uint64 by sequence number - 1: the job's row in /results + 1;
+//             0 (the fill value) for a job not archived. Only an index: a
+//             reader may as well search the job_id column.
+//   /values/<job_id>  an array value (any size: its own dtype and shape, b1 as
+//             h5py's enum bool), a str over 64 KiB (a scalar UTF-8 string), or
+//             bytes/pickle over 64 KiB (1-D uint8)
+// A job is written once: an archived job is never overwritten.
+// Write order: a batch's /values datasets and /results rows are written and
+// flushed, then its /index entries, flushed before write() returns. A row
+// that find() reaches is always complete, also after a crash or a full disk.
+// Only version 4 is read and written; older files get a clear message here
+// (dynexec.read_archive still reads versions 2 and 3).
 #pragma once
 
 #include "common/errors.hpp"
@@ -62,13 +64,17 @@ struct ArchiveWriteError : ArchiveError {
     int os_errno;                  // of the first failed system call; 0 if none
 };
 
+// Who may read the files and directories the archive creates: their owner
+// only (0600 / 0700), or also the owner's group (0640 / 0750).
+enum class ArchiveAccess { owner, group };
+
 // Thread-safe: one mutex per archive (HDF5 serialises all calls anyway).
 class ResultsArchive {
 public:
     // Creates `dir` and `<dir>/<session>.h5`, or reopens that file read-write
     // so that a session can be resumed. Throws ArchiveError naming the path and
     // the reason (also for a `session` that is not a JobIdGenerator session).
-    ResultsArchive(std::filesystem::path dir, std::string session);
+    ResultsArchive(std::filesystem::path dir, std::string session, ArchiveAccess access = ArchiveAccess::owner);
     ~ResultsArchive(); // closes, ignoring errors: call close() to see them
     ResultsArchive(const ResultsArchive&) = delete;
     ResultsArchive& operator=(const ResultsArchive&) = delete;
@@ -82,7 +88,9 @@ public:
     // Hands everything written to the OS: it survives a crash of this process
     // and is visible to readers that open the file afterwards (no fsync).
     void flush();
-    // Flushes and closes the file; idempotent. Later calls throw ArchiveError.
+    // Sets root attributes of the file (text), replacing those of the same name; flushed.
+    void set_info(const std::vector<std::pair<std::string, std::string>>& info);
+    // Flushes, records end_time and closes the file; idempotent. Later calls throw ArchiveError.
     void close();
 
     std::optional<Result> read(const JobId& id) const; // nullopt if not archived

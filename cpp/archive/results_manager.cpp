@@ -289,12 +289,13 @@ struct ResultsManager::Core {
     }
 };
 
-ResultsManager::ResultsManager(std::optional<fs::path> dir, std::string session, Delivery on_archived)
+ResultsManager::ResultsManager(std::optional<fs::path> dir, std::string session, Delivery on_archived,
+                               ArchiveAccess access)
     : core_(std::make_shared<Core>()) {
     core_->session = std::move(session);
     core_->deliver = std::move(on_archived);
     if (dir) {
-        core_->archive = std::make_shared<ResultsArchive>(std::move(*dir), core_->session);
+        core_->archive = std::make_shared<ResultsArchive>(std::move(*dir), core_->session, access);
         core_->dir = core_->archive->dir();
     }
     // The thread holds the core, not `this`: destroying the manager from on_archived stays safe.
@@ -303,8 +304,8 @@ ResultsManager::ResultsManager(std::optional<fs::path> dir, std::string session,
 }
 
 std::shared_ptr<ResultsManager> ResultsManager::open(std::optional<fs::path> dir, std::string session,
-                                                     Delivery on_archived) {
-    auto m = std::make_shared<ResultsManager>(std::move(dir), std::move(session), std::move(on_archived));
+                                                     Delivery on_archived, ArchiveAccess access) {
+    auto m = std::make_shared<ResultsManager>(std::move(dir), std::move(session), std::move(on_archived), access);
     auto& reg = registry();
     std::lock_guard lk(reg.mu);
     reg.by_session[m->session()] = m;
@@ -404,6 +405,15 @@ std::optional<Result> ResultsManager::find(const JobId& id) {
     }
     if (core_->dir) return ResultsArchive::read_from(*core_->dir, id);
     return std::nullopt;
+}
+
+void ResultsManager::set_session_info(const std::vector<std::pair<std::string, std::string>>& info) {
+    std::shared_ptr<ResultsArchive> a;
+    {
+        std::lock_guard lk(core_->mu);
+        a = core_->archive;
+    }
+    if (a) a->set_info(info);
 }
 
 std::uint64_t ResultsManager::archived() const {

@@ -37,10 +37,13 @@ public:
 
     // With `dir`, opens the session's archive now (a bad path throws
     // ArchiveError); without, results are delivered unarchived.
-    ResultsManager(std::optional<std::filesystem::path> dir, std::string session, Delivery on_archived);
+    ResultsManager(std::optional<std::filesystem::path> dir, std::string session, Delivery on_archived,
+                   ArchiveAccess access = ArchiveAccess::owner);
     // The same, registered so that live(session) finds it until close().
     static std::shared_ptr<ResultsManager> open(std::optional<std::filesystem::path> dir, std::string session,
-                                                Delivery on_archived);
+                                                Delivery on_archived, ArchiveAccess access = ArchiveAccess::owner);
+    // Session metadata, written to the archive file's root attributes now (see ResultsArchive::set_info).
+    void set_session_info(const std::vector<std::pair<std::string, std::string>>& info);
     // The registered, open manager of `session` in this process; null if none.
     static std::shared_ptr<ResultsManager> live(const std::string& session);
     ~ResultsManager() override; // close()

@@ -462,6 +462,7 @@ void LoadBalancer::complete(Result result, int attempt) {
         } else {
             result.server = a.server;
             result.attempts = a.starts + (ran ? 1 : 0);
+            result.info = a.job->info; // what the job was stays here, never on the wire
             jobs_.erase(it);
             if (waiting_count_) pump_locked();
         }

@@ -110,6 +110,7 @@ Result result_without_run(const Job& job, Status status, std::string error_type,
     r.service = job.service;
     r.submit_time = job.submit_time;
     r.attempts = job.attempt();
+    r.info = job.info;
     return r;
 }
 

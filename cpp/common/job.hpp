@@ -41,6 +41,17 @@ private:
 
 enum class JobState : std::uint8_t { queued, running, cancelled };
 
+// What a job was, for the archive: set at submit, kept by the head's load balancer with the job (never sent
+// to a compute server) and copied into its result. Texts are UTF-8; each may be empty.
+struct JobInfo {
+    std::string function; // a Python job's callable, "module.qualname"
+    std::string args;     // its arguments as JSON text, when they are JSON-representable
+    std::string summary;  // a short printable form of the call, e.g. "f(1, x=2)"
+    std::string label;    // the user's label (Executor.options(label=...))
+    std::string tags;     // the user's tags, a JSON array of strings
+};
+using JobInfoPtr = std::shared_ptr<const JobInfo>;
+
 // What a submit may ask of a job besides its service and parameters.
 struct JobOptions {
     double time_limit = 0; // seconds each start may run; 0 = no limit
@@ -60,6 +71,7 @@ struct Job {
     double time_limit = 0;  // seconds a start may run before it is stopped (status timeout); 0 = none
     int retries = 0;        // times a job that fails with an error is run again
     std::atomic<bool> stop_requested{false}; // kill() or the time limit: a native service may poll it
+    JobInfoPtr info; // null if none was given
 
     // queued -> running, if `attempt` is still the current dispatch.
     bool try_start(int attempt) { return cas(pack(attempt, JobState::queued), pack(attempt, JobState::running)); }
@@ -102,6 +114,7 @@ struct Result {
     int attempts = 0;
     std::string location;   // where the archive keeps it; empty when not archived
     std::string captured_stdout, captured_stderr; // what the job printed
+    JobInfoPtr info; // what the job was (set by the head, not sent over the wire); null if unknown
 };
 
 // A result for a job that never ran to completion (cancelled, lost).

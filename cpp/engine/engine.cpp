@@ -74,7 +74,8 @@ struct Engine::Impl {
 
         JobIdGenerator session;
         results = ResultsManager::open(options.archive, session.session(),
-                                       [this](std::vector<Result>&& batch) { on_archived(std::move(batch)); });
+                                       [this](std::vector<Result>&& batch) { on_archived(std::move(batch)); },
+                                       options.archive_access);
         manager = std::make_unique<ExecutionManager>(registry, session.session(), [this] { start_balancer(); });
         // What this process can run, servers elsewhere run too: jobs for it wait for a server to join.
         manager->know(ServiceCatalog::process().all());
@@ -239,15 +240,20 @@ void Engine::refuse_if_closed() const {
 }
 
 JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner,
-                     const JobOptions& options, const std::function<void(const JobId&)>& on_id) {
+                     const JobOptions& options, const std::function<void(const JobId&)>& on_id, JobInfoPtr info) {
     refuse_if_closed();
-    return impl_->manager->submit(service, params, owner, options, on_id);
+    return impl_->manager->submit(service, params, owner, options, on_id, std::move(info));
 }
 
 std::vector<JobId> Engine::submit_many(const std::string& service, const std::vector<Params>& params,
-                                       const std::string& owner, const JobOptions& options) {
+                                       const std::string& owner, const JobOptions& options,
+                                       const std::vector<JobInfoPtr>& infos) {
     refuse_if_closed();
-    return impl_->manager->submit_many(service, params, owner, options);
+    return impl_->manager->submit_many(service, params, owner, options, infos);
+}
+
+void Engine::set_session_info(const std::vector<std::pair<std::string, std::string>>& info) {
+    impl_->results->set_session_info(info);
 }
 
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }

@@ -4,6 +4,7 @@
 // the others only through the registry's proxies. Thread-safe.
 #pragma once
 
+#include "archive/results_archive.hpp"
 #include "common/job.hpp"
 #include "registry/lookup_registry.hpp"
 #include "remote/hub.hpp"
@@ -29,6 +30,7 @@ struct EngineOptions {
     int max_attempts = 3;            // vanished servers a job may outlive
     std::uint64_t seed = 0;          // 0 = random
     std::optional<remote::HubOptions> listen; // accept compute servers and clients from other processes
+    ArchiveAccess archive_access = ArchiveAccess::owner; // who may read the archive's files
 };
 
 struct EngineStats {
@@ -45,10 +47,13 @@ public:
     Engine& operator=(const Engine&) = delete;
 
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
-                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {});
+                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {},
+                 JobInfoPtr info = {});
     // Many jobs of one service at once: far cheaper per job; all are validated before any is queued.
     std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
-                                   const JobOptions& options = {});
+                                   const JobOptions& options = {}, const std::vector<JobInfoPtr>& infos = {});
+    // Session metadata for the archive file's root attributes (script, label, dynexec_version, ...).
+    void set_session_info(const std::vector<std::pair<std::string, std::string>>& info);
     // True if the job will never start (it had not); waits for a server in another process to confirm.
     bool cancel(const JobId& id);
     // Many at once: those still waiting in the balancer first, none of them started meanwhile.

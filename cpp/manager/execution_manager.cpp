@@ -93,8 +93,10 @@ JobPtr ExecutionManager::make(const ServiceDef& def, const std::string& service,
 }
 
 JobId ExecutionManager::submit(const std::string& service_name, const Params& params, const std::string& owner,
-                               const JobOptions& options, const std::function<void(const JobId&)>& on_id) {
+                               const JobOptions& options, const std::function<void(const JobId&)>& on_id,
+                               JobInfoPtr info) {
     auto job = make(*service(service_name), service_name, params, owner, options);
+    job->info = std::move(info);
     job->id = ids_.next();
     auto id = job->id;
     if (on_id) on_id(id);
@@ -104,7 +106,10 @@ JobId ExecutionManager::submit(const std::string& service_name, const Params& pa
 }
 
 std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name, const std::vector<Params>& params,
-                                            const std::string& owner, const JobOptions& options) {
+                                            const std::string& owner, const JobOptions& options,
+                                            const std::vector<JobInfoPtr>& infos) {
+    if (!infos.empty() && infos.size() != params.size())
+        throw InvalidJob(fmt::format("{} job descriptions for {} jobs", infos.size(), params.size()));
     auto def = service(service_name);
     std::vector<JobPtr> jobs;
     jobs.reserve(params.size());
@@ -115,7 +120,10 @@ std::vector<JobId> ExecutionManager::submit_many(const std::string& service_name
         }
     std::vector<JobId> ids;
     ids.reserve(jobs.size());
-    for (auto& job : jobs) ids.push_back(job->id = ids_.next());
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        ids.push_back(jobs[i]->id = ids_.next());
+        if (!infos.empty()) jobs[i]->info = infos[i];
+    }
     balancer()->dispatch(std::move(jobs));
     submitted_ += ids.size();
     return ids;

@@ -26,10 +26,12 @@ public:
     // Throws InvalidJob (UnknownService) on bad input; nothing is queued then.
     // `on_id` runs with the new ID before the job can run (to route its result).
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
-                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {});
+                 const JobOptions& options = {}, const std::function<void(const JobId&)>& on_id = {},
+                 JobInfoPtr info = {});
     // Many jobs of one service in one hand-over to the balancer; all are validated before any is queued.
+    // `infos`, if not empty, has one entry (possibly null) per job.
     std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
-                                   const JobOptions& options = {});
+                                   const JobOptions& options = {}, const std::vector<JobInfoPtr>& infos = {});
     // A job whose ID was reserved for a remote client (reserve_ids), as that client sent it.
     struct Reserved {
         JobId id;

@@ -17,7 +17,7 @@ from .errors import (ArchiveError, BrokenExecutorError, InvalidJobError, JobKill
                      ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
-from .results import Result, default_archive, find, read_archive
+from .results import Result, default_archive, find, read_archive, sessions
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,7 @@ __all__ = [
     "POLICIES", "ArchiveError", "BrokenExecutorError", "Executor", "InvalidJobError", "JobFuture", "JobKilledError",
     "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError", "ServerDiedError",
     "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
-    "get_include", "load_services", "read_archive", "services",
+    "get_include", "load_services", "read_archive", "services", "sessions",
 ]
 
 

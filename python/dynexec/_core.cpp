@@ -216,41 +216,86 @@ template <class Poll, class Convert> py::list polled(Poll poll, Convert convert)
 py::object output_item(OutputChunk& c) { return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final); }
 
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
+// What a job was, from Python's (function, args, summary, label, tags) texts; null for None.
+JobInfoPtr job_info(const py::handle& info) {
+    if (info.is_none()) return {};
+    auto t = info.cast<std::tuple<std::string, std::string, std::string, std::string, std::string>>();
+    return std::make_shared<JobInfo>(JobInfo{std::move(std::get<0>(t)), std::move(std::get<1>(t)),
+                                             std::move(std::get<2>(t)), std::move(std::get<3>(t)),
+                                             std::move(std::get<4>(t))});
+}
+
+// A job's description reaches the archive where the head keeps its jobs: the Engine. A remote Client does not
+// send it (yet): its jobs are archived without one.
+template <class E>
+JobId submit_one(E& e, const std::string& service, const Params& params, const std::string& owner, const JobOptions& o,
+                 JobInfoPtr info) {
+    if constexpr (std::is_same_v<E, Engine>) return e.submit(service, params, owner, o, {}, std::move(info));
+    else return e.submit(service, params, owner, o);
+}
+
+template <class E>
+std::vector<JobId> submit_all(E& e, const std::string& service, const std::vector<Params>& params,
+                              const std::string& owner, const JobOptions& o, const std::vector<JobInfoPtr>& infos) {
+    if constexpr (std::is_same_v<E, Engine>) return e.submit_many(service, params, owner, o, infos);
+    else return e.submit_many(service, params, owner, o);
+}
+
+std::vector<JobInfoPtr> job_infos(const py::object& infos, std::size_t n) {
+    std::vector<JobInfoPtr> out;
+    if (infos.is_none()) return out;
+    auto list = infos.cast<py::list>();
+    if (list.size() != n) throw py::value_error(fmt::format("{} job descriptions for {} jobs", list.size(), n));
+    out.reserve(n);
+    for (auto& i : list) out.push_back(job_info(i));
+    return out;
+}
+
 template <class E> void def_job_calls(py::class_<E>& cls) {
     cls.def("submit",
             [](E& e, const std::string& service, const py::dict& kwargs, const std::string& owner, double time_limit,
-               int retries) {
+               int retries, const py::object& info) {
                 auto params = to_params(kwargs);
+                auto i = job_info(info);
                 py::gil_scoped_release nogil;
-                return e.submit(service, params, owner, JobOptions{time_limit, retries});
+                return submit_one(e, service, params, owner, JobOptions{time_limit, retries}, std::move(i));
             },
-            py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+            py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+            py::arg("info") = py::none())
         .def("submit_python",
-             [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries) {
+             [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries,
+                const py::object& info) {
                  Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+                 auto i = job_info(info);
                  py::gil_scoped_release nogil;
-                 return e.submit("python", params, owner, JobOptions{time_limit, retries});
+                 return submit_one(e, "python", params, owner, JobOptions{time_limit, retries}, std::move(i));
              },
-             py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+             py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+             py::arg("info") = py::none())
         .def("submit_many",
              [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner,
-                double time_limit, int retries) {
+                double time_limit, int retries, const py::object& infos) {
                  std::vector<Params> params;
                  params.reserve(kwargs_list.size());
                  for (auto& kw : kwargs_list) params.push_back(to_params(kw.cast<py::dict>()));
+                 auto i = job_infos(infos, params.size());
                  py::gil_scoped_release nogil;
-                 return e.submit_many(service, params, owner, JobOptions{time_limit, retries});
+                 return submit_all(e, service, params, owner, JobOptions{time_limit, retries}, i);
              },
-             py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+             py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+             py::arg("infos") = py::none())
         .def("submit_python_many",
-             [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries) {
+             [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries,
+                const py::object& infos) {
                  std::vector<Params> params;
                  params.reserve(payloads.size());
                  for (auto& p : payloads) params.push_back(Params{{"payload", Pickled{p.cast<std::string>()}}});
+                 auto i = job_infos(infos, params.size());
                  py::gil_scoped_release nogil;
-                 return e.submit_many("python", params, owner, JobOptions{time_limit, retries});
+                 return submit_all(e, "python", params, owner, JobOptions{time_limit, retries}, i);
              },
-             py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+             py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+             py::arg("infos") = py::none())
         .def("kill", &E::kill, py::call_guard<py::gil_scoped_release>())
         .def("backlog",
              [](E& e) {
@@ -337,6 +382,11 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("attempts", &Result::attempts)
         .def_property_readonly("location", [](const Result& r) { return text(r.location); })
         .def_property_readonly("stdout", [](const Result& r) { return text(r.captured_stdout); })
+        .def_property_readonly("function", [](const Result& r) { return r.info ? text(r.info->function) : py::str(""); })
+        .def_property_readonly("args", [](const Result& r) { return r.info ? text(r.info->args) : py::str(""); })
+        .def_property_readonly("summary", [](const Result& r) { return r.info ? text(r.info->summary) : py::str(""); })
+        .def_property_readonly("label", [](const Result& r) { return r.info ? text(r.info->label) : py::str(""); })
+        .def_property_readonly("tags", [](const Result& r) { return r.info ? text(r.info->tags) : py::str(""); })
         .def_property_readonly("stderr", [](const Result& r) { return text(r.captured_stderr); });
 
     py::class_<Engine> engine(m, "Engine");
@@ -344,7 +394,10 @@ PYBIND11_MODULE(_core, m) {
     engine
         .def(py::init([](int servers, unsigned slots, unsigned threads, std::string policy,
                          std::optional<std::filesystem::path> archive, double lease, double renew, int max_attempts,
-                         std::uint64_t seed, std::optional<py::dict> listen) {
+                         std::uint64_t seed, std::optional<py::dict> listen, const std::string& archive_mode) {
+                 if (archive_mode != "owner" && archive_mode != "group")
+                     throw py::value_error(fmt::format("archive_mode must be \"owner\" or \"group\", got '{}'",
+                                                       archive_mode));
                  std::optional<remote::HubOptions> hub;
                  if (listen)
                      hub = remote::HubOptions{listen_arg(*listen, "bind", false),
@@ -356,12 +409,15 @@ PYBIND11_MODULE(_core, m) {
                      throw py::value_error("listen: compute_public_key and client_public_key must differ (one key "
                                            "for both roles would let every client register as a compute server)");
                  py::gil_scoped_release nogil;
-                 return new Engine({servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
-                                    max_attempts, seed, std::move(hub)});
+                 EngineOptions o{servers, slots, threads, std::move(policy), std::move(archive), lease, renew,
+                                 max_attempts, seed, std::move(hub)};
+                 o.archive_access = archive_mode == "group" ? ArchiveAccess::group : ArchiveAccess::owner;
+                 return new Engine(std::move(o));
              }),
              py::arg("servers"), py::arg("slots_per_server"), py::arg("threads_per_server"), py::arg("policy"),
              py::arg("archive"), py::arg("lease_seconds"), py::arg("renew_seconds"), py::arg("max_attempts"),
-             py::arg("seed"), py::arg("listen") = py::none())
+             py::arg("seed"), py::arg("listen") = py::none(), py::arg("archive_mode") = "owner")
+        .def("set_session_info", &Engine::set_session_info, py::arg("info"), py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("endpoint", &Engine::endpoint)
         .def("wait_for_servers", &Engine::wait_for_servers, py::call_guard<py::gil_scoped_release>())
         .def("wait_shutdown_request", &Engine::wait_shutdown_request, py::call_guard<py::gil_scoped_release>())

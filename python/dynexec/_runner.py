@@ -1,7 +1,9 @@
 """Runs one pickled Python job inside a compute server. Called from C++ with the GIL held."""
 import io
 import os
+import json
 import pickle
+import struct
 import socket
 import sys
 import traceback
@@ -208,6 +210,48 @@ def _is_plain(value) -> bool:
     return False
 
 
+_JSON_MAX = 1 << 20  # bigger containers are pickled: the JSON text lives in the results table's row
+
+
+def _json_safe(value, depth=0) -> bool:
+    """Whether json.loads(json.dumps(value)) gives back an equal value of the same types: dicts with str keys,
+    lists, and None, bool, int, finite float and str (exact types, no lone surrogates)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return True
+    if t is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth > 64:
+        return False
+    if t is list:
+        return all(_json_safe(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and _json_safe(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def json_text(value) -> str | None:
+    """The JSON text the archive keeps of a JSON-representable dict or list (value_kind "json"); None for
+    anything else, which is pickled."""
+    if type(value) not in (dict, list) or not _json_safe(value):
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+        data = text.encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
+        return None
+    return text if len(data) <= _JSON_MAX and "\0" not in text else None
+
+
+def json_pickle(text: str) -> bytes:
+    """The pickle of the call json.loads(text): what the C++ archive recognises and keeps as JSON text
+    (kJsonPrefix in cpp/archive/results_archive.cpp); unpickling it gives the value back."""
+    data = text.encode("utf-8")
+    return b"\x80\x02cjson\nloads\nX" + struct.pack("<I", len(data)) + data + b"\x85R."
+
+
 def run(payload):
     """Returns ("array", ndarray) | ("value", a plain value) | ("pickle", bytes)
     | ("error", type, message, traceback, pickled exception).
@@ -233,6 +277,9 @@ def run(payload):
         return ("array", value)
     if _is_plain(value):
         return ("value", value)
+    text = json_text(value)
+    if text is not None:
+        return ("pickle", json_pickle(text))
     try:
         return ("pickle", dumps(value))
     except BaseException as exc:

@@ -22,6 +22,7 @@ from . import _pickling
 from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
+from . import _jobinfo
 from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
@@ -229,18 +230,26 @@ class Executor(_Executor):
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
+    label: a label for this session, kept in its archive file (see dynexec.sessions()).
+    archive_mode: who may read the archive files this executor creates: "owner" (default: files 0600,
+        directories 0700) or "group" (0640 and 0750: the owner's group reads them too).
     """
 
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
-                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False):
+                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False,
+                 label: str | None = None, archive_mode: str = "owner"):
         self._local = None
         self._echo = None
         self._session = None
         self._broken = None  # why no compute server can be had, once that is so
         self._defaults = _job_options(time_limit, retries)
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a str or None, got {type(label).__name__}")
+        if archive_mode not in ("owner", "group"):
+            raise ValueError(f'archive_mode must be "owner" or "group", got {archive_mode!r}')
         self._ship = connect is not None  # the client's own modules, by value: its servers cannot import them
         if connect is not None:
             if max_workers is not None or archive is not None:
@@ -270,13 +279,14 @@ class Executor(_Executor):
         self._archive = Path(archive).absolute() if archive is not False else None
         self._owner = owner or _default_owner()
         engine_args = (policy, self._archive, float(lease_seconds), float(renew_seconds or 0), max_attempts, seed)
+        engine_kw = {"archive_mode": archive_mode}
         if processes:
             keys = connection.new_keys()
             # Separate processes share the cores: by default each gets its share for native parallelism.
             threads = threads_per_server or max(1, (os.cpu_count() or 1) // max_workers)
             self._local = LocalServers(slots_per_server, threads)
             try:
-                self._engine = _core.Engine(0, slots_per_server, 0, *engine_args,
+                self._engine = _core.Engine(0, slots_per_server, 0, *engine_args, **engine_kw,
                                             listen={"bind": self._local.bind, **connection.listen_keys(keys)})
             except BaseException:
                 self._local.stop()
@@ -291,7 +301,9 @@ class Executor(_Executor):
                 self._engine.shutdown(False, True)
                 raise
         else:
-            self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args)
+            self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args, **engine_kw)
+        if self._archive is not None:
+            self._engine.set_session_info(_jobinfo.session_info(label))
         self._start_echo(echo_output and processes)
         self._start_collector()
         if self._local is not None:
@@ -329,13 +341,16 @@ class Executor(_Executor):
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
         return self._submit_service(self._defaults, service, params)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, futures=False):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
 
-        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
-        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each.
+        futures=True returns the list of JobFutures instead (one per job, in order; each has its job_id), so
+        that every job of a map can be found in the archive later."""
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, futures)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, label: str | None = None,
+                tags=None) -> JobOptions:
         """The same executor, with options for the jobs submitted through it (they do not collide with the
         callable's own keyword arguments):
 
@@ -344,8 +359,11 @@ class Executor(_Executor):
         time_limit: seconds a job may run (each time it starts); past it, it is stopped and fails with
             JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
         retries: how many times a job that raises is run again before its error is reported (default: the
-            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
-        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries)
+            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts).
+        label, tags: a str and a list of str, recorded with each job in the archive (columns `label` and
+            `tags`, the latter a JSON array), e.g. ex.options(label="sweep-3", tags=["calib"]).map(f, xs);
+            dynexec.read_archive(path, label="sweep-3") finds them."""
+        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries, label=label, tags=tags)
 
     def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
         if not callable(fn):
@@ -354,10 +372,13 @@ class Executor(_Executor):
             payload = job_payload(fn, args, kwargs, self._ship)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
-        return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
+        info = _jobinfo.describe(_jobinfo.function_name(fn), args, kwargs, opts[2], opts[3])
+        return self._submit(lambda: self._engine.submit_python(payload, self._owner, opts[0], opts[1], info))
 
     def _submit_service(self, opts, service, params) -> JobFuture:
-        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts))
+        info = _jobinfo.describe("", (), params, opts[2], opts[3])
+        info = ("", info[1], service + info[2][1:], info[3], info[4])  # "demo.square(x=3.0)"
+        return self._submit(lambda: self._engine.submit(service, params, self._owner, opts[0], opts[1], info))
 
     def _submit(self, send) -> JobFuture:
         return self._submit_many(lambda: [send()])[0]
@@ -381,10 +402,11 @@ class Executor(_Executor):
         _settle_all(early)
         return futures
 
-    def _map(self, opts, fn, iterables, timeout, chunksize):
+    def _map(self, opts, fn, iterables, timeout, chunksize, as_futures=False):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
+        name = _jobinfo.function_name(fn)
         if chunksize > 1:
             fn, items = functools.partial(_run_chunk, fn), ((c,) for c in _chunks(zip(*iterables), chunksize))
         else:
@@ -401,7 +423,11 @@ class Executor(_Executor):
                 for f in futures:
                     f.cancel()
                 raise _unpicklable(fn, "its arguments", exc) from exc
-            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
+            infos = [_jobinfo.describe(name, args, {}, opts[2], opts[3]) for args in batch]
+            futures += self._submit_many(
+                lambda: self._engine.submit_python_many(payloads, self._owner, opts[0], opts[1], infos))
+        if as_futures:
+            return futures
         results = _in_order(futures, end_time)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
@@ -569,7 +595,7 @@ def _join(thread: threading.Thread) -> None:
 class JobOptions:
     """An executor with options for the jobs submitted through it: see Executor.options()."""
 
-    def __init__(self, executor: Executor, opts: tuple[float, int]):
+    def __init__(self, executor: Executor, opts: tuple):
         self._executor, self._opts = executor, opts
 
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
@@ -578,25 +604,30 @@ class JobOptions:
     def submit_service(self, service: str, /, **params) -> JobFuture:
         return self._executor._submit_service(self._opts, service, params)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, futures=False):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
-        return self._executor._map(self._opts, fn, iterables, timeout, chunksize)
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, futures)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, label: str | None = None,
+                tags=None) -> JobOptions:
         return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
-                                                       self._opts[1] if retries is None else retries))
+                                                       self._opts[1] if retries is None else retries,
+                                                       self._opts[2] if label is None else label,
+                                                       self._opts[3] if tags is None else tags))
 
     def __repr__(self):
-        return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}>"
+        extra = (f" label={self._opts[2]!r}" if self._opts[2] else "") + (
+            f" tags={list(self._opts[3])!r}" if self._opts[3] else "")
+        return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}{extra}>"
 
 
-def _job_options(time_limit, retries) -> tuple[float, int]:
-    """(time_limit, retries) as the engine takes them; names what is wrong."""
+def _job_options(time_limit, retries, label=None, tags=None) -> tuple:
+    """(time_limit, retries, label, tags) as submits take them; names what is wrong."""
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds or None, got {time_limit!r}")
     if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-    return (float(time_limit or 0.0), retries)
+    return (float(time_limit or 0.0), retries, *_jobinfo.check_label(label, tags))
 
 
 def _on_broken(executor_ref):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,11 @@ class Result:
     location: str
     stdout: str = ""
     stderr: str = ""
+    function: str = ""  # a Python job's callable, "module.qualname" ("" for a service job)
+    args: str = ""      # its arguments as JSON text {"args": [...], "kwargs": {...}}; "" if not JSON-representable
+    summary: str = ""   # a short printable form of the call, e.g. "f(1, x=2)"
+    label: str = ""     # the label given with Executor.options(label=...)
+    tags: tuple = ()    # the tags given with Executor.options(tags=[...])
     _error_payload: bytes = dataclasses.field(default=b"", repr=False)
     decode_error: ResultDecodeError | None = dataclasses.field(default=None, compare=False)
 
@@ -92,7 +98,8 @@ class Result:
         else:
             value = raw
         return cls(job_id, r.status, value, r.error_type, r.message, r.traceback, r.owner, r.service, r.server,
-                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, r.stdout, r.stderr, payload, error)
+                   r.submit_time, r.start_time, r.end_time, r.attempts, r.location, r.stdout, r.stderr, r.function,
+                   r.args, r.summary, r.label, _tags(r.tags), payload, error)
 
     def exception(self) -> BaseException | None:
         """The job's exception, with its own type and the remote traceback as its cause; None if it succeeded.
@@ -131,7 +138,17 @@ _TEXT_FIELDS = ("error_type", "message", "traceback", "owner", "service", "serve
 _ROWS_PER_READ = 256  # a chunk of /results: what one damaged chunk can take with it
 
 
-def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
+def _tags(text: str) -> tuple:
+    if not text:
+        return ()
+    try:
+        tags = json.loads(text)
+    except ValueError:
+        return (text,)
+    return tuple(str(t) for t in tags) if isinstance(tags, list) else (str(tags),)
+
+
+def _read_archive_v3(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
     """Reads a results archive file with h5py and numpy alone: {job_id: record}, in job order.
 
     `path` is one session's file, `<archive>/<session>.h5`; `job_ids` limits the records to those jobs
@@ -307,6 +324,257 @@ def read_archive(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
             job_id = f"{session}-{int(i) + 1:010d}"
             out[job_id] = record(job_id, row)
         return out
+
+
+# Columns of a version-4 /results row read as text, and the record every reader gets (read_archive, as_frame).
+_V4_TEXTS = ("error_type", "message", "traceback", "owner", "service", "server", "stdout", "stderr", "function",
+             "args", "summary", "label")
+_STATUSES = frozenset(("ok", "error", "cancelled", "lost", "killed", "timeout"))
+_RECORD_FIELDS = ("job_id", "status", "value_kind", "value", *_TEXT_FIELDS, "function", "args", "summary", "label",
+                  "tags", "submit_time", "start_time", "end_time", "attempts", "decode_error")
+
+
+def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = None, tag: str | None = None,
+                 as_frame: bool = False):
+    """Reads a results archive file with h5py and numpy alone: {job_id: record}, in the order written.
+
+    `path` is one session's file, `<archive>/<session>.h5`; `job_ids` limits the records to those jobs (jobs
+    not in the file are left out); `label` and `tag` to the jobs submitted with that label or tag (through
+    Executor.options(label=..., tags=[...])): only those columns are read to find them. Each record is a dict
+    with job_id, status ("ok", "error", "cancelled", "lost", "killed", "timeout"), value_kind, value,
+    error_type, message, traceback, owner, service, server, stdout, stderr (what the job printed), function
+    (a Python job's callable), args (its arguments as JSON text, "" if they are not JSON-representable),
+    summary (a short printable form of the call), label, tags (a tuple), submit_time, start_time, end_time
+    (Unix seconds), attempts and decode_error. `value` is decoded: None, bool, int, float, str, bytes, a
+    numpy array with its dtype and shape, a dict or list (value_kind "json"), or for value_kind "pickle" the
+    unpickled object (for a failed job, its exception).
+
+    as_frame=True returns a pandas DataFrame instead, one row per job, indexed by job_id, the times as UTC
+    datetimes (NaT where unset).
+
+    One bad row never hides the others: a value that cannot be decoded here (its class is not importable, its
+    bytes are damaged) leaves that record's `value` None and says why in `decode_error`, naming the job and
+    the file (None for a record read whole); its other fields are all there. A row HDF5 cannot read at all
+    has status None.
+
+    The layout (version 4, cpp/archive/results_archive.hpp and the README) is plain HDF5; files of layout
+    versions 2 and 3 are read too (without the job descriptions). Raises ValueError naming the file if it is
+    not such an archive, or if a job ID is not one of its session.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+    with f:
+        version = f.attrs.get("version")
+        if version in (2, 3):
+            f.close()
+            records = _read_archive_v3(path, job_ids)
+            if label is not None or tag is not None:  # those files have no labels
+                records = {}
+            for rec in records.values():
+                rec.update({"function": "", "args": "", "summary": "", "label": "", "tags": ()})
+            return _frame(records) if as_frame else records
+        try:
+            if "results" not in f or "index" not in f or version != 4:
+                raise ValueError(f"no /results and /index of layout version 4 (version {version!r})")
+            session = f.attrs["session"]
+            session = session.decode() if isinstance(session, bytes) else str(session)
+            results, index = f["results"], f["index"]
+        except Exception as exc:
+            raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+        records = _read_v4(f, str(path), session, results, index, job_ids, label, tag)
+    return _frame(records) if as_frame else records
+
+
+def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str, dict]:
+    import numpy as np
+
+    n = len(results)
+    rows = None  # every row
+    if job_ids is not None:
+        slots = []
+        for job_id in job_ids:
+            head, _, seq = str(job_id).rpartition("-")
+            if not (head and len(seq) == 10 and seq.isdigit() and int(seq) > 0):
+                raise ValueError(f"{job_id!r} is not a dynexec job ID")
+            if head != session:
+                raise ValueError(f"job {job_id} is not of session {session}, whose archive is {path}")
+            if int(seq) <= len(index):
+                slots.append(int(seq) - 1)
+        slots = sorted(set(slots))
+        entries = index[np.array(slots, dtype=np.int64)] if slots else np.zeros(0, np.uint64)
+        rows = sorted({int(e) - 1 for e in entries if 0 < int(e) <= n})
+    if label is not None or tag is not None:
+        names = ["label"] if tag is None else ["label", "tags"]
+        cols = results.fields(names)[()] if rows is None else results.fields(names)[rows] if rows else None
+        picked = []
+        for k, r in enumerate(cols if cols is not None else []):
+            r = r if isinstance(r, np.void) else (r,)
+            lab = _text(r[0])
+            if label is not None and lab != label:
+                continue
+            if tag is not None and tag not in _tags(_text(r[1])):
+                continue
+            picked.append(k if rows is None else rows[k])
+        rows = picked
+
+    def read_rows():  # (row index, row or the exception that kept HDF5 from reading it)
+        def one_by_one(indices):
+            for i in indices:
+                try:
+                    yield i, results[i]
+                except Exception as exc:
+                    yield i, exc
+        wanted = range(n) if rows is None else rows
+        try:
+            block = results[()] if rows is None else results[rows] if rows else []
+            yield from zip(wanted, block)
+            return
+        except Exception:
+            pass
+        for start in range(0, len(wanted), _ROWS_PER_READ):  # a damaged chunk or string: what can be read of it
+            part = wanted[start:start + _ROWS_PER_READ]
+            try:
+                yield from zip(part, results[part[0]:part[-1] + 1] if rows is None else results[list(part)])
+            except Exception:
+                yield from one_by_one(part)
+
+    out = {}
+    for i, row in read_rows():
+        rec = _record_v4(f, path, session, int(i), row)
+        key = rec["job_id"]
+        while key in out:  # a damaged job_id that repeats another: keep both
+            key += "?"
+        out[key] = rec
+    return out
+
+
+def _text(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return "" if v is None else str(v)
+
+
+def _record_v4(f, path, session, i, row) -> dict:
+    rec = {k: "" for k in _RECORD_FIELDS}
+    rec.update(status=None, value_kind=None, value=None, tags=(), submit_time=0.0, start_time=0.0, end_time=0.0,
+               attempts=0, decode_error=None, job_id=f"<row {i} of {path}>")
+    if isinstance(row, Exception):
+        rec["decode_error"] = f"row {i} of /results in {path} cannot be read: {row}"
+        return rec
+    problems = []
+    try:
+        rec["job_id"] = job_id = _text(row["job_id"])
+        if not job_id.startswith(session + "-"):
+            problems.append(f"its job_id {job_id!r} is not of session {session}")
+    except Exception as exc:
+        job_id = rec["job_id"]
+        problems.append(f"its job_id cannot be read: {exc}")
+    for k in ("status", "value_kind"):
+        try:
+            rec[k] = _text(row[k])
+        except Exception as exc:
+            problems.append(f"its {k} cannot be read: {exc}")
+    if rec["status"] is not None and rec["status"] not in _STATUSES:
+        problems.append(f"its status {rec['status']!r} is unknown")
+        rec["status"] = None
+    for k in _V4_TEXTS:
+        try:
+            rec[k] = _text(row[k])
+        except Exception as exc:
+            problems.append(f"its {k} cannot be read: {exc}")
+    try:
+        rec["tags"] = _tags(_text(row["tags"]))
+    except Exception as exc:
+        problems.append(f"its tags cannot be read: {exc}")
+    for k in ("submit_time", "start_time", "end_time"):
+        rec[k] = float(row[k])
+    rec["attempts"] = int(row["attempts"])
+    try:
+        rec["value"] = _value_v4(f, job_id, row, rec["value_kind"], rec["status"])
+    except ResultDecodeError as exc:
+        problems.append(str(exc).removeprefix(f"job {job_id}: "))
+    except Exception as exc:
+        problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
+    if problems:
+        rec["decode_error"] = f"job {job_id} in {path}: " + "; ".join(problems)
+    return rec
+
+
+def _value_v4(f, job_id, row, kind, status):
+    if kind == "none":
+        return None
+    if kind in ("bool", "int"):
+        return bool(row["int_value"]) if kind == "bool" else int(row["int_value"])
+    if kind == "float":
+        return float(row["float_value"])
+    where = _text(row["value"]) if kind != "json" else ""
+    own = None
+    if where.startswith("/values/"):
+        if where != f"/values/{job_id}":
+            raise ValueError(f"its value points to {where!r}, not to /values/{job_id}")
+        own = f[where][()]
+    if kind == "array":
+        if own is None:
+            raise ValueError("its array has no dataset /values/<job_id>")
+        return own
+    if kind == "json":
+        return json.loads(_text(row["value"]))
+    if own is not None:
+        raw = own if isinstance(own, bytes) else own.tobytes() if hasattr(own, "tobytes") else str(own).encode()
+    else:
+        raw = bytes(row["value_bytes"])
+    if kind == "str":
+        return raw.decode("utf-8") if (own is not None or raw) else where
+    if kind == "bytes":
+        return raw
+    if kind != "pickle":
+        raise ValueError(f"its value kind {kind!r} is unknown")
+    try:
+        return pickle.loads(raw)
+    except Exception as exc:
+        raise _decode_error(job_id, exc, "result" if status == "ok" else "exception") from exc
+
+
+def _frame(records: dict):
+    """read_archive's records as a pandas DataFrame indexed by job_id, times as UTC datetimes."""
+    import pandas as pd
+    df = pd.DataFrame.from_records(list(records.values()), columns=list(_RECORD_FIELDS))
+    for k in ("submit_time", "start_time", "end_time"):
+        df[k] = pd.to_datetime(df[k].where(df[k] > 0), unit="s", utc=True)
+    return df.set_index("job_id")
+
+
+def sessions(archive: str | os.PathLike | None = None) -> list[dict]:
+    """The sessions in an archive directory (default: default_archive()), oldest first: one dict each with
+    session, file, start_time and end_time (ISO 8601 UTC text; end_time "" while it runs or if it did not
+    close), user, host, pid, script (the script or notebook path), label (Executor(label=...)),
+    dynexec_version, version (of the file's layout) and jobs (results archived). Reads only the files' root
+    attributes and sizes; a file that cannot be read is listed with its `error`."""
+    import h5py
+    directory = Path(archive) if archive is not None else default_archive()
+    out = []
+    for file in sorted(directory.glob("*.h5")):
+        info = {"session": file.stem, "file": str(file), "start_time": "", "end_time": "", "user": "", "host": "",
+                "pid": 0, "script": "", "label": "", "dynexec_version": "", "version": None, "jobs": 0, "error": None}
+        try:
+            with h5py.File(file, "r") as f:
+                for k, v in f.attrs.items():
+                    if k in info and k not in ("file", "jobs", "error"):
+                        info[k] = v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
+                if "results" in f:
+                    results = f["results"]  # versions 2 and 3 have a row per job ID, "absent" (0) ones too
+                    info["jobs"] = len(results) if info["version"] == 4 else int(
+                        (results.fields("status")[()] != 0).sum())
+        except Exception as exc:
+            info["error"] = f"{file}: {type(exc).__name__}: {exc}"
+        out.append(info)
+    return out
 
 
 def find(job_id: str, archive: str | os.PathLike | None = None) -> Result:
