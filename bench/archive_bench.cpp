@@ -57,6 +57,56 @@ void BM_WriteSmallInts(benchmark::State& state) {
 }
 BENCHMARK(BM_WriteSmallInts)->Arg(1)->Arg(16)->Arg(1024)->Arg(4096)->UseRealTime();
 
+// Small results as Python jobs give them, every column written: an int, a float or a short str value (in
+// turn), owner, service, server, times, and what the job was (function, JSON args, summary, label, tags).
+std::vector<Result> described_batch(JobIdGenerator& ids, std::size_t n) {
+    auto info = std::make_shared<JobInfo>(JobInfo{"sweep.run", R"({"args": [0.5, 3], "kwargs": {}})", "run(0.5, 3)",
+                                                  "sweep-3", R"(["calib"])"});
+    std::vector<Result> batch;
+    batch.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        Value v = i % 3 == 0 ? Value(std::int64_t(i)) : i % 3 == 1 ? Value(double(i) * 0.5) : Value("r" + std::to_string(i));
+        Result r = testing::ok_result(ids.next(), std::move(v));
+        r.info = info;
+        batch.push_back(std::move(r));
+    }
+    return batch;
+}
+
+void BM_WriteSmallDescribed(benchmark::State& state) {
+    Scratch s;
+    JobIdGenerator ids;
+    ResultsArchive archive(s.dir, ids.session());
+    const auto n = static_cast<std::size_t>(state.range(0));
+    for (auto _ : state) {
+        state.PauseTiming();
+        auto batch = described_batch(ids, n);
+        state.ResumeTiming();
+        archive.write(batch);
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_WriteSmallDescribed)->Arg(1)->Arg(1024)->Arg(4096)->UseRealTime();
+
+// Small arrays (16 float64 each): every one a typed dataset /values/<job_id>, in batches of range(0).
+void BM_WriteSmallArrays(benchmark::State& state) {
+    Scratch s;
+    JobIdGenerator ids;
+    ResultsArchive archive(s.dir, ids.session());
+    const auto n = static_cast<std::size_t>(state.range(0));
+    auto [array, span] = Array::allocate<double>({16});
+    for (std::size_t i = 0; i < span.size(); ++i) span[i] = double(i);
+    for (auto _ : state) {
+        state.PauseTiming();
+        std::vector<Result> batch;
+        for (std::size_t i = 0; i < n; ++i) batch.push_back(testing::ok_result(ids.next(), array));
+        state.ResumeTiming();
+        archive.write(batch);
+    }
+    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+BENCHMARK(BM_WriteSmallArrays)->Arg(1)->Arg(1024)->UseRealTime();
+
 // One float64 array of range(0) MiB per result, each written (write() flushes, as the results manager needs)
 // does), into a file that keeps growing.
 void BM_WriteLargeArray(benchmark::State& state) {

@@ -96,8 +96,9 @@ PList group_creation();                 // no timestamps
 PList contiguous_creation();
 // Compact: the data lives in the dataset's header (under 64 KiB): one small write, no extra block.
 PList compact_creation();
-// 1-D chunks of `chunk` elements, no filters; unwritten elements read as `fill` (one element of `type`).
-PList chunked_creation(hsize_t chunk, hid_t type, const void* fill);
+// 1-D chunks of `chunk` elements, no filters; unwritten elements read as `fill` (one element of `type`);
+// `never_filled`: new chunks are not filled first (for data only ever written whole).
+PList chunked_creation(hsize_t chunk, hid_t type, const void* fill, bool never_filled = false);
 // A chunk cache of `bytes` for one dataset.
 PList dataset_access(std::size_t bytes);
 

@@ -87,7 +87,7 @@ Pickled json_pickle(std::string_view text) {
 
 // One row of /results in memory (the file's type is this one packed). Texts are NUL-terminated UTF-8.
 struct Row {
-    const char* job_id;
+    char job_id[28];     // every job ID has 27 characters: a fixed-size string costs no heap object
     char status[10];
     char value_kind[8];
     const char* value;   // str, json text, or the path of the value's own dataset
@@ -112,10 +112,10 @@ struct Row {
 };
 static_assert(std::is_trivially_copyable_v<Row> && std::is_standard_layout_v<Row>);
 
-h5::Type make_row_type(hid_t str, hid_t status, hid_t kind, hid_t bytes) {
+h5::Type make_row_type(hid_t str, hid_t id, hid_t status, hid_t kind, hid_t bytes) {
     h5::Type t = h5::compound_type(sizeof(Row));
     auto add = [&](const char* name, std::size_t offset, hid_t type) { h5::insert_member(t.id(), name, offset, type); };
-    add("job_id", offsetof(Row, job_id), str);
+    add("job_id", offsetof(Row, job_id), id);
     add("status", offsetof(Row, status), status);
     add("value_kind", offsetof(Row, value_kind), kind);
     add("value", offsetof(Row, value), str);
@@ -155,8 +155,9 @@ struct Kit {
     h5::Type boolean = h5::bool_type();
     h5::Type status = h5::short_text_type(sizeof(Row::status));
     h5::Type kind = h5::short_text_type(sizeof(Row::value_kind));
+    h5::Type job_id = h5::short_text_type(sizeof(Row::job_id));
     h5::Type bytes = h5::vlen_type(H5T_NATIVE_UINT8);
-    h5::Type row = make_row_type(str.id(), status.id(), kind.id(), bytes.id());
+    h5::Type row = make_row_type(str.id(), job_id.id(), status.id(), kind.id(), bytes.id());
     h5::Type file_row = packed(row.id());
     h5::Space scalar = h5::scalar_space();
 };
@@ -369,8 +370,9 @@ struct Reader {
         ReadRow rr(kit);
         h5::read_range(results, kit.row.id(), row_index, 1, &rr.row);
         const Row& row = rr.row;
-        if (str(row.job_id) != id)
-            throw ArchiveError(fmt::format("/{} gives job {} row {}, which holds job '{}'", kIndex, id, row_index, str(row.job_id)));
+        std::string holds = fixed(row.job_id, sizeof(row.job_id));
+        if (holds != id)
+            throw ArchiveError(fmt::format("/{} gives job {} row {}, which holds job '{}'", kIndex, id, row_index, holds));
         std::string status = fixed(row.status, sizeof(row.status));
         Result r;
         r.job_id = id;
@@ -457,12 +459,14 @@ struct ResultsArchive::Impl {
         h5::set_attribute(f, "pid", static_cast<int>(::getpid()), kit.scalar.id());
         Row zero{};
         const char* empty_text = "";
-        for (auto* p : {&zero.job_id, &zero.value, &zero.service, &zero.function, &zero.summary, &zero.args, &zero.label,
+        for (auto* p : {&zero.value, &zero.service, &zero.function, &zero.summary, &zero.args, &zero.label,
                         &zero.tags, &zero.owner, &zero.server, &zero.error_type, &zero.message, &zero.traceback,
                         &zero.stdout_text, &zero.stderr_text})
             *p = empty_text;
         std::uint64_t zero_entry = 0;
-        h5::PList rows_dcpl = h5::chunked_creation(kRowsPerChunk, kit.row.id(), &zero);
+        // Never filled: rows are only ever appended whole, and a variable-length fill costs a conversion of
+        // every element of each new chunk.
+        h5::PList rows_dcpl = h5::chunked_creation(kRowsPerChunk, kit.row.id(), &zero, true);
         h5::PList index_dcpl = h5::chunked_creation(kIndexChunk, H5T_NATIVE_UINT64, &zero_entry);
         h5::Space empty = h5::extendible_space(0);
         results = h5::create_dataset(f, kResults, kit.file_row.id(), empty.id(), rows_dcpl.id(), dapl.id());
@@ -563,7 +567,9 @@ struct ResultsArchive::Impl {
         std::deque<std::string> texts;
         const char* keep(std::string s) { return texts.emplace_back(std::move(s)).c_str(); }
         // HDF5 strings end at a NUL: one inside a text is written as the two characters "\0".
+        // An empty text is a null string: HDF5 stores no heap object for it (h5py reads it as "", h5dump as NULL).
         const char* text(const std::string& s) {
+            if (s.empty()) return nullptr;
             if (s.find('\0') == std::string::npos) return s.c_str();
             std::string out;
             for (char c : s) {
@@ -609,7 +615,7 @@ struct ResultsArchive::Impl {
 
     // Everything of the row; throws if the value cannot be stored.
     Row encode(const Result& r, Scratch& s) {
-        static const char* const empty = "";
+        static const char* const empty = nullptr;
         Row row{};
         row.value = empty;
         set_kind(row, kKindNames[r.value.index()]);
@@ -648,7 +654,8 @@ struct ResultsArchive::Impl {
             r.value);
         std::string_view status = kStatusNames[static_cast<int>(r.status)];
         std::memcpy(row.status, status.data(), status.size());
-        row.job_id = s.text(r.job_id);
+        if (r.job_id.size() >= sizeof(row.job_id)) throw ArchiveError(fmt::format("job ID '{}' is too long", r.job_id));
+        std::memcpy(row.job_id, r.job_id.data(), r.job_id.size());
         row.attempts = r.attempts;
         row.submit_time = r.submit_time;
         row.start_time = r.start_time;
