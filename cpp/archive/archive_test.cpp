@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -465,13 +467,13 @@ TEST_F(ArchiveTest, RowsAreTheResultsWrittenWithTheirJobIds) {
     EXPECT_EQ(h5::dims(space.id()), (std::vector<hsize_t>{3}));
     // The job_id column, read on its own as any HDF5 reader would.
     h5::Type str = h5::utf8_string_type();
-    h5::Type only_id = h5::compound_type(sizeof(char*));
-    h5::insert_member(only_id.id(), "job_id", 0, str.id());
-    std::vector<char*> got(3);
+    h5::Type id_type = h5::short_text_type(28); // a job ID's 27 characters and a NUL
+    h5::Type only_id = h5::compound_type(28);
+    h5::insert_member(only_id.id(), "job_id", 0, id_type.id());
+    std::vector<std::array<char, 28>> got(3);
     h5::read(results.id(), only_id.id(), got.data());
     std::vector<std::string> job_ids;
-    for (char* p : got) job_ids.emplace_back(p);
-    h5::reclaim(only_id.id(), 3, got.data());
+    for (auto& p : got) job_ids.emplace_back(p.data());
     EXPECT_EQ(job_ids, (std::vector<std::string>{id_at(s, 65548), id_at(s, 3), id_at(s, 1)}));
     EXPECT_EQ(h5::int_attribute(f.id(), "version"), 4);
     EXPECT_NE(h5::string_attribute(results.id(), "time_unit", str.id()).find("seconds since 1970-01-01"), std::string::npos);
