@@ -30,7 +30,8 @@ def _json_args(args, kwargs) -> str:
         return ""
     try:
         text = json.dumps(call, ensure_ascii=False, allow_nan=False)
-    except (ValueError, TypeError, RecursionError):
+        text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         return ""
     return text if len(text) <= _ARGS_MAX else ""
 
@@ -48,8 +49,18 @@ def tags_text(tags) -> str:
 
 
 def describe(function: str, args, kwargs, label: str, tags) -> tuple[str, str, str, str, str]:
-    """(function, args as JSON text or "", summary, label, tags as a JSON array or ""), as _core takes it."""
-    return (function, _json_args(args, kwargs), summary(function, args, kwargs), label or "", tags_text(tags))
+    """(function, args as JSON text or "", summary, label, tags as a JSON array or ""), as _core takes it: UTF-8
+    texts (a lone surrogate in a repr is escaped)."""
+    return (_utf8(function), _json_args(args, kwargs), _utf8(summary(function, args, kwargs)), label or "",
+            tags_text(tags))
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_label(label, tags) -> tuple[str, tuple[str, ...]]:
@@ -63,8 +74,8 @@ def check_label(label, tags) -> tuple[str, tuple[str, ...]]:
     if bad:
         raise TypeError(f"tags must be str, got {bad[0]!r}")
     for text, what in [(label or "", "label")] + [(t, "tag") for t in tags]:
-        if "\0" in text:
-            raise ValueError(f"a {what} cannot contain a NUL character: {text!r}")
+        if "\0" in text or _utf8(text) != text:
+            raise ValueError(f"a {what} must be UTF-8 text without NUL characters: {text!r}")
     return label or "", tags
 
 

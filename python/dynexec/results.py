@@ -425,11 +425,16 @@ def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str,
 
     def read_rows():  # (row index, row or the exception that kept HDF5 from reading it)
         def one_by_one(indices):
+            import h5py
             for i in indices:
                 try:
                     yield i, results[i]
                 except Exception as exc:
-                    yield i, exc
+                    try:  # a damaged reference in another row may have left HDF5's cache of this file astray
+                        with h5py.File(path, "r") as fresh:
+                            yield i, fresh["results"][i]
+                    except Exception:
+                        yield i, exc
         wanted = range(n) if rows is None else rows
         try:
             block = results[()] if rows is None else results[rows] if rows else []
@@ -444,9 +449,16 @@ def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str,
             except Exception:
                 yield from one_by_one(part)
 
+    # Which job each row is, from /index: a row whose job_id is damaged is still named by its job.
+    try:
+        entries = index[()]
+        filled = np.flatnonzero(entries)
+        job_of_row = {int(entries[k]) - 1: f"{session}-{int(k) + 1:010d}" for k in filled}
+    except Exception:
+        job_of_row = {}
     out = {}
     for i, row in read_rows():
-        rec = _record_v4(f, path, session, int(i), row)
+        rec = _record_v4(f, path, session, int(i), row, job_of_row.get(int(i)))
         key = rec["job_id"]
         while key in out:  # a damaged job_id that repeats another: keep both
             key += "?"
@@ -460,20 +472,24 @@ def _text(v) -> str:
     return "" if v is None else str(v)
 
 
-def _record_v4(f, path, session, i, row) -> dict:
+def _record_v4(f, path, session, i, row, indexed) -> dict:
     rec = {k: "" for k in _RECORD_FIELDS}
+    job_id = indexed or f"<row {i} of {path}>"
     rec.update(status=None, value_kind=None, value=None, tags=(), submit_time=0.0, start_time=0.0, end_time=0.0,
-               attempts=0, decode_error=None, job_id=f"<row {i} of {path}>")
+               attempts=0, decode_error=None, job_id=job_id)
     if isinstance(row, Exception):
-        rec["decode_error"] = f"row {i} of /results in {path} cannot be read: {row}"
+        rec["decode_error"] = f"job {job_id} in {path}: row {i} of /results cannot be read: {row}"
         return rec
     problems = []
     try:
-        rec["job_id"] = job_id = _text(row["job_id"])
-        if not job_id.startswith(session + "-"):
+        stored = _text(row["job_id"])
+        if indexed is None:
+            rec["job_id"] = job_id = stored
+        if stored != job_id:
+            problems.append(f"its job_id reads {stored!r}, but /index gives row {i} to job {job_id}")
+        elif not job_id.startswith(session + "-"):
             problems.append(f"its job_id {job_id!r} is not of session {session}")
     except Exception as exc:
-        job_id = rec["job_id"]
         problems.append(f"its job_id cannot be read: {exc}")
     for k in ("status", "value_kind"):
         try:
