@@ -211,3 +211,14 @@ def test_every_resolved_result_survives_a_kill_of_the_writer(tmp_path):
     for i, job_id in enumerate(resolved):
         assert records[job_id]["value"] == i and records[job_id]["decode_error"] is None
         assert dynexec.find(job_id, archive).value == i
+
+
+def test_the_readmes_archive_example_runs_as_pasted(tmp_path):
+    readme = (os.path.dirname(__file__) + "/../README.md")
+    text = open(readme, encoding="utf-8").read()
+    block = text[text.index("## The archive"):].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "DYNEXEC_ARCHIVE": str(tmp_path / "archive")}
+    proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("[4, 9, 16]\nok 4 builtins.pow pow(2, 2) sweep ")
+    assert "'label': 'demo'" in proc.stdout and "pow(4, 2)" in proc.stdout
