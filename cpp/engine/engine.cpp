@@ -92,7 +92,8 @@ struct Engine::Impl {
                 std::vector<ExecutionManager::Reserved> reserved;
                 reserved.reserve(jobs.size());
                 for (auto& j : jobs)
-                    reserved.push_back({std::move(j.id), std::move(j.service), std::move(j.params), j.options});
+                    reserved.push_back({std::move(j.id), std::move(j.service), std::move(j.params), j.options,
+                                        std::make_shared<const JobInfo>(std::move(j.info))});
                 bool refuse;
                 {
                     std::lock_guard lk(mu);

@@ -137,6 +137,7 @@ std::vector<Result> ExecutionManager::submit_reserved(std::vector<Reserved>&& jo
     for (auto& j : jobs) try {
             auto job = make(*service(j.service), j.service, j.params, owner, j.options);
             job->id = std::move(j.id);
+            job->info = std::move(j.info);
             if (on_id) on_id(job->id);
             valid.push_back(std::move(job));
         } catch (const InvalidJob& e) { // that one fails; the others run

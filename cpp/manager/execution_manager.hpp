@@ -38,6 +38,7 @@ public:
         std::string service;
         Params params;
         JobOptions options;
+        JobInfoPtr info; // null if none
     };
     // Queues each valid one (one hand-over to the balancer); returns the results of those refused.
     std::vector<Result> submit_reserved(std::vector<Reserved>&& jobs, const std::string& owner,

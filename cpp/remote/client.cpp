@@ -244,7 +244,10 @@ std::vector<JobId> Client::take_ids_locked(std::unique_lock<std::mutex>& lk, std
 }
 
 std::vector<JobId> Client::submit_many(const std::string& service_name, const std::vector<Params>& params,
-                                       const std::string& owner, const JobOptions& options) {
+                                       const std::string& owner, const JobOptions& options,
+                                       const std::vector<JobInfoPtr>& infos) {
+    if (!infos.empty() && infos.size() != params.size())
+        throw InvalidJob(fmt::format("{} job descriptions for {} jobs", infos.size(), params.size()));
     // Checked here, as the head would: a wrong job raises at once, and none of the batch is queued.
     auto def = service(service_name);
     check_options(options);
@@ -263,7 +266,8 @@ std::vector<JobId> Client::submit_many(const std::string& service_name, const st
     for (std::size_t i = 0; i < ids.size(); ++i) {
         if (unsent_.empty() || unsent_.back().owner != owner || unsent_.back().jobs.size() >= kBatch)
             unsent_.push_back(wire::Submit{owner, {}});
-        unsent_.back().jobs.push_back({ids[i], service_name, std::move(checked[i]), options});
+        JobInfo info = !infos.empty() && infos[i] ? *infos[i] : JobInfo{};
+        unsent_.back().jobs.push_back({ids[i], service_name, std::move(checked[i]), options, std::move(info)});
         outstanding_.insert(ids[i]);
     }
     submitted_ += ids.size();
@@ -272,8 +276,8 @@ std::vector<JobId> Client::submit_many(const std::string& service_name, const st
 }
 
 JobId Client::submit(const std::string& service, const Params& params, const std::string& owner,
-                     const JobOptions& options) {
-    return submit_many(service, {params}, owner, options).front();
+                     const JobOptions& options, JobInfoPtr info) {
+    return submit_many(service, {params}, owner, options, {std::move(info)}).front();
 }
 
 std::vector<bool> Client::cancel_many(const std::vector<JobId>& ids) {

@@ -33,10 +33,11 @@ public:
     ~Client();
 
     JobId submit(const std::string& service, const Params& params, const std::string& owner,
-                 const JobOptions& options = {});
-    // All are checked before any is queued (InvalidJob names the one that is wrong).
+                 const JobOptions& options = {}, JobInfoPtr info = {});
+    // All are checked before any is queued (InvalidJob names the one that is wrong). `infos`: none, or one
+    // (possibly null) per job; they travel to the head, which archives them with the results.
     std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
-                                   const JobOptions& options = {});
+                                   const JobOptions& options = {}, const std::vector<JobInfoPtr>& infos = {});
     bool cancel(const JobId& id);
     std::vector<bool> cancel_many(const std::vector<JobId>& ids); // one request
     bool kill(const JobId& id);

@@ -2,6 +2,7 @@
 #include "remote/hub.hpp"
 
 #include "common/errors.hpp"
+#include "common/utf8.hpp"
 
 #include <fmt/format.h>
 
@@ -12,6 +13,21 @@ std::vector<ServiceDef> signatures(const std::vector<ServicePtr>& services) {
     std::vector<ServiceDef> out;
     for (auto& s : services) out.push_back({s->name, s->doc, s->params, {}});
     return out;
+}
+
+// A job description from a client goes into the archive's UTF-8 texts: refused (empty: fine) if a text is
+// not UTF-8, holds a NUL or is longer than the archive keeps.
+std::string bad_info(const JobInfo& info) {
+    constexpr std::size_t kMaxText = 64 * 1024;
+    const std::pair<const char*, const std::string*> texts[] = {{"function", &info.function}, {"args", &info.args},
+                                                                {"summary", &info.summary}, {"label", &info.label},
+                                                                {"tags", &info.tags}};
+    for (auto [name, text] : texts) {
+        if (text->size() > kMaxText) return fmt::format("its {} has {} bytes, over {}", name, text->size(), kMaxText);
+        if (text->find('\0') != std::string::npos) return fmt::format("its {} holds a NUL character", name);
+        if (invalid_utf8_at(*text) != std::string_view::npos) return fmt::format("its {} is not UTF-8", name);
+    }
+    return {};
 }
 
 } // namespace
@@ -91,7 +107,8 @@ void ClientSide::on(const std::string& from, wire::Submit&& m) {
     {
         std::lock_guard lk(mu_);
         for (auto& job : m.jobs) {
-            if (take_id_locked(from, job.id)) {
+            std::string bad = bad_info(job.info);
+            if (bad.empty() && take_id_locked(from, job.id)) {
                 accepted.push_back(std::move(job));
                 continue;
             }
@@ -99,8 +116,9 @@ void ClientSide::on(const std::string& from, wire::Submit&& m) {
             r.job_id = job.id;
             r.status = Status::error;
             r.error_type = "InvalidJobError";
-            r.message = fmt::format("job ID '{}' was not given to this client by this head, or was used already",
-                                    job.id.substr(0, 64));
+            r.message = !bad.empty() ? fmt::format("job {}: its description is refused: {}", job.id.substr(0, 64), bad)
+                                     : fmt::format("job ID '{}' was not given to this client by this head, or was used already",
+                                                   job.id.substr(0, 64));
             refused.push_back(std::move(r));
         }
     }

@@ -168,7 +168,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     auto f = server.recv();
     ASSERT_EQ(wire::type_of(f), wire::Type::refused);
     auto why = wire::decode<wire::Refused>(f).reason;
-    EXPECT_NE(why.find("version 2"), std::string::npos) << why;
+    EXPECT_NE(why.find("version " + std::to_string(wire::kProtocolVersion)), std::string::npos) << why;
     EXPECT_NE(why.find("version 1"), std::string::npos) << why;
     EXPECT_TRUE(cl.engine.servers().empty());
 
@@ -177,7 +177,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     auto c = client.recv();
     ASSERT_EQ(wire::type_of(c), wire::Type::error);
     auto e = wire::decode<wire::ErrorReply>(c);
-    EXPECT_NE(e.message.find("version 2"), std::string::npos) << e.message;
+    EXPECT_NE(e.message.find("version " + std::to_string(wire::kProtocolVersion)), std::string::npos) << e.message;
     EXPECT_NE(e.message.find("version 1"), std::string::npos) << e.message;
 }
 
@@ -218,6 +218,15 @@ TEST(Remote, AClientCanUseOnlyTheJobIdsItWasGivenAndEachOnce) {
     auto unknown = wire::decode<wire::Results>(rb).results;
     ASSERT_EQ(unknown.size(), 1u);
     EXPECT_EQ(unknown[0].error_type, "UnknownServiceError");
+    // A job description that the archive could not keep as UTF-8 text is refused, naming the field.
+    client.send(wire::encode(
+        wire::Submit{"me", {{id(block.ids.first + 1), "noop", {{"x", 1.0}}, {}, {"f", "", "", "caf\xe9", ""}}}}));
+    auto rl = client.recv();
+    ASSERT_EQ(wire::type_of(rl), wire::Type::results);
+    auto bad_label = wire::decode<wire::Results>(rl).results;
+    ASSERT_EQ(bad_label.size(), 1u);
+    EXPECT_EQ(bad_label[0].error_type, "InvalidJobError");
+    EXPECT_NE(bad_label[0].message.find("its label is not UTF-8"), std::string::npos) << bad_label[0].message;
     EXPECT_EQ(cl.engine.backlog().waiting.size(), 1u); // the one valid job waits for a server
     EXPECT_TRUE(cl.engine.cancel(id(first))); // else the engine's shutdown waits for it
 }

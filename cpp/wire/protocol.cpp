@@ -93,7 +93,8 @@ template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.
 template <class IO> void fields(IO& io, Echo& m) { io(m.on); }
 template <class IO> void fields(IO& io, HelloClient& m) { io(m.version, m.owner); }
 template <class IO> void fields(IO& io, JobOptions& o) { io(o.time_limit, o.retries); }
-template <class IO> void fields(IO& io, SubmitJob& m) { io(m.id, m.service, m.params, m.options); }
+template <class IO> void fields(IO& io, JobInfo& i) { io(i.function, i.args, i.summary, i.label, i.tags); }
+template <class IO> void fields(IO& io, SubmitJob& m) { io(m.id, m.service, m.params, m.options, m.info); }
 template <class IO> void fields(IO& io, Submit& m) { io(m.owner, m.jobs); }
 template <class IO> void fields(IO& io, Cancel& m) { io(m.request, m.job_ids); }
 template <class IO> void fields(IO& io, Kill& m) { io(m.request, m.job_id); }

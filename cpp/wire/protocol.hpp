@@ -21,7 +21,7 @@ namespace dynexec::wire {
 using Frames = std::vector<zmq::message_t>;
 
 // Sent in both hello messages; a peer of another version is refused, naming both.
-inline constexpr std::uint32_t kProtocolVersion = 2;
+inline constexpr std::uint32_t kProtocolVersion = 3; // 3: a submitted job carries its JobInfo
 
 enum class Type : std::uint8_t {
     // compute server -> head (1..15)
@@ -137,6 +137,7 @@ struct SubmitJob {
     std::string service;
     Params params;
     JobOptions options;
+    JobInfo info; // what the job was, for the archive; the head checks it (ClientSide::on(Submit))
 };
 struct Submit {
     static constexpr Type type = Type::submit;

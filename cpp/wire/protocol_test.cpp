@@ -149,7 +149,7 @@ TEST(Protocol, MalformedMessagesAreRefusedWithAReason) {
 }
 
 TEST(Protocol, EachMessageKindHasItsOwnTypeAndVisitPicksIt) {
-    auto f = encode(Submit{"me", {{"S-1", "svc", {{"x", std::int64_t{3}}}, {1.5, 2}}}});
+    auto f = encode(Submit{"me", {{"S-1", "svc", {{"x", std::int64_t{3}}}, {1.5, 2}, {"m.f", "{}", "f(3)", "L", "[]"}}}});
     ASSERT_EQ(type_of(f), Type::submit);
     bool got = visit<Cancel, Submit>(f, [&](auto&& m) {
         using M = std::decay_t<decltype(m)>;
@@ -158,6 +158,9 @@ TEST(Protocol, EachMessageKindHasItsOwnTypeAndVisitPicksIt) {
             ASSERT_EQ(m.jobs.size(), 1u);
             EXPECT_EQ(m.jobs[0].id, "S-1");
             EXPECT_EQ(m.jobs[0].options.retries, 2);
+            EXPECT_EQ(m.jobs[0].info.function, "m.f"); // what the job was, for the head's archive
+            EXPECT_EQ(m.jobs[0].info.summary, "f(3)");
+            EXPECT_EQ(m.jobs[0].info.label, "L");
             EXPECT_EQ(std::get<std::int64_t>(*m.jobs[0].params.find("x")), 3);
         }
     });

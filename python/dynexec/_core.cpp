@@ -225,20 +225,18 @@ JobInfoPtr job_info(const py::handle& info) {
                                              std::move(std::get<4>(t))});
 }
 
-// A job's description reaches the archive where the head keeps its jobs: the Engine. A remote Client does not
-// send it (yet): its jobs are archived without one.
+// A job's description reaches the archive where the head keeps its jobs: the Engine, or through a Client.
 template <class E>
 JobId submit_one(E& e, const std::string& service, const Params& params, const std::string& owner, const JobOptions& o,
                  JobInfoPtr info) {
     if constexpr (std::is_same_v<E, Engine>) return e.submit(service, params, owner, o, {}, std::move(info));
-    else return e.submit(service, params, owner, o);
+    else return e.submit(service, params, owner, o, std::move(info));
 }
 
 template <class E>
 std::vector<JobId> submit_all(E& e, const std::string& service, const std::vector<Params>& params,
                               const std::string& owner, const JobOptions& o, const std::vector<JobInfoPtr>& infos) {
-    if constexpr (std::is_same_v<E, Engine>) return e.submit_many(service, params, owner, o, infos);
-    else return e.submit_many(service, params, owner, o);
+    return e.submit_many(service, params, owner, o, infos);
 }
 
 std::vector<JobInfoPtr> job_infos(const py::object& infos, std::size_t n) {

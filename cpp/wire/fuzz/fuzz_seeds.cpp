@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     put(encode(LoadPlugin{"/x.so"}));
     put(encode(Echo{true}));
     put(encode(HelloClient{kProtocolVersion, "me"}));
-    put(encode(Submit{"me", {{id, "svc", params(), {1.5, 2}}}}));
+    put(encode(Submit{"me", {{id, "svc", params(), {1.5, 2}, {"mod.fn", R"({"args": [1]})", "fn(1)", "label", R"(["t"])"}}}}));
     put(encode(Cancel{3, {id, id}}));
     put(encode(Kill{3, id}));
     put(encode(StateQuery{3, id}));
