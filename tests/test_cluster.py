@@ -242,13 +242,17 @@ def test_a_thousand_jobs_from_a_client_outside_mpirun_each_archived_once(start):
         assert all(s["pid"] not in ranks and s["pid"] in descendants(c.proc.pid) for s in servers)
         futures = [ex.submit(square, i) for i in range(1000)]
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(1000)]
+        labelled = ex.options(label="from a client", tags=["remote"]).submit(square, 5)  # what it was travels too
+        assert labelled.result(timeout=60) == 25
         done = {sid: s["statistics"]["jobs_done"] for sid, s in server_ids(ex).items()}
         ex.shutdown_cluster()
     assert c.wait_exit(30) == 0, c.output()
     assert wait_gone(c.seen | {c.proc.pid}, 10) == []
     assert not c.conn.exists() and not c.server_file.exists()
     jobs = archived(c.archive, c.info["session"])
-    assert set(jobs) == {f.job_id for f in futures} and len(jobs) == 1000
+    assert set(jobs) == {f.job_id for f in futures} | {labelled.job_id} and len(jobs) == 1001
+    r = dynexec.find(labelled.job_id, c.archive)
+    assert (r.label, r.tags, r.function, r.summary) == ("from a client", ("remote",), "test_cluster.square", "square(5)")
     assert {status for status, *_ in jobs.values()} == {"ok"}
     assert Counter(server for _, server, *_ in jobs.values()) == Counter(done)  # both servers took jobs
     assert len(done) == 2 and min(done.values()) > 0
