@@ -368,10 +368,17 @@ std::pair<Space, Space> range_spaces(hid_t dataset, hsize_t start, hsize_t count
 
 } // namespace
 
-void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf) {
+void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf, hid_t dxpl) {
     Quiet q;
     auto [file, mem] = range_spaces(dataset, start, count);
-    check(H5Dwrite(dataset, mem_type, mem.id(), file.id(), H5P_DEFAULT, buf), "H5Dwrite", dataset);
+    check(H5Dwrite(dataset, mem_type, mem.id(), file.id(), dxpl, buf), "H5Dwrite", dataset);
+}
+
+PList conversion_buffer(std::size_t bytes) {
+    Quiet q;
+    PList p(check(H5Pcreate(H5P_DATASET_XFER), "H5Pcreate(dataset transfer)", "<plist>"));
+    check(H5Pset_buffer(p.id(), bytes, nullptr, nullptr), "H5Pset_buffer", "<plist>");
+    return p;
 }
 
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf) {

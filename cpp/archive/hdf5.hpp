@@ -145,7 +145,11 @@ void write(hid_t dataset, hid_t mem_type, const void* buf);
 void read(hid_t dataset, hid_t mem_type, void* buf);
 void set_extent(hid_t dataset, hsize_t size); // of a 1-D dataset
 // Elements [start, start + count) of a 1-D dataset, from or to `count` contiguous elements at `buf`.
-void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf);
+void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, const void* buf,
+                 hid_t dxpl = H5P_DEFAULT);
+// A transfer property list whose type-conversion (and background) buffers are `bytes`: HDF5's default is
+// 1 MiB, zeroed at every write that converts, which costs more than writing a few rows.
+PList conversion_buffer(std::size_t bytes);
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf);
 
 // Attributes.

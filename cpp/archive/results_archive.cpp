@@ -38,7 +38,7 @@ constexpr const char* kValues = "values";
 constexpr const char* kFormat = "dynexec results archive";
 constexpr int kVersion = 4; // the only one read and written here
 
-constexpr hsize_t kRowsPerChunk = 1024;
+constexpr hsize_t kRowsPerChunk = 256; // each flush writes the last chunk whole: keep it small
 constexpr hsize_t kIndexChunk = 8192;
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
 constexpr std::size_t kChunkCache = 4 << 20;
@@ -772,8 +772,9 @@ struct ResultsArchive::Impl {
         return true;
     }
 
-    // Two steps, each flushed: the batch's values and rows (appended to /results), then its /index entries.
-    // find() never reaches a row before the row (and what it points to) is in the file.
+    // The batch's values and rows (appended to /results), then its /index entries, then one flush: write()
+    // returns once all of it is in the file. A crash inside that flush can leave an index entry whose row is
+    // not whole; readers check that the row holds the job the index names (and its job was never reported).
     Failures write(const std::vector<Result>& batch) {
         Failures failures;
         if (refuse_when_full(batch, failures)) return failures;
@@ -806,8 +807,8 @@ struct ResultsArchive::Impl {
             for (const auto& p : pending) block.push_back(p.data);
             h5::set_extent(results.id(), old_rows + block.size());
             rows = old_rows + block.size();
-            h5::write_range(results.id(), kit.row.id(), old_rows, block.size(), block.data());
-            h5::flush(h5file.id());
+            h5::PList dxpl = h5::conversion_buffer(std::max<std::size_t>(block.size(), 16) * sizeof(Row));
+            h5::write_range(results.id(), kit.row.id(), old_rows, block.size(), block.data(), dxpl.id());
         } catch (const ArchiveError& e) {
             unwrite(old_rows, {});
             fail(pending, e, failures);

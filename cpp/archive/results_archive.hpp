@@ -28,9 +28,11 @@
 //             h5py's enum bool), a str over 64 KiB (a scalar UTF-8 string), or
 //             bytes/pickle over 64 KiB (1-D uint8)
 // A job is written once: an archived job is never overwritten.
-// Write order: a batch's /values datasets and /results rows are written and
-// flushed, then its /index entries, flushed before write() returns. A row
-// that find() reaches is always complete, also after a crash or a full disk.
+// Write order: a batch's /values datasets, its /results rows, then its /index
+// entries, and one flush before write() returns: once it returns, the batch
+// is in the file for every reader, also after a kill of this process. A
+// failed write or flush takes the batch back (rows cut off, entries zeroed).
+// A reader checks that the row an index entry names holds that job.
 // Only version 4 is read and written; older files get a clear message here
 // (dynexec.read_archive still reads versions 2 and 3).
 #pragma once
