@@ -230,7 +230,8 @@ class Executor(_Executor):
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
-    label: a label for this session, kept in its archive file (see dynexec.sessions()).
+    label: a label for this session, kept in its archive file (see dynexec.sessions()); with connect=, the
+        session is the cluster's, started without it (label jobs with options(label=...) instead).
     archive_mode: who may read the archive files this executor creates: "owner" (default: files 0600,
         directories 0700) or "group" (0640 and 0750: the owner's group reads them too).
     """

@@ -596,8 +596,11 @@ def sessions(archive: str | os.PathLike | None = None) -> list[dict]:
 def find(job_id: str, archive: str | os.PathLike | None = None) -> Result:
     """The results finder: the archived result of `job_id`, also after the process that ran it has exited.
 
-    `archive` is the directory given to the Executor (default: default_archive()).
-    Raises ResultNotFoundError if the archive has no such result, InvalidJobError for a malformed ID.
+    `archive` is the directory given to the Executor (default: default_archive()). The Result has every
+    archived field, also what the job was (function, args, summary, label, tags). Reads one /index entry and
+    one row (well under 1 ms). Raises ResultNotFoundError if the archive has no such result, InvalidJobError
+    for a malformed ID, ArchiveError if the file cannot be read (naming it; a file of an older layout says
+    so: dynexec.read_archive() reads those).
     """
     directory = Path(archive) if archive is not None else default_archive()
     r = _core.find(directory, job_id)
