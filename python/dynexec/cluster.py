@@ -169,6 +169,10 @@ class _Head:
         self.engine = _core.Engine(0, a.slots, a.threads, a.policy, self.archive, a.lease_seconds,
                                    a.renew_seconds, a.max_attempts, a.seed,
                                    listen={"bind": bind, **connection.listen_keys(self.keys)})
+        if self.archive is not None:  # the session is the cluster's: its archive file says so
+            from . import _jobinfo
+            info = [kv for kv in _jobinfo.session_info("cluster") if kv[0] != "script"]
+            self.engine.set_session_info(info + [("script", "python -m dynexec.cluster")])
         self.endpoints = [self.engine.endpoint]
         if "://0.0.0.0:" in self.engine.endpoint or "://*:" in self.engine.endpoint:
             # Host names often do not resolve on other hosts (or resolve to 127.0.1.1): every interface

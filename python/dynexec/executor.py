@@ -304,7 +304,13 @@ class Executor(_Executor):
         else:
             self._engine = _core.Engine(max_workers, slots_per_server, threads_per_server or 0, *engine_args, **engine_kw)
         if self._archive is not None:
-            self._engine.set_session_info(_jobinfo.session_info(label))
+            try:
+                self._engine.set_session_info(_jobinfo.session_info(label))
+            except BaseException:
+                self._engine.shutdown(False, True)
+                if self._local is not None:
+                    self._local.stop()
+                raise
         self._start_echo(echo_output and processes)
         self._start_collector()
         if self._local is not None:
