@@ -4,6 +4,7 @@
 #include "archive/results_finder.hpp"
 #include "balancer/policies.hpp"
 #include "common/errors.hpp"
+#include "common/objects.hpp"
 #include "engine/engine.hpp"
 #include "remote/client.hpp"
 #include "remote/server_host.hpp"
@@ -170,7 +171,17 @@ Value run_python(const Params& p) {
     // Keep this worker thread's Python thread state: otherwise every job creates and destroys one.
     thread_local bool kept = false;
     if (!std::exchange(kept, true)) gil.inc_ref();
-    py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
+    py::dict objects; // "@<key>" parameters (common/objects.hpp): key -> its bytes, not copied
+    for (auto& [name, v] : p) {
+        auto key = object_key(name);
+        if (key.empty()) continue;
+        if (auto* a = std::get_if<Array>(&v))
+            objects[py::str(std::string(key))] = py::memoryview::from_memory(a->data, py::ssize_t(a->nbytes));
+        else if (auto* b = std::get_if<Bytes>(&v))
+            objects[py::str(std::string(key))] = py::memoryview::from_memory(b->data.data(), py::ssize_t(b->data.size()));
+    }
+    py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())),
+                                     objects);
     auto kind = out[0].cast<std::string>();
     if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
     if (kind == "pickle") return Pickled{out[1].cast<std::string>()};
@@ -215,6 +226,18 @@ template <class Poll, class Convert> py::list polled(Poll poll, Convert convert)
 // Live output: (job_id, stream 1|2 (0 on the final chunk), bytes, final), see dynexec.output.
 py::object output_item(OutputChunk& c) { return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final); }
 
+// A Python job's parameters: its payload, and the objects it names (key -> a uint8 array: borrowed, not copied).
+Params python_params(const py::handle& payload, const py::object& objects) {
+    Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+    if (objects.is_none()) return params;
+    for (auto [k, v] : objects.cast<py::dict>()) {
+        auto key = k.cast<std::string>();
+        auto name = std::string(1, kObjectPrefix) + key;
+        params.set(name, to_array(py::reinterpret_borrow<py::array>(v), fmt::format("object {}", key)));
+    }
+    return params;
+}
+
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
 template <class E> void def_job_calls(py::class_<E>& cls) {
     cls.def("submit",
@@ -226,12 +249,14 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
             },
             py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("submit_python",
-             [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries) {
-                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+             [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries,
+                const py::object& objects) {
+                 Params params = python_params(payload, objects);
                  py::gil_scoped_release nogil;
                  return e.submit("python", params, owner, JobOptions{time_limit, retries});
              },
-             py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+             py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+             py::arg("objects") = py::none())
         .def("submit_many",
              [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner,
                 double time_limit, int retries) {
@@ -243,14 +268,18 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
              },
              py::arg("service"), py::arg("params"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
         .def("submit_python_many",
-             [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries) {
+             [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries,
+                const py::object& objects) {
                  std::vector<Params> params;
                  params.reserve(payloads.size());
-                 for (auto& p : payloads) params.push_back(Params{{"payload", Pickled{p.cast<std::string>()}}});
+                 for (std::size_t i = 0; i < payloads.size(); ++i)
+                     params.push_back(python_params(payloads[i], objects.is_none() ? objects : objects[py::int_(i)]));
                  py::gil_scoped_release nogil;
                  return e.submit_many("python", params, owner, JobOptions{time_limit, retries});
              },
-             py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0)
+             py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
+             py::arg("objects") = py::none())
+        .def("release", &E::release, py::arg("keys"), py::call_guard<py::gil_scoped_release>())
         .def("kill", &E::kill, py::call_guard<py::gil_scoped_release>())
         .def("backlog",
              [](E& e) {
@@ -309,6 +338,7 @@ PYBIND11_MODULE(_core, m) {
     py::tuple dtypes(std::size(kArrayDtypes));
     for (std::size_t i = 0; i < std::size(kArrayDtypes); ++i) dtypes[i] = py::str(std::string(kArrayDtypes[i]));
     m.attr("array_dtypes") = dtypes; // the one list (value.hpp), for results.read_archive
+    m.attr("OBJECT_KEY_SIZE") = kObjectKeySize; // hex digits of an object key (common/objects.hpp)
 
     auto invalid = py::register_exception<InvalidJob>(m, "InvalidJobError", PyExc_ValueError);
     py::register_exception<UnknownService>(m, "UnknownServiceError", invalid.ptr());
@@ -392,7 +422,8 @@ PYBIND11_MODULE(_core, m) {
                  return py::dict("submitted"_a = s.submitted, "delivered"_a = s.delivered,
                                  "dispatched"_a = s.dispatched, "redispatched"_a = s.redispatched, "stolen"_a = s.stolen,
                                  "lost"_a = s.lost, "stale"_a = s.stale, "outstanding"_a = s.outstanding,
-                                 "archive_error"_a = s.archive_error);
+                                 "archive_error"_a = s.archive_error, "objects_sent"_a = s.objects_sent,
+                                 "objects_held"_a = s.objects_held);
              })
         .def_property_readonly("session", &Engine::session)
         .def_property_readonly("archive", &Engine::archive);

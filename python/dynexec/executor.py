@@ -20,6 +20,7 @@ from pathlib import Path
 from . import _core, connection
 from . import _pickling
 from ._pickling import _by_value, dumps, function_part, ship_local_modules
+from .objects import Collector, Holder, Shared
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from .results import Result, default_archive
@@ -42,20 +43,21 @@ _function_blobs: dict = {}  # callable -> its pickle, for those pickled by refer
 _pickling.caches.append(_function_blobs)  # stale once the callable's module is shipped by value
 
 
-def _function_blob(fn, ship=False):
+def _function_blob(fn, ship=False, dump=dumps):
     """The callable's part of a job payload: its pickle (bytes), or for a function pickled by value (of
     __main__, a lambda, a local function) (template, state) from _pickling.function_part: the template is
     cached while what it captured is unchanged, the mutable values it captured are pickled afresh.
-    ship: for a cluster's servers, which cannot import the client's own modules (_pickling.ship_local_modules)."""
+    ship: for a cluster's servers, which cannot import the client's own modules (_pickling.ship_local_modules).
+    dump: how what is not cached is pickled (dynexec.objects.Collector.dump leaves large objects out)."""
     if ship:
         ship_local_modules((fn,))  # first: a function of the client's own modules goes by value
     try:
         blob = _function_blobs.get(fn)
     except TypeError:  # unhashable callable
-        return dumps(fn)
+        return dump(fn)
     if blob is not None:
         return blob
-    part = function_part(fn, ship)
+    part = function_part(fn, ship, dump)
     if part is not None:
         return part
     # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
@@ -69,7 +71,7 @@ def _function_blob(fn, ship=False):
                 _function_blobs.clear()
             _function_blobs[fn] = blob
             return blob
-    return dumps(fn)
+    return dump(fn)
 
 
 def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
@@ -77,20 +79,23 @@ def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
                            f"be pickled ({type(exc).__name__}: {exc})")
 
 
-def job_payload(fn, args, kwargs, ship=False) -> bytes:
+def job_payload(fn, args, kwargs, ship=False, collector: Collector | None = None) -> bytes:
     """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
-    unpickles each callable once, and the arguments. ship: see _function_blob."""
-    return _payload(_function_blob(fn, ship), args, kwargs, ship)
+    unpickles each callable once, and the arguments. ship: see _function_blob. collector: takes the payload's
+    large objects, which travel apart (dynexec.objects)."""
+    c = collector or Collector(None)
+    return _payload(_function_blob(fn, ship, c.dump), args, kwargs, ship, c)
 
 
-def _payload(blob, args, kwargs, ship=False) -> bytes:
+def _payload(blob, args, kwargs, ship=False, collector: Collector | None = None) -> bytes:
     # The arguments are pickled apart from the callable's blob: a by-value blob holds the text "__main__",
     # which would send every payload through cloudpickle (dumps looks for it).
     if ship:
         ship_local_modules(args)
         if kwargs:
             ship_local_modules(kwargs.values())
-    return pickle.dumps((blob, dumps((args, kwargs))), protocol=pickle.HIGHEST_PROTOCOL)
+    c = collector or Collector(None)
+    return c.payload(blob, c.dump((args, kwargs)))
 
 
 _condition_lock = threading.Lock()  # makes each future's Condition exactly once
@@ -313,6 +318,7 @@ class Executor(_Executor):
         # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
         # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
         self._home = _Home(self._engine, self._futures, self._lock)
+        self._objects = Holder(self._engine)
         self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
                                            args=(weakref.ref(self), self._engine, self._futures, self._early, self._lock,
                                                  self._closing, self._engine_done))
@@ -347,14 +353,40 @@ class Executor(_Executor):
             executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
         return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries)
 
+    def scatter(self, obj) -> Shared:
+        """Sends `obj` to the compute servers once: jobs given the handle (as an argument, or inside one) get
+        `obj` itself, unpickled once per server process and shared by the jobs there (treat it as read-only).
+        Servers drop it once `handle.release()` was called (or the handle is garbage) and no job needs it."""
+        return Shared(obj, self._objects)
+
     def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
+        c = Collector(self._objects)
         try:
-            payload = job_payload(fn, args, kwargs, self._ship)
+            payload = job_payload(fn, args, kwargs, self._ship, c)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
-        return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
+        if not c.objects:
+            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
+        return self._with_objects([c], lambda: [self._engine.submit_python(payload, self._owner, *opts,
+                                                                            c.objects)])[0]
+
+    def _with_objects(self, collectors, send) -> list[JobFuture]:
+        """Submits jobs that name objects (dynexec.objects): automatic ones are held while a job needs them."""
+        held = self._objects
+        held.sweep()
+        auto = [c.auto for c in collectors]
+        held.started(collectors)
+        try:
+            futures = self._submit_many(send)
+        except BaseException:
+            held.ended([k for keys in auto for k in keys])
+            raise
+        for f, keys in zip(futures, auto):
+            if keys:
+                f.add_done_callback(lambda _, keys=keys: held.ended(keys))
+        return futures
 
     def _submit_service(self, opts, service, params) -> JobFuture:
         return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts))
@@ -389,19 +421,29 @@ class Executor(_Executor):
             fn, items = functools.partial(_run_chunk, fn), ((c,) for c in _chunks(zip(*iterables), chunksize))
         else:
             items = zip(*iterables)
+        shared = Collector(self._objects)  # what the callable part holds, for every job of the map
         try:
-            blob = _function_blob(fn, self._ship)
+            blob = _function_blob(fn, self._ship, shared.dump)
         except Exception as exc:
             raise _unpicklable(fn, "the callable", exc) from exc
         futures = []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
+            collectors = [Collector(self._objects) for _ in batch]
             try:
-                payloads = [_payload(blob, args, {}, self._ship) for args in batch]
+                payloads = [_payload(blob, args, {}, self._ship, c) for args, c in zip(batch, collectors)]
             except Exception as exc:
                 for f in futures:
                     f.cancel()
                 raise _unpicklable(fn, "its arguments", exc) from exc
-            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
+            if shared.objects:
+                for c in collectors:
+                    c.merge(shared)
+            if not any(c.objects for c in collectors):
+                futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
+                continue
+            objects = [c.objects for c in collectors]
+            futures += self._with_objects(collectors, lambda: self._engine.submit_python_many(
+                payloads, self._owner, *opts, objects))
         results = _in_order(futures, end_time)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
