@@ -70,6 +70,10 @@ def _seconds(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def _lease(left: float) -> str:
+    return f"{left:.1f} s" if left >= 0 else f"expired {-left:.1f} s ago"
+
+
 def _table(rows, header=None) -> str:
     out = ['<table style="border-collapse:collapse;text-align:left">']
     if header:
@@ -134,7 +138,7 @@ def executor_html(ex) -> str:
         lease = s.get("lease_expiry") or 0
         last = st.get("last_completion")
         rows.append([f"<code>{_esc(s.get('id'))}</code>", _esc(s.get("host")), _esc(s.get("pid")),
-                     _esc(f"{lease - now:+.1f} s" if lease else "—"), _esc(st.get("in_flight", 0)),
+                     _esc(_lease(lease - now) if lease else "—"), _esc(st.get("in_flight", 0)),
                      _esc(st.get("jobs_done", 0)), _esc(_seconds(st.get("busy_time") or 0.0)),
                      _esc(f"{now - last:.1f} s ago" if last else "—"),
                      f"<span title=\"{_esc(', '.join(s.get('services', [])))}\">{len(s.get('services', []))}</span>"])
