@@ -146,3 +146,21 @@ def test_a_jupyter_interrupt_during_a_wait_with_progress_closes_the_bar_and_the_
         assert stream(nb.cells[2], "stdout").split() == ["open", "bars", "0", "cancelled", "True"]
         out = stream(nb.cells[4], "stdout").split("\n")
         assert out[0] == "open bars 0" and out[1] == "next 1024 [1, 3, 9]"
+
+
+def test_the_readme_jupyter_section_runs_as_cells(kernel):
+    import re
+    readme = (NOTEBOOK.parents[1] / "README.md").read_text()
+    section = readme.split("\n## Jupyter\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(b) for b in blocks]
+                                  + [nbformat.v4.new_code_cell("ex.shutdown()")])
+    km, client = kernel(nb)
+    client.execute()
+    for i, cell in enumerate(nb.cells):
+        assert not outputs(cell, "error"), (i, outputs(cell, "error"))
+    views = [shown(cell, "text/html") for cell in nb.cells[:3]]
+    assert [v and v[0].split("</b>", 1)[0] for v in views] == [
+        "<div><b>dynexec.Executor", "<div><b>dynexec.JobFuture", "<div><b>dynexec.Result"]
+    assert "squares" in stream(nb.cells[1], "stderr") and "100/100" in stream(nb.cells[1], "stderr")

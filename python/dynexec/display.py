@@ -98,8 +98,7 @@ def _details(title: str, text: str) -> str:
 def executor_facts(ex) -> dict:
     """What an executor's views show: status() (servers, running, queued, waiting, why), this executor's
     submitted/done/failed counts, its session, owner and archive, and whether it is shut down."""
-    facts = {"session": ex.session, "owner": ex._owner, "archive": ex.archive, "shut_down": ex._closing.is_set(),
-             "remote": ex._local is None and not hasattr(ex._engine, "load_plugin")}
+    facts = {"session": ex.session, "owner": ex._owner, "archive": ex.archive, "shut_down": ex._closing.is_set()}
     facts.update(ex.status())
     stats = ex.stats()
     tally = dict(ex._home.tally)
