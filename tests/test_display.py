@@ -159,6 +159,12 @@ def test_wait_with_progress_keeps_its_timeout_and_return_when(ex, bars):
     slow.kill()
 
 
+def test_map_with_progress_keeps_its_timeout(ex, bars):
+    with pytest.raises(TimeoutError):
+        list(ex.map(time.sleep, [0.0, 1.5], timeout=0.5, progress=True))
+    assert bars[-1].closed and bars[-1].n == 1
+
+
 def test_ctrl_c_during_a_map_with_progress_closes_the_bar_and_cancels_the_rest(ex, bars):
     results = ex.map(time.sleep, [0.2] * 40, progress=True)
     timer = threading.Timer(0.5, _thread.interrupt_main)  # as Ctrl-C does
