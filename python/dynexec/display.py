@@ -184,7 +184,8 @@ def _times_rows(r) -> list:
         waited = r["start_time"] - r["submit_time"] if r["submit_time"] else 0.0
         rows.append(["started", _esc(f"{_when(r['start_time'])} (waited {_seconds(max(0.0, waited))})")])
     if r["end_time"] and r["start_time"]:
-        rows.append(["ended", _esc(f"{_when(r['end_time'])} (ran {_seconds(max(0.0, r['end_time'] - r['start_time']))})")])
+        ran = max(0.0, r["end_time"] - r["start_time"])
+        rows.append(["ended", _esc(f"{_when(r['end_time'])} (ran {_seconds(ran)})")])
     return rows
 
 
@@ -192,7 +193,6 @@ def _times_rows(r) -> list:
 def future_html(future) -> str:
     state = _state(future)
     rows = [["job", f"<code>{_esc(future.job_id)}</code>"], ["status", f"<b>{_esc(state)}</b>"]]
-    extra = ""
     if state == "ok":
         rows.append(["value", f"<code>{_esc(summary(future.result()))}</code>"])
     elif state == "error":
