@@ -17,6 +17,7 @@ from .errors import (ArchiveError, BrokenExecutorError, InvalidJobError, JobKill
                      ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
+from .progress import as_completed, wait
 from .results import Result, default_archive, find, read_archive
 
 __version__ = "0.1.0"
@@ -24,8 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "POLICIES", "ArchiveError", "BrokenExecutorError", "Executor", "InvalidJobError", "JobFuture", "JobKilledError",
     "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError", "ServerDiedError",
-    "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
-    "get_include", "load_services", "read_archive", "services",
+    "ServerLostError", "ShutDownError", "UnknownServiceError", "as_completed", "default_archive", "find",
+    "get_include", "load_services", "read_archive", "services", "wait",
 ]
 
 

@@ -18,7 +18,8 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from . import _pickling
+from . import _pickling, display
+from . import progress as _progress
 from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .objects import Collector, Holder, Shared
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
@@ -106,11 +107,12 @@ _TAKE_SLICE = 0.05  # seconds
 
 class _Home:
     """What an executor's futures reach: its engine, and its table of futures, so that a future whose result()
-    is waited on can settle itself."""
-    __slots__ = ("engine", "futures", "lock")
+    is waited on can settle itself; the archive and a tally of outcomes other than success, for display."""
+    __slots__ = ("engine", "futures", "lock", "archive", "tally")
 
-    def __init__(self, engine, futures: dict, lock: threading.Lock):
-        self.engine, self.futures, self.lock = engine, futures, lock
+    def __init__(self, engine, futures: dict, lock: threading.Lock, archive=None):
+        self.engine, self.futures, self.lock, self.archive = engine, futures, lock, archive
+        self.tally: dict[str, int] = {}  # status -> jobs settled with it, under lock
 
 
 class JobFuture(Future):
@@ -206,6 +208,9 @@ class JobFuture(Future):
 
     def __repr__(self):
         return super().__repr__()[:-1] + f" job_id={self.job_id}>"
+
+    def _repr_html_(self):
+        return display.future_html(self)
 
 
 class Executor(_Executor):
@@ -317,7 +322,7 @@ class Executor(_Executor):
         self._engine_done = threading.Event()
         # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
         # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
-        self._home = _Home(self._engine, self._futures, self._lock)
+        self._home = _Home(self._engine, self._futures, self._lock, self._archive)
         self._objects = Holder(self._engine)
         self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
                                            args=(weakref.ref(self), self._engine, self._futures, self._early, self._lock,
@@ -335,11 +340,13 @@ class Executor(_Executor):
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
         return self._submit_service(self._defaults, service, params)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
 
-        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
-        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+        Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each.
+        progress: True (or a description, a str) shows a bar of the jobs completed while the results are
+        iterated (dynexec.progress: tqdm when there, else plain text)."""
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, progress)
 
     def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
         """The same executor, with options for the jobs submitted through it (they do not collide with the
@@ -413,7 +420,7 @@ class Executor(_Executor):
         _settle_all(early)
         return futures
 
-    def _map(self, opts, fn, iterables, timeout, chunksize):
+    def _map(self, opts, fn, iterables, timeout, chunksize, progress=False):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -426,7 +433,7 @@ class Executor(_Executor):
             blob = _function_blob(fn, self._ship, shared.dump)
         except Exception as exc:
             raise _unpicklable(fn, "the callable", exc) from exc
-        futures = []
+        futures, sizes = [], []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
             collectors = [Collector(self._objects) for _ in batch]
             try:
@@ -438,13 +445,16 @@ class Executor(_Executor):
             if shared.objects:
                 for c in collectors:
                     c.merge(shared)
-            if not any(c.objects for c in collectors):
+            if any(c.objects for c in collectors):
+                objects = [c.objects for c in collectors]
+                futures += self._with_objects(collectors, lambda: self._engine.submit_python_many(
+                    payloads, self._owner, *opts, objects))
+            else:
                 futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
-                continue
-            objects = [c.objects for c in collectors]
-            futures += self._with_objects(collectors, lambda: self._engine.submit_python_many(
-                payloads, self._owner, *opts, objects))
-        results = _in_order(futures, end_time)
+            if progress and chunksize > 1:
+                sizes += [len(args[0]) for args in batch]
+        results = (_progress.in_order(futures, end_time, progress, sizes if chunksize > 1 else None) if progress
+                   else _in_order(futures, end_time))
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
 
     # -- the cluster ------------------------------------------------------------------------------
@@ -508,6 +518,12 @@ class Executor(_Executor):
         if self._archive is None:
             raise ValueError("this executor does not archive results (archive=False)")
         return find(job_id, self._archive)
+
+    def __repr__(self):
+        return display.executor_text(self)
+
+    def _repr_html_(self):
+        return display.executor_html(self)
 
     # -- shutting down ----------------------------------------------------------------------------
     _closer: threading.Thread | None = None  # runs the engine's shutdown, which cannot be interrupted
@@ -620,9 +636,9 @@ class JobOptions:
     def submit_service(self, service: str, /, **params) -> JobFuture:
         return self._executor._submit_service(self._opts, service, params)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
-        return self._executor._map(self._opts, fn, iterables, timeout, chunksize)
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, progress)
 
     def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
         return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
@@ -713,7 +729,14 @@ def _cancel_many(engine, futures) -> None:
         future.cancel()
 
 
+def _tally(future: JobFuture, status: str) -> None:
+    home = future._home
+    with home.lock:
+        home.tally[status] = home.tally.get(status, 0) + 1
+
+
 def _settle(future: JobFuture, r: _core.Result) -> None:
+    _tally(future, r.status)
     if r.status == "cancelled":
         with future._condition:
             if future._state == RUNNING:  # guessed started (the engine had cancelled it already): it never ran

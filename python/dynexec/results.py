@@ -72,6 +72,10 @@ class Result:
                 parts.append(f"{f.name}={self.__dict__[f.name]!r}")
         return f"Result({', '.join(parts)})"
 
+    def _repr_html_(self):
+        from .display import result_html
+        return result_html(self)
+
     @classmethod
     def from_core(cls, r: _core.Result) -> Result:
         job_id = r.job_id
