@@ -40,7 +40,9 @@ def test_help_and_usage_errors():
     for sub in ("submit", "status", "ls", "show", "cancel", "stop", "cluster", "server", "launch"):
         assert sub in out
     assert "Exit codes" in out
-    assert "--connection-file" in ok(dx("cluster", "--help")).stdout  # today's module, its own options
+    assert "--connection-file" in ok(dx("cluster", "--help")).stdout  # today's modules, their own options
+    assert "--join" in ok(dx("server", "--help")).stdout
+    assert "mpirun" in ok(dx("launch", "--help")).stdout
     assert "implied" in ok(dx("submit", "--help")).stdout
     ok(dx("submit", "--array", "5-1", "noop"), 2)
     ok(dx("submit"), 2)
@@ -90,11 +92,13 @@ def test_local_command_array_and_exit_codes(tmp_path):
     (j,) = jobs(p)
     assert (j["status"], j["value"], j["error_type"], j["stderr"]) == ("error", 4, "CommandError", "oops\n")
     ok(dx("show", j["job_id"], "--archive", archive), 1)
+    (t,) = jobs(ok(dx("submit", "--archive", archive, "--json", "--time-limit", "0.5", "--", "sleep", "30"), 1))
+    assert t["status"] == "timeout"
     listing = json.loads(ok(dx("ls", "--archive", archive, "--status", "error", "--json")).stdout)
     failed = [x["job_id"] for s in listing["sessions"] for x in s["jobs"]]
     assert failed == [j["job_id"]]
     everything = json.loads(ok(dx("ls", "--archive", archive, "--json")).stdout)
-    assert sum(len(s["jobs"]) for s in everything["sessions"]) == 5 + 4 + 1 + 1
+    assert sum(len(s["jobs"]) for s in everything["sessions"]) == 5 + 4 + 1 + 1 + 1
     assert j["job_id"] in ok(dx("ls", "--archive", archive)).stdout
 
 
@@ -127,8 +131,11 @@ def test_cluster_submit_waits_for_service_and_callable(cluster):
     r = jobs(ok(dx("submit", "--connect", cluster.conn, "--wait", "--json", "--array", "1-3", "pi.monte_carlo",
                    "samples=10000", "seed={index}")))
     assert [j["status"] for j in r] == ["ok"] * 3 and len({j["value"] for j in r}) > 1
-    r = jobs(ok(dx("submit", "--connect", cluster.conn, "--wait", "--json", "test_cluster:square", "7")))
-    assert r[0]["value"] == 49
+    # A module of the current directory, which the servers cannot import: it is shipped by value.
+    (cluster.tmp / "cli_jobs.py").write_text("def triple(x, plus=0):\n    return 3 * x + plus\n")
+    r = jobs(ok(dx("submit", "--connect", cluster.conn, "--wait", "--json", "cli_jobs:triple", "7", "plus=1",
+                   cwd=cluster.tmp)))
+    assert r[0]["value"] == 22
     p = ok(dx("submit", "--connect", cluster.conn, "--wait", "--", "sh", "-c", "exit 5"), 1)
     assert "CommandError" in p.stdout and "exited with code 5" in p.stdout
 

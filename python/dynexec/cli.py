@@ -468,10 +468,16 @@ def _show(a, _) -> int:
     if a.json:
         _dump(fields)
     else:
+        import time
+
         for k, v in fields.items():
-            if k in ("stdout", "stderr", "traceback") or v in ("", None):
+            if k in ("stdout", "stderr", "traceback") or v in ("", None) or (k.endswith("_time") and not v):
                 continue
+            if k.endswith("_time"):
+                v = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v)) + f".{int(v % 1 * 1000):03d}"
             print(f"{k + ':':<13} {v!r}" if k == "value" else f"{k + ':':<13} {v}")
+        if r.start_time and r.end_time:
+            print(f"{'ran:':<13} {r.end_time - r.start_time:.3f} s")
         for k in ("stdout", "stderr", "traceback"):
             if fields[k]:
                 print(f"--- {k} ---")
