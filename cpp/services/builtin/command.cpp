@@ -158,11 +158,16 @@ Value run_command(const Params& p) {
             if (r > 0) forward(i + 1, buf, static_cast<std::size_t>(r));
             else if (r == 0 || errno != EINTR) fds[i].fd = -1; // closed: the Fd closes it at the end
         }
-        if (stopping && since() >= kTermGraceMs + 2000) break; // a grandchild holds the pipes open after SIGKILL
+        // A process that left the group holds the pipes open: stop reading within the server's stop grace (2 s).
+        if (stopping && since() >= kTermGraceMs + 1000) break;
     }
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    pid_t waited;
+    while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
     }
+    if (waited < 0) // SIGCHLD ignored in this process: the child was reaped without us
+        throw ServiceError("CommandError", fmt::format("command {}: its exit status is unknown ({})", what,
+                                                       std::strerror(errno)));
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return std::int64_t{0};
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
