@@ -25,7 +25,8 @@ def dx(*args, timeout=60, env=None, cwd=None):
 
 
 def ok(proc, code=0):
-    assert proc.returncode == code, f"exit {proc.returncode}, wanted {code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == code, \
+        f"exit {proc.returncode}, wanted {code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from . import _core
 from .errors import (ArchiveError, BrokenExecutorError, CommandError, JobKilledError, JobTimeoutError, RemoteError,
-                     ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, _decode_error, _RemoteTraceback)
+                     ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, _decode_error,
+                     _RemoteTraceback)
 
 
 def default_archive() -> Path:

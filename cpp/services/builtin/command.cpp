@@ -139,7 +139,9 @@ Value run_command(const Params& p) {
     char buf[65536];
     using clock = std::chrono::steady_clock;
     std::optional<clock::time_point> stopping; // when SIGTERM went to the group
-    auto since = [&] { return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - *stopping).count(); };
+    auto since = [&] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - *stopping).count();
+    };
     pollfd fds[2] = {{out_r.fd, POLLIN, 0}, {err_r.fd, POLLIN, 0}};
     while (fds[0].fd >= 0 || fds[1].fd >= 0) {
         if (p.stop_requested()) {
