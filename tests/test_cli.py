@@ -68,7 +68,8 @@ def test_local_service_callable_and_show(tmp_path):
     assert r[0]["value"] == 10
     r = jobs(ok(dx("submit", "--archive", archive, "--json", "json:dumps", "x", "indent=2")))
     assert r[0]["value"] == '"x"'
-    line = ok(dx("submit", "--archive", archive, "math:comb", "5", "2")).stdout.split("\t")
+    line = ok(dx("submit", "--archive", archive, "--local", "math:comb", "5", "2",
+                 env={"DYNEXEC_CONNECT": str(tmp_path / "no-cluster.json")})).stdout.split("\t")
     assert line[1:] == ["ok", "10\n"]
     ok(dx("show", "01AAAAAAAAAAAAAA-0000000001", "--archive", archive), 3)
     ok(dx("submit", "--archive", archive, "no_such_module_here:f"), 3)

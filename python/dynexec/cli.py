@@ -179,6 +179,7 @@ Exit codes: 0 submitted (with --wait: all succeeded), 1 a job failed, 2 usage, 3
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a command's environment variable, over the server's (repeatable)")
     p.add_argument("--cwd", default=None, metavar="DIR", help="a command's working directory (default: the server's)")
+    p.add_argument("--local", action="store_true", help="run here, on a local Executor, even with $DYNEXEC_CONNECT set")
     p.add_argument("--archive", default=None, metavar="DIR", help="without a cluster: the results archive")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="without a cluster: compute servers to start (default: jobs, at most the cores)")
@@ -211,7 +212,9 @@ def _submit(a, command: list[str] | None) -> int:
         env[key] = value
     indices = parse_array(a.array) if a.array else [None]
     fn = load_callable(a.target) if command is None and ":" in a.target else None
-    cluster = _connection(a, False)
+    if a.local and a.connect:
+        raise CliError("--local and --connect: choose one")
+    cluster = None if a.local else _connection(a, False)
     wait = a.wait or not cluster
 
     def one(ex, index):
