@@ -1,5 +1,6 @@
 """The dynexec command, run as a user runs it (`python -m dynexec ...` in a subprocess): locally, and against
 one real cluster started with `python -m dynexec.launch -n 3` (shared by this module's cluster tests)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -110,6 +111,8 @@ def test_local_command_array_and_exit_codes(tmp_path):
 def cluster(tmp_path_factory):
     if MPIRUN is None:
         pytest.skip("mpirun is not on PATH (Debian: apt install openmpi-bin)")
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not importable (Debian: apt install python3-mpi4py)")
     c = Cluster(tmp_path_factory.mktemp("cli"), 3, ["--lease-seconds", "2"], "cluster", launch=True)
     try:
         yield c.wait_ready()
