@@ -340,6 +340,14 @@ class Executor(_Executor):
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
         return self._submit_service(self._defaults, service, params)
 
+    def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
+        """Runs a program on a compute server (the built-in service "command"): `argv` its arguments (str or
+        path; the first is looked up on the server's PATH), `env` a dict set over the server's environment
+        (merged, not replacing it), `cwd` its working directory (None: the server's). What it prints is the
+        job's output. Exit 0: the result is 0; another exit code or a signal: CommandError (its `returncode`,
+        -N for signal N). kill() and time limits end its whole process group (SIGTERM, then SIGKILL)."""
+        return self._submit_service(self._defaults, "command", command_params(argv, env, cwd))
+
     def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
 
@@ -636,6 +644,9 @@ class JobOptions:
     def submit_service(self, service: str, /, **params) -> JobFuture:
         return self._executor._submit_service(self._opts, service, params)
 
+    def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
+        return self._executor._submit_service(self._opts, "command", command_params(argv, env, cwd))
+
     def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
         return self._executor._map(self._opts, fn, iterables, timeout, chunksize, progress)
@@ -646,6 +657,26 @@ class JobOptions:
 
     def __repr__(self):
         return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}>"
+
+
+def command_params(argv, env=None, cwd=None) -> dict:
+    """The "command" service's parameters: argv and env as NUL-terminated bytes (NUL cannot occur in either)."""
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        raise TypeError("argv must be a list of arguments, e.g. ['./simulate', '--seed', '3'], not one string")
+    args = [os.fsencode(a) for a in argv]
+    if not args or not args[0]:
+        raise ValueError("argv must name a program")
+    entries = []
+    for k, v in (env or {}).items():
+        k, v = os.fsencode(k), os.fsencode(v)
+        if not k or b"=" in k:
+            raise ValueError(f"invalid environment variable name {k!r}")
+        entries.append(k + b"=" + v)
+    for part in args + entries:
+        if b"\0" in part:
+            raise ValueError(f"a NUL byte cannot be in a command's argument or environment: {part[:60]!r}")
+    return {"argv": b"".join(a + b"\0" for a in args), "env": b"".join(e + b"\0" for e in entries),
+            "cwd": os.fsdecode(cwd) if cwd is not None else ""}
 
 
 def _job_options(time_limit, retries) -> tuple[float, int]:
