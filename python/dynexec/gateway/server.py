@@ -479,19 +479,21 @@ async def job_result(request):
             return web.json_response({"job_id": job_id, "status": states.get(job_id, "queued"), "done": False},
                                      status=202, dumps=_dumps)
         status, service = status_of(f), job.what if job.kind == "service" else ""
+        extra = {"stdout": getattr(f, "stdout", ""), "stderr": getattr(f, "stderr", "")}
         if status != "ok":
-            return web.json_response({**_job_view(job, None), "done": True}, dumps=_dumps)
-        value, extra = f.result(), {}
+            return web.json_response({**_job_view(job, None), "done": True, **extra}, dumps=_dumps)
+        value = f.result()
     else:
         r = await _run(gw.archived, user, job_id)
         status, service = r.status, r.service
+        extra = {"stdout": r.stdout, "stderr": r.stderr}
         if status != "ok":
-            return web.json_response({**_archived_view(r), "done": True}, dumps=_dumps)
+            return web.json_response({**_archived_view(r), "done": True, **extra}, dumps=_dumps)
         try:
             value = r.value
         except Exception as e:
             raise _Bad(500, f"job {job_id}'s value cannot be decoded here: {e}") from None
-        extra = {"start_time": r.start_time, "end_time": r.end_time, "location": r.location}
+        extra.update(start_time=r.start_time, end_time=r.end_time, location=r.location)
     if fmt != "json":
         return _array_download(job_id, value, fmt, user, service)
     return web.json_response({"job_id": job_id, "status": "ok", "done": True, **_value_view(job_id, value), **extra},
