@@ -9,7 +9,6 @@ import os
 import shutil
 import stat
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -321,7 +320,7 @@ def test_the_status_page_in_a_headless_browser(site, tmp_path):
         samples.clear()
         samples.send_keys("300000")
         browser.find_element(By.ID, "submit").click()
-        job_id = wait.until(lambda b: b.find_elements(By.ID, "submitted-id") and b.find_element(By.ID, "submitted-id").text)
+        job_id = wait.until(lambda b: [e.text for e in b.find_elements(By.ID, "submitted-id") if e.text])[0]
         cell = f'#jobs tr[data-job="{job_id}"] td.result'
         value = wait.until(lambda b: [e.text for e in b.find_elements(By.CSS_SELECTOR, cell) if e.text])[0]
         assert abs(float(value) - 3.14159) < 0.05
@@ -332,6 +331,8 @@ def test_the_status_page_in_a_headless_browser(site, tmp_path):
         assert shot.stat().st_size > 10_000
         if os.environ.get("DYNEXEC_GATEWAY_SCREENSHOT"):  # how docs/gateway.png is made
             shutil.copy(shot, os.environ["DYNEXEC_GATEWAY_SCREENSHOT"])
+        browser.get(dynexec.gateway.page_url(job_id, base=site.gw.url))  # the link a notification gives
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#jobs tr.highlight[data-job="{job_id}"]'))
         browser.get(f"{site.gw.url}/")  # a wrong token is dropped and asked for again
         browser.execute_script("sessionStorage.setItem('dynexec-token', 'wrong'); location.reload()")
         wait.until(lambda b: b.find_element(By.ID, "token-form").is_displayed())

@@ -25,49 +25,14 @@ from aiohttp import web
 from .. import results as _results
 from ..errors import (BrokenExecutorError, InvalidJobError, JobKilledError, JobTimeoutError, ResultNotFoundError,
                       ServerLostError, ShutDownError, UnknownServiceError)
+from . import urls
+from .urls import gateway_file_for, result_url
 from .users import UsersFile
 
 STATIC = Path(__file__).parent / "static"
 MAX_JOBS = 10_000  # job records kept in memory; older ones are still found in the archive
 INLINE_ELEMENTS = 1000  # arrays up to this size are also given as JSON lists
 _JSON_TYPES = (str, int, float, bool)
-
-_base_url: str | None = None  # the URL of the gateway running in this process, once it listens
-
-
-def gateway_file_for(connection_file) -> Path:
-    """Where a gateway started against `connection_file` records its URL: cluster.json -> cluster.gateway.json."""
-    p = Path(connection_file)
-    return p.with_name(p.stem + ".gateway.json")
-
-
-def base_url(connect=None) -> str | None:
-    """The gateway's base URL ("http://127.0.0.1:8470"): the one running in this process, else
-    $DYNEXEC_GATEWAY_URL, else the one recorded next to the connection file `connect`; None if none."""
-    if _base_url:
-        return _base_url
-    if os.environ.get("DYNEXEC_GATEWAY_URL"):
-        return os.environ["DYNEXEC_GATEWAY_URL"].rstrip("/")
-    if connect is not None:
-        try:
-            return json.loads(gateway_file_for(connect).read_text())["url"].rstrip("/")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    return None
-
-
-def result_url(job_id: str, base: str | None = None, connect=None) -> str | None:
-    """The URL of a job's result on the gateway (GET it with the owner's bearer token); None when no gateway
-    is known. `base` overrides base_url(connect)."""
-    base = (base or "").rstrip("/") or base_url(connect)
-    return f"{base}/api/jobs/{job_id}/result" if base else None
-
-
-def page_url(job_id: str, base: str | None = None, connect=None) -> str | None:
-    """The status page showing one job (for a person: the page asks for the token once)."""
-    base = (base or "").rstrip("/") or base_url(connect)
-    return f"{base}/#job={job_id}" if base else None
-
 
 # -- errors --------------------------------------------------------------------------------------------
 def _error(status: int, message: str, **extra) -> web.Response:
@@ -430,7 +395,7 @@ async def submit(request):
     job = Job(future.job_id, user, kind, what, params, future)
     gw.remember(job)
     return web.json_response({"job_id": job.job_id, "url": result_url(job.job_id),
-                              "status_url": f"{_base_url or ''}/api/jobs/{job.job_id}"}, status=201, dumps=_dumps)
+                              "status_url": f"{urls.base_url() or ''}/api/jobs/{job.job_id}"}, status=201, dumps=_dumps)
 
 
 def _states(jobs):
@@ -542,7 +507,6 @@ def make_app(gateway: Gateway) -> web.Application:
 async def serve(gateway: Gateway, host: str, port: int, parent_pid: int | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Runs the gateway until `stop` is set, a signal, or (with parent_pid) that process is gone."""
-    global _base_url
     import signal
     runner = web.AppRunner(make_app(gateway))  # its access log names no token (the header is not logged)
     await runner.setup()
@@ -550,13 +514,13 @@ async def serve(gateway: Gateway, host: str, port: int, parent_pid: int | None =
     await site.start()
     bound = site._server.sockets[0].getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    _base_url = f"http://{shown}:{bound[1]}"
+    urls._base_url = base = f"http://{shown}:{bound[1]}"
     record = gateway_file_for(gateway.connect)
     try:
-        record.write_text(json.dumps({"url": _base_url, "pid": os.getpid(), "host": socket.gethostname()}))
+        record.write_text(json.dumps({"url": base, "pid": os.getpid(), "host": socket.gethostname()}))
     except OSError:
         record = None
-    print(f"dynexec gateway at {_base_url}/ for {gateway.connect} (users file {gateway.users.path})", flush=True)
+    print(f"dynexec gateway at {base}/ for {gateway.connect} (users file {gateway.users.path})", flush=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -576,7 +540,7 @@ async def serve(gateway: Gateway, host: str, port: int, parent_pid: int | None =
                 break
     finally:
         await runner.cleanup()
-        _base_url = None
+        urls._base_url = None
         if record is not None:
             try:
                 if json.loads(record.read_text()).get("pid") == os.getpid():

@@ -88,7 +88,14 @@ async function resultCell(job) {
   return renderValue(results.get(job.job_id));
 }
 
+let linked = null; // the job of a page_url (#job=ID) when it is not among the recent ones (an older job)
 async function renderJobs(jobs) {
+  if (highlight && !jobs.some((j) => j.job_id === highlight)) {
+    if (!linked || (linked.status === "queued" || linked.status === "running")) {
+      try { linked = await api(`/api/jobs/${encodeURIComponent(highlight)}`); } catch (e) { linked = null; }
+    }
+    if (linked) jobs = [linked, ...jobs];
+  }
   const rows = [];
   for (const j of jobs) {
     const live = j.status === "queued" || j.status === "running";
