@@ -146,6 +146,11 @@ def test_a_service_gets_a_job_id_and_a_result_url_that_gives_its_result(site):
     assert archived.owner == "alice" and archived.value == result["value"]
 
 
+def test_a_nested_list_is_an_array_parameter(site):
+    reply = submit(site, site.bob, {"service": "array.sum", "params": {"a": [[1.5, 2.0], [3.0, 4.0]]}})
+    assert site.gw.result(reply["url"], site.bob)["value"] == 10.5
+
+
 def test_an_array_result_is_json_and_downloads_as_npy_and_hdf5(site):
     gw = site.gw
     reply = submit(site, site.alice, {"service": "array.scale", "params": {"a": [1.0, 2.5, -4.0], "factor": 2.0}})
@@ -196,6 +201,7 @@ def test_list_servers_with_their_leases_and_load(site):
     ({"service": "pi.monte_carlo", "params": {"samples": "many"}}, "'samples'"),
     ({"service": "pi.monte_carlo", "params": {"sample": 5}}, "'sample'"),
     ({"service": "pi.monte_carlo", "params": {"samples": {"a": 1}}}, "params.samples"),
+    ({"service": "array.sum", "params": {"a": [[1, 2], [3]]}}, "params.a"),
     ({"service": "pi.monte_carlo", "params": [1]}, "params must be"),
     ({"service": 7}, "service must be"),
     ({"service": "noop", "params": {"x": 1}, "priority": 1}, "'priority'"),
@@ -346,3 +352,24 @@ def test_binding_beyond_loopback_must_be_asked_for(tmp_path):
         [sys.executable, "-m", "dynexec.gateway", "--connect", str(tmp_path / "c.json"), "--users",
          str(tmp_path / "u.json"), "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--public" in proc.stderr
+
+
+def test_a_gateway_reconnects_to_a_cluster_restarted_with_the_same_file(tmp_path):
+    users = tmp_path / "u.json"
+    token = issue(users, "dora")
+    first = Cluster(tmp_path, 0, [], "c").wait_ready()  # heads alone, no mpirun: cheap
+    procs = [first]
+    try:
+        gw = Gateway(tmp_path, first, users)
+        procs.append(gw)
+        assert gw.call("GET", "/api/servers", token)[0] == 200
+        first.proc.terminate()
+        assert first.wait_exit(30) == 0
+        status, body, _ = gw.call("GET", "/api/servers", token)
+        assert status == 503 and "stopped" in body["error"]
+        procs.append(Cluster(tmp_path, 0, [], "c").wait_ready())
+        assert wait_for(lambda: gw.call("GET", "/api/servers", token)[0] == 200, 30, "the gateway to reconnect",
+                        interval=0.2)
+    finally:
+        for p in reversed(procs):
+            p.kill()

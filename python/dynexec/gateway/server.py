@@ -120,6 +120,19 @@ class Gateway:
                 ex = self._executors[user] = Executor(connect=self.connect, owner=user, wait=self.wait)
             return ex
 
+    def drop(self, user: str, ex) -> None:
+        """Forgets `user`'s executor after the cluster failed it (its head gone): the next request connects
+        afresh, to a cluster restarted with the same connection file."""
+        with self._executor_lock:
+            if self._executors.get(user) is ex:
+                del self._executors[user]
+            else:
+                return
+        try:
+            ex.shutdown(wait=False)
+        except Exception:
+            pass
+
     def close(self) -> None:
         with self._executor_lock:
             executors, self._executors = list(self._executors.values()), {}
@@ -237,10 +250,15 @@ def _param(name: str, v):
     """A JSON parameter value as a service takes it: a list of numbers becomes a numpy array."""
     if v is None or isinstance(v, _JSON_TYPES):
         return v
-    if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        return np.asarray(v, dtype=np.int64 if all(isinstance(x, int) for x in v) else np.float64)
-    raise _Bad(400, f"params.{name} must be a number, string, boolean or a list of numbers, got "
-                    f"{type(v).__name__ if not isinstance(v, list) else 'a list of other values'}")
+    if isinstance(v, list):
+        try:
+            a = np.asarray(v)
+        except ValueError:  # ragged
+            a = None
+        if a is not None and a.dtype.kind in "biuf" and a.size:
+            return a
+        raise _Bad(400, f"params.{name}: a list must be a non-empty (nested, rectangular) list of numbers")
+    raise _Bad(400, f"params.{name} must be a number, string, boolean or a list of numbers, got an object")
 
 
 def _options(body: dict) -> dict:
@@ -358,6 +376,7 @@ async def servers(request):
     try:
         status = await _run(ex.status)
     except Exception as e:
+        request.app["gateway"].drop(request["user"], ex)
         raise _Bad(503, f"the cluster does not answer: {e}") from None
     now = time.time()
     out = []
@@ -391,6 +410,7 @@ async def submit(request):
     except (InvalidJobError, ValueError, TypeError) as e:
         raise _Bad(400, f"params: {e}") from None
     except Exception as e:
+        gw.drop(user, ex)
         raise _Bad(503, f"cannot submit to the cluster: {type(e).__name__}: {e}") from None
     job = Job(future.job_id, user, kind, what, params, future)
     gw.remember(job)

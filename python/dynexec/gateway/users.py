@@ -52,7 +52,10 @@ class UsersFile:
         except FileNotFoundError:
             return []
         if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(self.path, 0o600)  # ours but readable by others: a hash list is no secret, still keep it private
+            os.chmod(self.path, 0o600)  # ours but open to others: keep it private
+        elif st.st_uid not in (os.getuid(), 0) or stat.S_IMODE(st.st_mode) & 0o022:
+            raise ValueError(f"{self.path} is another user's or writable by others: anyone could add a token "
+                             f"to it; use a users file of your own (created owner-only)")
         try:
             data = json.loads(self.path.read_text())
             tokens = data["tokens"]
