@@ -191,7 +191,7 @@ def test_list_servers_with_their_leases_and_load(site):
         assert {"jobs_done", "busy_time", "in_flight"} <= set(s["statistics"])
     status, catalog, _ = site.gw.call("GET", "/api/services", site.bob)
     assert [p["name"] for p in catalog["pi.monte_carlo"]["params"]] == ["samples", "seed"]
-    assert "python" not in catalog
+    assert "python" not in catalog and "command" not in catalog
 
 
 @pytest.mark.parametrize("body, field", [
@@ -204,6 +204,8 @@ def test_list_servers_with_their_leases_and_load(site):
     ({"service": "array.sum", "params": {"a": [[1, 2], [3]]}}, "params.a"),
     ({"service": "pi.monte_carlo", "params": [1]}, "params must be"),
     ({"service": 7}, "service must be"),
+    ({"service": "python", "params": {"payload": "x"}}, "Python callables"),
+    ({"service": "command", "params": {"argv": ["true"]}}, '{"command": [argv...]}'),
     ({"service": "noop", "params": {"x": 1}, "priority": 1}, "'priority'"),
     ({"params": {}}, "either 'service'"),
     ({"service": "noop", "time_limit": -1}, "time_limit"),

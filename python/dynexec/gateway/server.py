@@ -276,6 +276,10 @@ def _options(body: dict) -> dict:
     return opts
 
 
+# Engine services a gateway user may not name: a Python job's payload is a pickle (it would run on the servers),
+# and a command is submitted as {"command": [...]}, which --allow-commands governs.
+_NOT_SERVICES = {"python": "Python callables cannot be submitted through the gateway; name a native service",
+                 "command": "submit a command as {\"command\": [argv...]}, not as the service 'command'"}
 _FIELDS = {"service", "params", "command", "env", "cwd", "time_limit", "retries"}
 
 
@@ -291,6 +295,8 @@ def _submission(body: dict, allow_commands: bool):
         service = body["service"]
         if not isinstance(service, str) or not service:
             raise _Bad(400, f"service must be a service name (a non-empty string), got {service!r}")
+        if service in _NOT_SERVICES:
+            raise _Bad(400, f"service: {_NOT_SERVICES[service]}")
         if set(body) & {"env", "cwd"}:
             raise _Bad(400, "env and cwd belong to a command, not a service")
         params = body.get("params", {})
@@ -392,7 +398,7 @@ async def services(request):
     """The services the cluster's servers offer, with their parameters where this process knows them."""
     from .. import services as catalog
     ex = await _executor(request)
-    offered = sorted({name for s in await _run(ex.servers) for name in s["services"]} - {"python"})
+    offered = sorted({name for s in await _run(ex.servers) for name in s["services"]} - set(_NOT_SERVICES))
     known = catalog()
     return web.json_response({name: known.get(name, {"doc": "", "params": []}) for name in offered}, dumps=_dumps)
 

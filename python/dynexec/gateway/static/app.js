@@ -57,7 +57,7 @@ function renderServers(s) {
   body.replaceChildren(...s.servers.map((v) => el("tr", { "data-server": v.id },
     el("td", { class: "id" }, v.id), el("td", {}, v.host), el("td", {}, v.pid), el("td", {}, secs(v.lease_left)),
     el("td", {}, v.statistics.in_flight), el("td", {}, v.statistics.jobs_done), el("td", {}, secs(v.statistics.busy_time)),
-    el("td", { class: "muted" }, v.services.filter((n) => n !== "python").join(", ")))));
+    el("td", { class: "muted" }, v.services.filter((n) => n !== "python" && n !== "command").join(", ")))));
   $("#server-count").textContent = `(${s.servers.length})`;
   const waiting = Object.entries(s.waiting || {}).map(([k, n]) => `${n} of ${k}`).join(", ");
   $("#backlog").textContent = `cluster: ${s.running} running, ${s.queued} queued on servers` +
