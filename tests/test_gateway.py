@@ -132,7 +132,7 @@ def test_a_service_gets_a_job_id_and_a_result_url_that_gives_its_result(site):
     gw = site.gw
     reply = submit(site, site.alice, {"service": "pi.monte_carlo", "params": {"samples": 200000, "seed": 3}})
     job_id = reply["job_id"]
-    assert reply["url"] == f"{gw.url}/api/jobs/{job_id}/result"
+    assert reply["url"] == f"{gw.url}/jobs/{job_id}/result"
     assert dynexec.gateway.result_url(job_id, base=gw.url) == reply["url"]
     assert dynexec.gateway.result_url(job_id, connect=site.cluster.conn) == reply["url"]  # recorded by the gateway
     result = gw.result(reply["url"], site.alice)
@@ -142,6 +142,11 @@ def test_a_service_gets_a_job_id_and_a_result_url_that_gives_its_result(site):
     status, listing, _ = gw.call("GET", "/api/jobs", site.alice)
     assert job_id in [j["job_id"] for j in listing["jobs"]]
     assert [j["job_id"] for j in gw.call("GET", "/api/jobs?status=ok", site.alice)[1]["jobs"]].count(job_id) == 1
+    assert gw.call("GET", f"/api/jobs/{job_id}/result", site.alice)[1] == result
+    status, page, headers = gw.call("GET", reply["url"])  # in a browser (no token sent): the page, on that job
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert gw.call("GET", reply["url"], "wrong")[0] == 401
+    assert gw.call("GET", reply["url"], site.bob)[0] == 404
     archived = dynexec.find(job_id, site.cluster.archive)  # the user is the job's owner in the archive
     assert archived.owner == "alice" and archived.value == result["value"]
 

@@ -339,7 +339,8 @@ def _token_of(request) -> str | None:
 
 @web.middleware
 async def _auth(request, handler):
-    if request.path.startswith("/api/"):
+    # /jobs/ID[/result] (a result's URL) is the API for a request with a token, the page for a browser.
+    if request.path.startswith("/api/") or (request.path.startswith("/jobs/") and "Authorization" in request.headers):
         user = request.app["gateway"].users.user_of(_token_of(request))
         if user is None:
             return web.json_response({"error": "a valid bearer token is needed (Authorization: Bearer TOKEN)"},
@@ -357,7 +358,7 @@ async def _headers(request, response):
     h.setdefault("Referrer-Policy", "no-referrer")
     h.setdefault("X-Frame-Options", "DENY")
     h.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
-    if request.path.startswith("/api/"):
+    if request.path.startswith(("/api/", "/jobs/")):
         h.setdefault("Cache-Control", "no-store")
 
 
@@ -507,6 +508,12 @@ async def index(request):
     return web.FileResponse(STATIC / "index.html")
 
 
+def _link(api_handler):
+    async def handler(request):
+        return await (api_handler(request) if "user" in request else index(request))
+    return handler
+
+
 async def _close(app):
     await _run(app["gateway"].close)
 
@@ -527,6 +534,8 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/api/jobs/{job_id}/result", job_result)
     app.router.add_post("/api/jobs/{job_id}/cancel", cancel)
     app.router.add_delete("/api/jobs/{job_id}", cancel)
+    app.router.add_get("/jobs/{job_id}", _link(job_status))
+    app.router.add_get("/jobs/{job_id}/result", _link(job_result))
     return app
 
 

@@ -30,13 +30,14 @@ def base_url(connect=None) -> str | None:
 
 
 def result_url(job_id: str, base: str | None = None, connect=None) -> str | None:
-    """The URL of a job's result on the gateway (GET it with the owner's bearer token); None when no gateway
-    is known. `base` overrides base_url(connect)."""
+    """The URL of a job's result on the gateway, {base}/jobs/{job_id}/result; None when no gateway is known.
+    `base` overrides base_url(connect). GET with the owner's bearer token: the result as JSON (as
+    /api/jobs/{job_id}/result); opened in a browser (no token sent): the status page showing that job."""
     base = (base or "").rstrip("/") or base_url(connect)
-    return f"{base}/api/jobs/{job_id}/result" if base else None
+    return f"{base}/jobs/{job_id}/result" if base else None
 
 
 def page_url(job_id: str, base: str | None = None, connect=None) -> str | None:
     """The status page showing one job (for a person: the page asks for the token once)."""
     base = (base or "").rstrip("/") or base_url(connect)
-    return f"{base}/#job={job_id}" if base else None
+    return f"{base}/jobs/{job_id}" if base else None

@@ -30,7 +30,9 @@ function readFragment() {
   const h = new URLSearchParams(location.hash.slice(1));
   if (h.get("token")) { token = h.get("token"); sessionStorage.setItem("dynexec-token", token); }
   if (h.get("job")) highlight = h.get("job");
-  if (h.get("token")) history.replaceState(null, "", location.pathname + (highlight ? "#job=" + highlight : ""));
+  const link = location.pathname.match(/^\/jobs\/([^/]+)/); // a result's URL opened in the browser
+  if (link) highlight = decodeURIComponent(link[1]);
+  if (h.get("token")) history.replaceState(null, "", location.pathname);
 }
 
 function signOut(why) {
@@ -88,7 +90,7 @@ async function resultCell(job) {
   return renderValue(results.get(job.job_id));
 }
 
-let linked = null; // the job of a page_url (#job=ID) when it is not among the recent ones (an older job)
+let linked = null; // the job of a result's URL (/jobs/ID) when it is not among the recent ones (an older job)
 async function renderJobs(jobs) {
   if (highlight && !jobs.some((j) => j.job_id === highlight)) {
     if (!linked || (linked.status === "queued" || linked.status === "running")) {
