@@ -103,7 +103,7 @@ async function renderJobs(jobs) {
     const live = j.status === "queued" || j.status === "running";
     const result = el("td", { class: "result" }, await resultCell(j));
     rows.push(el("tr", { "data-job": j.job_id, class: j.job_id === highlight ? "highlight" : "" },
-      el("td", { class: "id" }, j.job_id), el("td", {}, j.service || (j.command || []).join(" ")),
+      el("td", { class: "id" }, el("a", { href: j.url || "#" }, j.job_id)), el("td", {}, j.service || (j.command || []).join(" ")),
       el("td", { class: "status status-" + j.status }, j.status), el("td", {}, when(j.submit_time)), result,
       el("td", {}, live ? el("button", { class: "cancel", onclick: () => cancel(j.job_id) }, "Cancel") : "")));
   }
