@@ -361,6 +361,13 @@ def test_binding_beyond_loopback_must_be_asked_for(tmp_path):
     assert proc.returncode == 2 and "--public" in proc.stderr
 
 
+def test_a_missing_connection_file_is_said_at_start(tmp_path):
+    proc = __import__("subprocess").run(
+        [sys.executable, "-m", "dynexec.gateway", "--connect", str(tmp_path / "c.json"), "--users",
+         str(tmp_path / "u.json"), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "c.json" in proc.stderr and "dynexec gateway at" not in proc.stdout
+
+
 def test_a_gateway_reconnects_to_a_cluster_restarted_with_the_same_file(tmp_path):
     users = tmp_path / "u.json"
     token = issue(users, "dora")

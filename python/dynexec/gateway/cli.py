@@ -77,8 +77,14 @@ def main(argv=None) -> int:
         print(f"dynexec gateway: {users.path} has no users yet: issue a token with "
               f"`python -m dynexec.gateway --users {users.path} --add-user NAME`", file=sys.stderr, flush=True)
 
+    from .. import connection
     from .server import Gateway, serve
 
+    try:  # a wrong or stale file is said now, naming the file (never a secret), not at the first request
+        connection.read_live(a.connect, "client", a.wait)
+    except (OSError, ValueError) as e:
+        print(f"dynexec gateway: {e}", file=sys.stderr)
+        return 1
     gateway = Gateway(Path(a.connect), users, archive=a.archive, allow_commands=a.allow_commands, wait=a.wait)
     code = 0
     try:

@@ -190,7 +190,8 @@ def _job_view(job: Job, state: str | None) -> dict:
 
 
 def _archived_view(r) -> dict:
-    out = {"job_id": r.job_id, "owner": r.owner, "kind": "service", "service": r.service, "status": r.status,
+    kind = "command" if r.service == "command" else "service"
+    out = {"job_id": r.job_id, "owner": r.owner, "kind": kind, kind: r.service, "status": r.status,
            "submit_time": r.submit_time, "start_time": r.start_time, "end_time": r.end_time,
            "server": r.server, "location": r.location, "url": result_url(r.job_id)}
     if r.status != "ok":
