@@ -214,6 +214,7 @@ class _Head:
         print(f"dynexec cluster ready: {n} server{'' if n == 1 else 's'}, connection file {self.connection_file}, "
               f"server join file {self.server_file}" + (f", published as {a.publish!r}" if published else ""),
               flush=True)
+        gateway = self._start_gateway()
         if not n:
             print(f"dynexec cluster: no compute server: jobs wait until one joins with "
                   f"`python -m dynexec.server --join {self.server_file}`", file=sys.stderr, flush=True)
@@ -223,9 +224,25 @@ class _Head:
                     break
             return self.stop(signals)
         finally:
+            if gateway is not None and gateway.poll() is None:
+                gateway.terminate()
+                try:
+                    gateway.wait(5)
+                except subprocess.TimeoutExpired:
+                    gateway.kill()
             self._remove_files()
             if published:
                 self._publish(unpublish=True)
+
+    def _start_gateway(self):
+        """--gateway PORT: the HTTP gateway (dynexec.gateway) as a child process; it leaves with this head."""
+        a = self.args
+        if a.gateway is None:
+            return None
+        users = a.gateway_users or str(self.connection_file.with_name(self.connection_file.stem + ".users.json"))
+        return subprocess.Popen([sys.executable, "-m", "dynexec.gateway", "--connect", str(self.connection_file),
+                                 "--users", users, "--port", str(a.gateway), "--parent-pid", str(os.getpid())],
+                                stdin=subprocess.DEVNULL)
 
     def claim_files(self) -> None:
         """Refuses (FileExistsError) to replace the files of a live cluster; says so when replacing stale ones."""
@@ -312,6 +329,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", default="", metavar="NAME",
                    help="also publish the endpoint under NAME in the MPI name service (mpirun --ompi-server); "
                         "servers then join with --name NAME, still taking their credentials from the server join file")
+    p.add_argument("--gateway", type=int, default=None, metavar="PORT",
+                   help="also run the HTTP gateway on 127.0.0.1:PORT (python -m dynexec.gateway; 0: any free port)")
+    p.add_argument("--gateway-users", default="", metavar="FILE",
+                   help="the gateway's users file (default: FILE with the suffix .users.json)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
                                               "rank is on this host, else all interfaces)")
