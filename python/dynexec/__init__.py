@@ -17,14 +17,15 @@ from .errors import (ArchiveError, BrokenExecutorError, InvalidJobError, JobKill
                      ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
+from .notify import NotifyConfig
 from .results import Result, default_archive, find, read_archive
 
 __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES", "ArchiveError", "BrokenExecutorError", "Executor", "InvalidJobError", "JobFuture", "JobKilledError",
-    "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError", "ServerDiedError",
-    "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
+    "JobTimeoutError", "NotifyConfig", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError",
+    "ServerDiedError", "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
     "get_include", "load_services", "read_archive", "services",
 ]
 

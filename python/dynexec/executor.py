@@ -22,6 +22,7 @@ from . import _pickling
 from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
+from .notify import Notifier, NotifyConfig, parse_targets
 from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
@@ -229,13 +230,20 @@ class Executor(_Executor):
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
+    notify: "mailto:ADDRESS", an http(s):// webhook URL, or a list of them, told when each job's result is
+        ready (see dynexec.notify; per job: options(notify=)). Invalid ones raise InvalidJobError here.
+    notify_config: a dynexec.NotifyConfig (SMTP server, gateway URL, retries); default NotifyConfig.from_env().
     """
 
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
-                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False):
+                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False, notify=None,
+                 notify_config: NotifyConfig | None = None):
+        self._notify = parse_targets(notify)  # checked before anything starts
+        self._notify_config = notify_config
+        self._notifier = None
         self._local = None
         self._echo = None
         self._session = None
@@ -319,23 +327,25 @@ class Executor(_Executor):
         self._collector.start()
         _collectors.add(self._collector)
         _live_executors.add(self)
+        if self._notify or self._notify_config:
+            self._notifier = Notifier(self._notify_config or NotifyConfig.from_env(), self._archive)
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
         """Runs fn(*args, **kwargs) on a compute server; the future carries the job ID."""
-        return self._submit_fn(self._defaults, fn, args, kwargs)
+        return self._submit_fn(self._defaults, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
-        return self._submit_service(self._defaults, service, params)
+        return self._submit_service(self._defaults, service, params, self._notify)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
 
         Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each."""
-        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, self._notify)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None) -> JobOptions:
         """The same executor, with options for the jobs submitted through it (they do not collide with the
         callable's own keyword arguments):
 
@@ -344,25 +354,27 @@ class Executor(_Executor):
         time_limit: seconds a job may run (each time it starts); past it, it is stopped and fails with
             JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
         retries: how many times a job that raises is run again before its error is reported (default: the
-            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
-        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries)
+            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts).
+        notify: targets told when the job's result is ready, instead of the executor's `notify` ([] for none)."""
+        return JobOptions(self, self._defaults, self._notify).options(time_limit=time_limit, retries=retries,
+                                                                      notify=notify)
 
-    def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
+    def _submit_fn(self, opts, fn, args, kwargs, notify=()) -> JobFuture:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         try:
             payload = job_payload(fn, args, kwargs, self._ship)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
-        return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
+        return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts), notify)
 
-    def _submit_service(self, opts, service, params) -> JobFuture:
-        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts))
+    def _submit_service(self, opts, service, params, notify=()) -> JobFuture:
+        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts), notify)
 
-    def _submit(self, send) -> JobFuture:
-        return self._submit_many(lambda: [send()])[0]
+    def _submit(self, send, notify=()) -> JobFuture:
+        return self._submit_many(lambda: [send()], notify)[0]
 
-    def _submit_many(self, send) -> list[JobFuture]:
+    def _submit_many(self, send, notify=()) -> list[JobFuture]:
         """`send()` submits and returns the job IDs. It runs without the lock: a client may wait for the head
         (job IDs, service signatures). A result that comes before its future is registered waits in _early."""
         where = self._echo.where() if self._echo is not None else None
@@ -374,6 +386,8 @@ class Executor(_Executor):
         futures = [JobFuture(self, job_id) for job_id in send()]
         if self._echo is not None:
             self._echo.track(futures, where)
+        if notify:  # before they can settle: a done-callback queues each notification
+            self._notifier_for().watch(futures, notify)
         with self._lock:
             self._futures.update((f.job_id, f) for f in futures)
             early = [(self._futures.pop(f.job_id), *self._early.pop(f.job_id)) for f in futures
@@ -381,7 +395,7 @@ class Executor(_Executor):
         _settle_all(early)
         return futures
 
-    def _map(self, opts, fn, iterables, timeout, chunksize):
+    def _map(self, opts, fn, iterables, timeout, chunksize, notify=()):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -401,9 +415,16 @@ class Executor(_Executor):
                 for f in futures:
                     f.cancel()
                 raise _unpicklable(fn, "its arguments", exc) from exc
-            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
+            futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts),
+                                         notify)
         results = _in_order(futures, end_time)
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
+
+    def _notifier_for(self) -> Notifier:
+        with self._lock:  # the first per-job notify of an executor without notify=
+            if self._notifier is None:
+                self._notifier = Notifier(NotifyConfig.from_env(), self._archive)
+            return self._notifier
 
     # -- the cluster ------------------------------------------------------------------------------
     def servers(self) -> list[dict]:
@@ -498,6 +519,8 @@ class Executor(_Executor):
                 # The engine's shutdown runs on the closer thread, so that Ctrl-C reaches this one at once.
                 _wait_for(self._engine_done)
                 _join(self._collector)
+                if self._notifier is not None:  # every future is settled: what they queued gets a bounded time
+                    self._notifier.close()
                 if self._close_error is not None:
                     raise self._close_error
         except KeyboardInterrupt:
@@ -569,22 +592,23 @@ def _join(thread: threading.Thread) -> None:
 class JobOptions:
     """An executor with options for the jobs submitted through it: see Executor.options()."""
 
-    def __init__(self, executor: Executor, opts: tuple[float, int]):
-        self._executor, self._opts = executor, opts
+    def __init__(self, executor: Executor, opts: tuple[float, int], notify: tuple[str, ...] = ()):
+        self._executor, self._opts, self._notify = executor, opts, notify
 
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
-        return self._executor._submit_fn(self._opts, fn, args, kwargs)
+        return self._executor._submit_fn(self._opts, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
-        return self._executor._submit_service(self._opts, service, params)
+        return self._executor._submit_service(self._opts, service, params, self._notify)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
-        return self._executor._map(self._opts, fn, iterables, timeout, chunksize)
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, self._notify)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None) -> JobOptions:
         return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
-                                                       self._opts[1] if retries is None else retries))
+                                                       self._opts[1] if retries is None else retries),
+                          self._notify if notify is None else parse_targets(notify))
 
     def __repr__(self):
         return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}>"
