@@ -8,7 +8,7 @@ A target is "mailto:ADDRESS[,ADDRESS...]" (an e-mail through the SMTP server of 
 after the result is archived and its future settled, from one background thread per executor with a
 bounded queue: a slow or failing receiver never fails or delays a job. A failed delivery is logged
 (logger "dynexec.notify") and tried again, `attempts` times in all, waiting retry_delay, then twice that,
-and so on; at shutdown, what is still pending gets `shutdown_grace` seconds, then is logged as dropped.
+and so on; a permanent failure (an SMTP 5xx reply such as a refused login, an HTTP 4xx) is not retried; at shutdown, what is still pending gets `shutdown_grace` seconds, then is logged as dropped.
 With Executor(connect=...), this client process sends them. A cancelled job is not notified.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
@@ -236,8 +237,9 @@ def _mail(ev: dict, to: list[str], config: NotifyConfig) -> email.message.EmailM
     if "service" in ev:
         lines += [f"Service:   {ev['service']}", f"Owner:     {ev['owner']}", f"Submitted: {_when(ev['submit_time'])}",
                   f"Started:   {_when(ev['start_time'])}", f"Ended:     {_when(ev['end_time'])}"]
-    if not (ev["url"] or "").startswith("http"):
-        lines.append(f"\nRead it with: dynexec.find({ev['job_id']!r}, ARCHIVE)")
+    if (ev["url"] or "").startswith("file:"):
+        archive = str(Path(urllib.parse.unquote(urllib.parse.urlsplit(ev["url"]).path)).parent)
+        lines.append(f"\nIn Python: dynexec.find({ev['job_id']!r}, {archive!r})")
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
@@ -264,6 +266,17 @@ def _post(target: str, ev: dict, config: NotifyConfig) -> None:
                                      method="POST")
     with urllib.request.urlopen(request, timeout=config.timeout) as reply:  # raises HTTPError for 4xx, 5xx
         reply.read(1 << 16)
+
+
+def _permanent(exc: Exception) -> bool:
+    """A failure that trying again cannot mend (a refused login or address, a webhook's 4xx)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code >= 500
+    if isinstance(exc, urllib.error.HTTPError):
+        return 400 <= exc.code < 500 and exc.code not in (408, 425, 429)
+    return False
 
 
 def _deliver(target: str, ev: dict, config: NotifyConfig) -> None:
@@ -359,9 +372,11 @@ class Notifier:
             log.debug("job %s: notified %s", ev["job_id"], _redact(target))
             return True
         except Exception as exc:
-            last = attempt >= self.config.attempts
+            permanent = _permanent(exc)
+            last = permanent or attempt >= self.config.attempts
             log.warning("job %s: notifying %s failed (try %d of %d%s): %s: %s", ev["job_id"], _redact(target),
-                        attempt, self.config.attempts, ", giving up" if last else "", type(exc).__name__, exc)
+                        attempt, self.config.attempts, ", a permanent failure: giving up" if permanent else
+                        ", giving up" if last else "", type(exc).__name__, exc)
             return last
 
     def _drop(self, retries) -> None:  # holds the lock
