@@ -325,3 +325,29 @@ def test_result_url():
         "https://gw.example.org/jobs/S-0000000001/result"
     assert result_url("S-0000000001", "/data/my archive") == "file:///data/my%20archive/S.h5#S-0000000001"
     assert result_url("S-0000000001") is None
+    assert result_url("S-0000000001", "/a", location="/b/S.h5:/results[0]") == "file:///b/S.h5#S-0000000001"
+
+
+def test_configuration_from_the_environment(monkeypatch, smtp, tmp_path):
+    env = {"DYNEXEC_SMTP_HOST": "127.0.0.1", "DYNEXEC_SMTP_PORT": str(smtp.port),
+           "DYNEXEC_SMTP_FROM": "me@test.invalid", "DYNEXEC_SMTP_USER": "alice", "DYNEXEC_SMTP_PASSWORD": "pw-from-env", "DYNEXEC_SMTP_STARTTLS": "yes",
+           "DYNEXEC_SMTP_CAFILE": "/x/ca.pem", "DYNEXEC_GATEWAY_URL": "http://127.0.0.1:8080"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    config = NotifyConfig.from_env(timeout=3.0)
+    assert (config.smtp_host, config.smtp_port, config.smtp_from, config.smtp_user, config.smtp_password,
+            config.smtp_starttls, config.smtp_cafile, config.gateway_url, config.timeout) == \
+        ("127.0.0.1", smtp.port, "me@test.invalid", "alice", "pw-from-env", True, "/x/ca.pem",
+         "http://127.0.0.1:8080", 3.0)
+    assert "pw-from-env" not in repr(config)
+    for k in ("DYNEXEC_SMTP_USER", "DYNEXEC_SMTP_STARTTLS", "DYNEXEC_GATEWAY_URL"):
+        monkeypatch.delenv(k)
+    with dynexec.Executor(1, processes=False, archive=tmp_path / "a") as ex:  # read when a job first asks
+        f = ex.options(notify="mailto:bob@example.org").submit(pow, 2, 2)
+        f.result(timeout=30)
+    assert [e.mail_from for e in smtp.envelopes] == ["me@test.invalid"]
+    monkeypatch.setenv("DYNEXEC_SMTP_PORT", "twenty-five")
+    with dynexec.Executor(1, processes=False, archive=tmp_path / "b") as ex:
+        with pytest.raises(ValueError, match=r"\$DYNEXEC_SMTP_PORT must be a port number, got 'twenty-five'"):
+            ex.options(notify="mailto:bob@example.org").submit(pow, 2, 2)
+        assert ex.stats()["submitted"] == 0  # nothing was sent: no job without its future

@@ -383,11 +383,12 @@ class Executor(_Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken:
                 raise BrokenExecutorError(self._broken)
+        notifier = self._notifier_for() if notify else None  # before send(): its configuration may be wrong
         futures = [JobFuture(self, job_id) for job_id in send()]
         if self._echo is not None:
             self._echo.track(futures, where)
-        if notify:  # before they can settle: a done-callback queues each notification
-            self._notifier_for().watch(futures, notify)
+        if notifier is not None:  # before they can settle: a done-callback queues each notification
+            notifier.watch(futures, notify)
         with self._lock:
             self._futures.update((f.job_id, f) for f in futures)
             early = [(self._futures.pop(f.job_id), *self._early.pop(f.job_id)) for f in futures

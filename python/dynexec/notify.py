@@ -8,7 +8,8 @@ A target is "mailto:ADDRESS[,ADDRESS...]" (an e-mail through the SMTP server of 
 after the result is archived and its future settled, from one background thread per executor with a
 bounded queue: a slow or failing receiver never fails or delays a job. A failed delivery is logged
 (logger "dynexec.notify") and tried again, `attempts` times in all, waiting retry_delay, then twice that,
-and so on; a permanent failure (an SMTP 5xx reply such as a refused login, an HTTP 4xx) is not retried; at shutdown, what is still pending gets `shutdown_grace` seconds, then is logged as dropped.
+and so on; a permanent failure (an SMTP 5xx reply such as a refused login, an HTTP 4xx) is not tried
+again. At shutdown, what is still pending gets `shutdown_grace` seconds, then is logged as dropped.
 With Executor(connect=...), this client process sends them. A cancelled job is not notified.
 """
 from __future__ import annotations
@@ -115,16 +116,19 @@ class NotifyConfig:
         return cls(**{**found, **overrides})
 
 
-def result_url(job_id: str, archive=None, gateway_url: str | None = None) -> str | None:
+def result_url(job_id: str, archive=None, gateway_url: str | None = None, location: str = "") -> str | None:
     """Where a job's result is: {gateway_url}/jobs/{job_id}/result when a gateway serves it, else the archive
-    file of its session (file:///<archive>/<session>.h5#<job_id>; dynexec.find(job_id, archive) reads it);
-    None when it is not archived."""
+    file that holds it (the file of Result.location, "<file>:/results[row]", or else <archive>/<session>.h5)
+    as file:///...#<job_id> (dynexec.find(job_id, ARCHIVE) reads it); None when it is not archived."""
     if gateway_url:
         return f"{gateway_url.rstrip('/')}/jobs/{urllib.parse.quote(job_id, safe='')}/result"
-    if archive is None:
+    if location:
+        file = Path(location.split(":/", 1)[0])
+    elif archive is not None:
+        file = Path(archive) / f"{job_id.rpartition('-')[0]}.h5"
+    else:
         return None
-    session = job_id.rpartition("-")[0]
-    return f"{(Path(archive).absolute() / f'{session}.h5').as_uri()}#{job_id}"
+    return f"{file.absolute().as_uri()}#{job_id}"
 
 
 # -- targets ---------------------------------------------------------------------------------------------
@@ -204,7 +208,8 @@ def _event(job_id: str, exc, archive, gateway_url) -> dict:
             record = _core.find(Path(archive), job_id)  # the record only: its value is not decoded
         except Exception as e:  # e.g. a cluster's archive on another host: say what the future knows
             log.debug("job %s: its archived result cannot be read here (%s)", job_id, e)
-    ev = {"job_id": job_id, "status": "ok", "url": result_url(job_id, archive, gateway_url),
+    ev = {"job_id": job_id, "status": "ok",
+          "url": result_url(job_id, archive, gateway_url, record.location if record is not None else ""),
           "submit_time": None, "start_time": None, "end_time": None}
     if record is not None:
         ev.update(status=record.status, service=record.service, owner=record.owner, server=record.server,
