@@ -330,7 +330,8 @@ def test_result_url():
 
 def test_configuration_from_the_environment(monkeypatch, smtp, tmp_path):
     env = {"DYNEXEC_SMTP_HOST": "127.0.0.1", "DYNEXEC_SMTP_PORT": str(smtp.port),
-           "DYNEXEC_SMTP_FROM": "me@test.invalid", "DYNEXEC_SMTP_USER": "alice", "DYNEXEC_SMTP_PASSWORD": "pw-from-env", "DYNEXEC_SMTP_STARTTLS": "yes",
+           "DYNEXEC_SMTP_FROM": "me@test.invalid", "DYNEXEC_SMTP_USER": "alice", "DYNEXEC_SMTP_PASSWORD": "pw-from-env",
+           "DYNEXEC_SMTP_STARTTLS": "yes",
            "DYNEXEC_SMTP_CAFILE": "/x/ca.pem", "DYNEXEC_GATEWAY_URL": "http://127.0.0.1:8080"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)

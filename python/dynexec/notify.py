@@ -245,7 +245,8 @@ def _mail(ev: dict, to: list[str], config: NotifyConfig) -> email.message.EmailM
     if (ev["url"] or "").startswith("file:"):
         archive = str(Path(urllib.parse.unquote(urllib.parse.urlsplit(ev["url"]).path)).parent)
         lines.append(f"\nIn Python: dynexec.find({ev['job_id']!r}, {archive!r})")
-    msg.set_content("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    msg.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")  # 7bit: a URL stays whole
     return msg
 
 
