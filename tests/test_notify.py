@@ -116,8 +116,8 @@ def webhook():
 
 
 def _config(smtp=None, **kw):
-    return NotifyConfig(smtp_host="127.0.0.1", smtp_port=smtp.port if smtp else _free_port(),
-                        smtp_from="dynexec@test.invalid", retry_delay=0.01, **kw)
+    return NotifyConfig(**{"smtp_host": "127.0.0.1", "smtp_port": smtp.port if smtp else _free_port(),
+                           "smtp_from": "dynexec@test.invalid", "retry_delay": 0.01, **kw})
 
 
 def boom(x):
@@ -270,6 +270,17 @@ def test_a_stuck_receiver_neither_delays_jobs_nor_hangs_shutdown(webhook, tmp_pa
     assert "5 notification(s) still being sent at shutdown" in caplog.text
 
 
+def test_retries_still_to_come_at_shutdown_are_dropped_and_logged(webhook, tmp_path, caplog):
+    webhook.status = 503
+    with dynexec.Executor(1, processes=False, archive=tmp_path / "a", notify=webhook.url,
+                          notify_config=_config(retry_delay=60, shutdown_grace=0.2)) as ex:
+        f = ex.submit(pow, 2, 5)
+        f.result(timeout=30)
+    # leaving the block did not wait the minute for the second try
+    assert len(webhook.posts) == 1
+    assert f"job {f.job_id}: notification to {webhook.url} dropped at shutdown" in caplog.text
+
+
 _INVALID = ["ftp://host/x", "mailto:", "mailto:not-an-address", "mailto:a@example.org?subject=hi",
             "mailto:a@example.org\nBcc: c@example.org", "http://", "https://u:hunter2@host:99999/?token=s3cret",
             "gopher://u:hunter2@host/?token=s3cret", 5, ["mailto:a@example.org", None], {"to": "x"}]
@@ -352,3 +363,17 @@ def test_configuration_from_the_environment(monkeypatch, smtp, tmp_path):
         with pytest.raises(ValueError, match=r"\$DYNEXEC_SMTP_PORT must be a port number, got 'twenty-five'"):
             ex.options(notify="mailto:bob@example.org").submit(pow, 2, 2)
         assert ex.stats()["submitted"] == 0  # nothing was sent: no job without its future
+
+
+def test_notifications_go_out_at_interpreter_exit(webhook, tmp_path, run_python):
+    # shutdown(wait=False) does not wait for them; the exit hook does, after the jobs' own exit hook: here
+    # for the second try, 0.3 s after the first failed
+    webhook.status = [503, 200]
+    run_python(f"""
+        import dynexec
+        ex = dynexec.Executor(1, archive={str(tmp_path / "a")!r}, notify={webhook.url!r},
+                              notify_config=dynexec.NotifyConfig(retry_delay=0.3))
+        f = ex.submit(pow, 2, 7)
+        ex.shutdown(wait=False)
+    """)
+    assert [p[2]["status"] for p in webhook.posts] == ["ok", "ok"] and not webhook.status

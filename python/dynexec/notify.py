@@ -352,14 +352,19 @@ class Notifier:
             if self._deadline is not None:
                 wait = min(wait, self._deadline - now)
             try:
-                job_id, exc, targets = self._queue.get(timeout=max(0.0, wait))
+                item = self._queue.get(timeout=max(0.0, wait))
             except queue.Empty:
-                pass
-            else:
-                ev = _event(job_id, exc, self.archive, self.config.gateway_url)
+                item = None
+            if item is not None:  # None: close() woke this thread
+                job_id, exc, targets = item
+                try:
+                    ev = _event(job_id, exc, self.archive, self.config.gateway_url)
+                except Exception:  # never lose the thread: say what is known
+                    log.exception("job %s: cannot describe its result", job_id)
+                    ev = {"job_id": job_id, "status": "unknown", "url": None}
                 for target in targets:
                     heapq.heappush(retries, (0.0, next(order), target, ev, 1))
-                del exc
+                item = exc = None
             while retries and retries[0][0] <= time.monotonic():
                 _, _, target, ev, attempt = heapq.heappop(retries)
                 if not self._try(target, ev, attempt):
@@ -389,10 +394,11 @@ class Notifier:
         dropped = [(t, ev["job_id"]) for _, _, t, ev, _ in retries]
         while True:
             try:
-                job_id, _, targets = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            dropped += [(t, job_id) for t in targets]
+            if item is not None:
+                dropped += [(t, item[0]) for t in item[2]]
         for target, job_id in dropped:
             log.warning("job %s: notification to %s dropped at shutdown (not sent within %.3g s)", job_id,
                         _redact(target), self.config.shutdown_grace)
@@ -408,6 +414,10 @@ class Notifier:
             self._closed = True
             if self._deadline is None:
                 self._deadline = time.monotonic() + grace
+                try:
+                    self._queue.put_nowait(None)  # wakes the thread, which may wait for a retry's time
+                except queue.Full:
+                    pass
             deadline = self._deadline
             while self._thread is not None and time.monotonic() < deadline + 0.2:
                 self._idle.wait(max(0.01, deadline + 0.2 - time.monotonic()))
