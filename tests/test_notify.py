@@ -77,6 +77,7 @@ class _Webhook:
 
     def __init__(self):
         self.posts = []
+        self.gets = []
         self.status = 200
         self.gate = threading.Event()
         self.gate.set()
@@ -90,6 +91,13 @@ class _Webhook:
                 hook.entered.set()
                 hook.gate.wait(10)
                 self.send_response(hook.status.pop(0) if isinstance(hook.status, list) else hook.status)
+                self.send_header("Location", hook.url)  # where a redirect would lead: back here
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):  # where a followed redirect would come
+                hook.gets.append(dict(self.headers))
+                self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -193,8 +201,9 @@ def test_executor_wide_webhook_with_a_failure_and_per_job_off(webhook, tmp_path)
 @pytest.fixture
 def certificate(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     return key, cert
 
@@ -240,14 +249,15 @@ def test_failing_receivers_are_retried_a_bounded_number_of_times_and_logged(webh
         assert "try 3 of 3, giving up" in logged[-1].getMessage()
 
 
-@pytest.mark.parametrize("statuses, posts", [([503, 200], 2), ([404], 1)], ids=["transient", "permanent"])
+@pytest.mark.parametrize("statuses, posts", [([503, 200], 2), ([404], 1), ([302], 1)],
+                         ids=["transient", "permanent", "redirect not followed"])
 def test_a_transient_failure_is_tried_again_a_permanent_one_is_not(webhook, tmp_path, caplog, statuses, posts):
     webhook.status = list(statuses)
     with dynexec.Executor(1, processes=False, archive=tmp_path / "a", notify=webhook.url,
                           notify_config=_config()) as ex:
         f = ex.submit(pow, 2, 5)
         f.result(timeout=30)
-    assert len(webhook.posts) == posts and not webhook.status
+    assert len(webhook.posts) == posts and not webhook.status and not webhook.gets
     [failure] = [r.getMessage() for r in caplog.records if r.name == "dynexec.notify"]
     assert f"HTTP Error {statuses[0]}" in failure and ("giving up" in failure) == (posts == 1)
 

@@ -270,18 +270,26 @@ def _post(target: str, ev: dict, config: NotifyConfig) -> None:
         parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
     request = urllib.request.Request(urllib.parse.urlunsplit(parts), data=json.dumps(ev).encode(), headers=headers,
                                      method="POST")
-    with urllib.request.urlopen(request, timeout=config.timeout) as reply:  # raises HTTPError for 4xx, 5xx
+    with _opener.open(request, timeout=config.timeout) as reply:  # raises HTTPError for 3xx, 4xx, 5xx
         reply.read(1 << 16)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # not followed: urllib would resend the Authorization header to wherever it points
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
 def _permanent(exc: Exception) -> bool:
-    """A failure that trying again cannot mend (a refused login or address, a webhook's 4xx)."""
+    """A failure that trying again cannot mend (a refused login or address, a webhook's 3xx or 4xx)."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         return all(code >= 500 for code, _ in exc.recipients.values())
     if isinstance(exc, smtplib.SMTPResponseException):
         return exc.smtp_code >= 500
     if isinstance(exc, urllib.error.HTTPError):
-        return 400 <= exc.code < 500 and exc.code not in (408, 425, 429)
+        return 300 <= exc.code < 500 and exc.code not in (408, 425, 429)
     return False
 
 
