@@ -198,6 +198,22 @@ def test_executor_wide_webhook_with_a_failure_and_per_job_off(webhook, tmp_path)
     assert ev["url"] == result_url(failed.job_id, tmp_path / "a")
 
 
+def test_what_this_process_saw_when_the_archive_is_not_read(webhook, tmp_path):
+    # archive=False: no URL; a big value (over 16 MiB) is not read back for its times
+    for archive, value, url in ((False, 5, None), (tmp_path / "a", b"x" * (17 << 20), "file://")):
+        webhook.posts.clear()
+        with dynexec.Executor(1, processes=False, archive=archive, notify=webhook.url,
+                              notify_config=_config()) as ex:
+            before = time.time()
+            f = ex.submit(bytes.__mul__, value, 1) if isinstance(value, bytes) else ex.submit(pow, value, 2)
+            f.result(timeout=30)
+        [(_, _, ev)] = webhook.posts
+        assert ev["job_id"] == f.job_id and ev["status"] == "ok" and ev["start_time"] is None
+        assert before <= ev["submit_time"] <= ev["end_time"] <= time.time()
+        assert (ev["url"] or "").startswith(url) if url else ev["url"] is None
+        assert "service" not in ev
+
+
 @pytest.fixture
 def certificate(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -292,7 +308,8 @@ def test_retries_still_to_come_at_shutdown_are_dropped_and_logged(webhook, tmp_p
 
 
 _INVALID = ["ftp://host/x", "mailto:", "mailto:not-an-address", "mailto:a@example.org?subject=hi",
-            "mailto:a@example.org\nBcc: c@example.org", "http://", "https://u:hunter2@host:99999/?token=s3cret",
+            "mailto:a@example.org\nBcc: c@example.org", "mailto:a@example.org%0ABcc:c@example.org", "http://",
+            "https://u:hunter2@host:99999/?token=s3cret",
             "gopher://u:hunter2@host/?token=s3cret", 5, ["mailto:a@example.org", None], {"to": "x"}]
 
 

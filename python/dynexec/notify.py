@@ -86,8 +86,9 @@ class NotifyConfig:
     queue_size: int = 10000
 
     def __post_init__(self):
-        if not (isinstance(self.attempts, int) and self.attempts >= 1):
-            raise ValueError(f"attempts must be an int >= 1, got {self.attempts!r}")
+        for name in ("attempts", "queue_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         for name in ("retry_delay", "timeout", "shutdown_grace"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)!r}")
@@ -188,7 +189,7 @@ def _addresses(target: str) -> list[str]:
     for a in addresses:
         name, addr = email.utils.parseaddr(a)
         local, at, domain = addr.rpartition("@")
-        if not (at and local and domain and addr == a and not name and " " not in a):
+        if not (at and local and domain and addr == a and not name and not any(c in a for c in " \r\n\0")):
             raise _invalid(target, f"has {a!r}, which is not an e-mail address")
     return addresses
 
@@ -198,19 +199,29 @@ _STATUS_OF = ((JobTimeoutError, "timeout"), (JobKilledError, "killed"), (ServerL
               (BrokenExecutorError, "lost"), (ShutDownError, "lost"), (CancelledError, "cancelled"))
 
 
-def _event(job_id: str, exc, archive, gateway_url) -> dict:
-    """The notification's facts: the archived record when there is one (status, times, service), else what the
-    future says."""
+_BIG_VALUE = 16 << 20  # bytes: reading such a value back from the archive only for its times is not worth it
+
+
+def _big(value) -> bool:
+    size = getattr(value, "nbytes", None)  # numpy arrays, memoryviews
+    if size is None and isinstance(value, (bytes, bytearray, str)):
+        size = len(value)
+    return isinstance(size, int) and size > _BIG_VALUE
+
+
+def _event(job_id: str, exc, archive, gateway_url, seen: tuple[float, float], read: bool) -> dict:
+    """The notification's facts: the archived record when it is read (`read`; status, times, service), else
+    what the future says, with the times this process saw (`seen`: submitted, settled)."""
     record = None
-    if archive is not None:
+    if archive is not None and read:
         from . import _core
         try:
-            record = _core.find(Path(archive), job_id)  # the record only: its value is not decoded
+            record = _core.find(Path(archive), job_id)  # its value is not decoded, but read: see _BIG_VALUE
         except Exception as e:  # e.g. a cluster's archive on another host: say what the future knows
             log.debug("job %s: its archived result cannot be read here (%s)", job_id, e)
     ev = {"job_id": job_id, "status": "ok",
           "url": result_url(job_id, archive, gateway_url, record.location if record is not None else ""),
-          "submit_time": None, "start_time": None, "end_time": None}
+          "submit_time": seen[0], "start_time": None, "end_time": seen[1]}
     if record is not None:
         ev.update(status=record.status, service=record.service, owner=record.owner, server=record.server,
                   submit_time=record.submit_time, start_time=record.start_time, end_time=record.end_time,
@@ -318,15 +329,17 @@ class Notifier:
 
     def watch(self, futures, targets: tuple[str, ...]) -> None:
         if targets:
-            callback = lambda f: self._done(f, targets)  # noqa: E731
+            submitted = time.time()
+            callback = lambda f: self._done(f, targets, submitted)  # noqa: E731
             for f in futures:
                 f.add_done_callback(callback)
 
-    def _done(self, future, targets) -> None:
+    def _done(self, future, targets, submitted: float) -> None:
         """A future's done-callback: runs where it was settled (the collector), so it only queues."""
         if future.cancelled():
             return
-        item = (future.job_id, future.exception(), targets)
+        exc = future.exception()
+        item = (future.job_id, exc, targets, (submitted, time.time()), exc is not None or not _big(future.result()))
         with self._lock:
             if self._closed:
                 log.warning("job %s: notification to %s dropped: the executor has shut down", item[0],
@@ -364,9 +377,9 @@ class Notifier:
             except queue.Empty:
                 item = None
             if item is not None:  # None: close() woke this thread
-                job_id, exc, targets = item
+                job_id, exc, targets, seen, read = item
                 try:
-                    ev = _event(job_id, exc, self.archive, self.config.gateway_url)
+                    ev = _event(job_id, exc, self.archive, self.config.gateway_url, seen, read)
                 except Exception:  # never lose the thread: say what is known
                     log.exception("job %s: cannot describe its result", job_id)
                     ev = {"job_id": job_id, "status": "unknown", "url": None}
