@@ -390,6 +390,8 @@ def test_configuration_from_the_environment(monkeypatch, smtp, tmp_path):
         with pytest.raises(ValueError, match=r"\$DYNEXEC_SMTP_PORT must be a port number, got 'twenty-five'"):
             ex.options(notify="mailto:bob@example.org").submit(pow, 2, 2)
         assert ex.stats()["submitted"] == 0  # nothing was sent: no job without its future
+    with pytest.raises(ValueError, match=r"\$DYNEXEC_SMTP_PORT"):  # before any server starts
+        dynexec.Executor(1, archive=tmp_path / "c", notify="mailto:bob@example.org")
 
 
 def test_notifications_go_out_at_interpreter_exit(webhook, tmp_path, run_python):

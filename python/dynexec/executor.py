@@ -241,8 +241,8 @@ class Executor(_Executor):
                  seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
                  time_limit: float | None = None, retries: int = 0, echo_output: bool = False, notify=None,
                  notify_config: NotifyConfig | None = None):
-        self._notify = parse_targets(notify)  # checked before anything starts
-        self._notify_config = notify_config
+        self._notify = parse_targets(notify)  # checked before anything starts, as is the environment's config
+        self._notify_config = notify_config or (NotifyConfig.from_env() if self._notify else None)
         self._notifier = None
         self._local = None
         self._echo = None
@@ -327,8 +327,8 @@ class Executor(_Executor):
         self._collector.start()
         _collectors.add(self._collector)
         _live_executors.add(self)
-        if self._notify or self._notify_config:
-            self._notifier = Notifier(self._notify_config or NotifyConfig.from_env(), self._archive)
+        if self._notify_config is not None:
+            self._notifier = Notifier(self._notify_config, self._archive)
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
