@@ -17,6 +17,7 @@ from .errors import (ArchiveError, BrokenExecutorError, CommandError, InvalidJob
                      RemoteError, ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
+from .notify import NotifyConfig
 from .progress import as_completed, wait
 from .results import Result, default_archive, find, read_archive
 
@@ -24,9 +25,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES", "ArchiveError", "BrokenExecutorError", "CommandError", "Executor", "InvalidJobError", "JobFuture",
-    "JobKilledError", "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError",
-    "ServerDiedError", "ServerLostError", "ShutDownError", "UnknownServiceError", "as_completed", "default_archive",
-    "find", "get_include", "load_services", "read_archive", "services", "wait",
+    "JobKilledError", "JobTimeoutError", "NotifyConfig", "RemoteError", "Result", "ResultDecodeError",
+    "ResultNotFoundError", "ServerDiedError", "ServerLostError", "ShutDownError", "UnknownServiceError",
+    "as_completed", "default_archive", "find", "get_include", "load_services", "read_archive", "services", "wait",
 ]
 
 

@@ -24,6 +24,7 @@ from ._pickling import _by_value, dumps, function_part, ship_local_modules
 from .objects import Collector, Holder, Shared
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
+from .notify import Notifier, NotifyConfig, parse_targets
 from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
@@ -239,13 +240,20 @@ class Executor(_Executor):
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
+    notify: "mailto:ADDRESS", an http(s):// webhook URL, or a list of them, told when each job's result is
+        ready (see dynexec.notify; per job: options(notify=)). Invalid ones raise InvalidJobError here.
+    notify_config: a dynexec.NotifyConfig (SMTP server, gateway URL, retries); default NotifyConfig.from_env().
     """
 
     def __init__(self, max_workers: int | None = None, policy: str = "power_of_two", archive=None, *,
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
-                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False):
+                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False, notify=None,
+                 notify_config: NotifyConfig | None = None):
+        self._notify = parse_targets(notify)  # checked before anything starts, as is the environment's config
+        self._notify_config = notify_config or (NotifyConfig.from_env() if self._notify else None)
+        self._notifier = None
         self._local = None
         self._echo = None
         self._session = None
@@ -330,15 +338,17 @@ class Executor(_Executor):
         self._collector.start()
         _collectors.add(self._collector)
         _live_executors.add(self)
+        if self._notify_config is not None:
+            self._notifier = Notifier(self._notify_config, self._archive)
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
         """Runs fn(*args, **kwargs) on a compute server; the future carries the job ID."""
-        return self._submit_fn(self._defaults, fn, args, kwargs)
+        return self._submit_fn(self._defaults, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
-        return self._submit_service(self._defaults, service, params)
+        return self._submit_service(self._defaults, service, params, self._notify)
 
     def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
         """Runs a program on a compute server (the built-in service "command"): `argv` its arguments (str or
@@ -346,7 +356,7 @@ class Executor(_Executor):
         (merged, not replacing it), `cwd` its working directory (None: the server's). What it prints is the
         job's output. Exit 0: the result is 0; another exit code or a signal: CommandError (its `returncode`,
         -N for signal N). kill() and time limits end its whole process group (SIGTERM, then SIGKILL)."""
-        return self._submit_service(self._defaults, "command", command_params(argv, env, cwd))
+        return self._submit_service(self._defaults, "command", command_params(argv, env, cwd), self._notify)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
@@ -354,9 +364,9 @@ class Executor(_Executor):
         Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each.
         progress: True (or a description, a str) shows a bar of the jobs completed while the results are
         iterated (dynexec.progress: tqdm when there, else plain text)."""
-        return self._map(self._defaults, fn, iterables, timeout, chunksize, progress)
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, progress, self._notify)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None) -> JobOptions:
         """The same executor, with options for the jobs submitted through it (they do not collide with the
         callable's own keyword arguments):
 
@@ -365,8 +375,10 @@ class Executor(_Executor):
         time_limit: seconds a job may run (each time it starts); past it, it is stopped and fails with
             JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
         retries: how many times a job that raises is run again before its error is reported (default: the
-            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts)."""
-        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries)
+            executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts).
+        notify: targets told when the job's result is ready, instead of the executor's `notify` ([] for none)."""
+        return JobOptions(self, self._defaults, self._notify).options(time_limit=time_limit, retries=retries,
+                                                                      notify=notify)
 
     def scatter(self, obj) -> Shared:
         """Sends `obj` to the compute servers once: jobs given the handle (as an argument, or inside one) get
@@ -374,7 +386,7 @@ class Executor(_Executor):
         Servers drop it once `handle.release()` was called (or the handle is garbage) and no job needs it."""
         return Shared(obj, self._objects)
 
-    def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
+    def _submit_fn(self, opts, fn, args, kwargs, notify=()) -> JobFuture:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         c = Collector(self._objects)
@@ -383,18 +395,18 @@ class Executor(_Executor):
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
         if not c.objects:
-            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts))
+            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts), notify)
         return self._with_objects([c], lambda: [self._engine.submit_python(payload, self._owner, *opts,
-                                                                            c.objects)])[0]
+                                                                            c.objects)], notify)[0]
 
-    def _with_objects(self, collectors, send) -> list[JobFuture]:
+    def _with_objects(self, collectors, send, notify=()) -> list[JobFuture]:
         """Submits jobs that name objects (dynexec.objects): automatic ones are held while a job needs them."""
         held = self._objects
         held.sweep()
         auto = [c.auto for c in collectors]
         held.started(collectors)
         try:
-            futures = self._submit_many(send)
+            futures = self._submit_many(send, notify)
         except BaseException:
             held.ended([k for keys in auto for k in keys])
             raise
@@ -403,13 +415,13 @@ class Executor(_Executor):
                 f.add_done_callback(lambda _, keys=keys: held.ended(keys))
         return futures
 
-    def _submit_service(self, opts, service, params) -> JobFuture:
-        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts))
+    def _submit_service(self, opts, service, params, notify=()) -> JobFuture:
+        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts), notify)
 
-    def _submit(self, send) -> JobFuture:
-        return self._submit_many(lambda: [send()])[0]
+    def _submit(self, send, notify=()) -> JobFuture:
+        return self._submit_many(lambda: [send()], notify)[0]
 
-    def _submit_many(self, send) -> list[JobFuture]:
+    def _submit_many(self, send, notify=()) -> list[JobFuture]:
         """`send()` submits and returns the job IDs. It runs without the lock: a client may wait for the head
         (job IDs, service signatures). A result that comes before its future is registered waits in _early."""
         where = self._echo.where() if self._echo is not None else None
@@ -418,9 +430,12 @@ class Executor(_Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken:
                 raise BrokenExecutorError(self._broken)
+        notifier = self._notifier_for() if notify else None  # before send(): its configuration may be wrong
         futures = [JobFuture(self, job_id) for job_id in send()]
         if self._echo is not None:
             self._echo.track(futures, where)
+        if notifier is not None:  # before they can settle: a done-callback queues each notification
+            notifier.watch(futures, notify)
         with self._lock:
             self._futures.update((f.job_id, f) for f in futures)
             early = [(self._futures.pop(f.job_id), *self._early.pop(f.job_id)) for f in futures
@@ -428,7 +443,7 @@ class Executor(_Executor):
         _settle_all(early)
         return futures
 
-    def _map(self, opts, fn, iterables, timeout, chunksize, progress=False):
+    def _map(self, opts, fn, iterables, timeout, chunksize, progress=False, notify=()):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -456,14 +471,21 @@ class Executor(_Executor):
             if any(c.objects for c in collectors):
                 objects = [c.objects for c in collectors]
                 futures += self._with_objects(collectors, lambda: self._engine.submit_python_many(
-                    payloads, self._owner, *opts, objects))
+                    payloads, self._owner, *opts, objects), notify)
             else:
-                futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts))
+                futures += self._submit_many(lambda: self._engine.submit_python_many(payloads, self._owner, *opts),
+                                             notify)
             if progress and chunksize > 1:
                 sizes += [len(args[0]) for args in batch]
         results = (_progress.in_order(futures, end_time, progress, sizes if chunksize > 1 else None) if progress
                    else _in_order(futures, end_time))
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
+
+    def _notifier_for(self) -> Notifier:
+        with self._lock:  # the first per-job notify of an executor without notify=
+            if self._notifier is None:
+                self._notifier = Notifier(NotifyConfig.from_env(), self._archive)
+            return self._notifier
 
     # -- the cluster ------------------------------------------------------------------------------
     def servers(self) -> list[dict]:
@@ -564,6 +586,8 @@ class Executor(_Executor):
                 # The engine's shutdown runs on the closer thread, so that Ctrl-C reaches this one at once.
                 _wait_for(self._engine_done)
                 _join(self._collector)
+                if self._notifier is not None:  # every future is settled: what they queued gets a bounded time
+                    self._notifier.close()
                 if self._close_error is not None:
                     raise self._close_error
         except KeyboardInterrupt:
@@ -635,25 +659,26 @@ def _join(thread: threading.Thread) -> None:
 class JobOptions:
     """An executor with options for the jobs submitted through it: see Executor.options()."""
 
-    def __init__(self, executor: Executor, opts: tuple[float, int]):
-        self._executor, self._opts = executor, opts
+    def __init__(self, executor: Executor, opts: tuple[float, int], notify: tuple[str, ...] = ()):
+        self._executor, self._opts, self._notify = executor, opts, notify
 
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
-        return self._executor._submit_fn(self._opts, fn, args, kwargs)
+        return self._executor._submit_fn(self._opts, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
-        return self._executor._submit_service(self._opts, service, params)
+        return self._executor._submit_service(self._opts, service, params, self._notify)
 
     def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
-        return self._executor._submit_service(self._opts, "command", command_params(argv, env, cwd))
+        return self._executor._submit_service(self._opts, "command", command_params(argv, env, cwd), self._notify)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
-        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, progress)
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, progress, self._notify)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None) -> JobOptions:
         return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
-                                                       self._opts[1] if retries is None else retries))
+                                                       self._opts[1] if retries is None else retries),
+                          self._notify if notify is None else parse_targets(notify))
 
     def __repr__(self):
         return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}>"
