@@ -121,3 +121,20 @@ def test_the_launcher_runs_mpirun_with_recovery_and_splits_options_at_the_double
     assert cmd[:5] == ["mpirun", "--enable-recovery", "--mca", "orte_abort_on_non_zero_status", "0"]
     assert cmd[5:9] == ["-n", "4", "--hostfile", "h"]
     assert cmd[9:] == [sys.executable, "-m", "dynexec.cluster", "--archive", "a", "--connection-file", "c.json"]
+
+
+def test_the_launcher_ends_an_mpirun_that_hangs_after_the_head_said_it_stopped(tmp_path, monkeypatch, capfd):
+    # Open MPI 4.1 after a lost rank on another host: the head is done, mpirun never exits (tests/test_hosts.py).
+    fake = tmp_path / "mpirun"
+    fake.write_text("#!/bin/sh\necho 'dynexec cluster ready: 1 server'\necho 'dynexec cluster stopped (exit code 0)'\n"
+                    f"echo $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("dynexec.launch.STOP_WAIT", 0.5)
+    monkeypatch.setenv("DYNEXEC_MPIRUN", str(fake))
+    from dynexec import launch
+
+    assert launch.main(["-n", "2", "--", "--connection-file", "c.json"]) == 0  # the head's code, not the signal's
+    out, err = capfd.readouterr()
+    assert out.splitlines() == ["dynexec cluster ready: 1 server", "dynexec cluster stopped (exit code 0)"]
+    assert "mpirun did not end 0.5 s after the cluster stopped" in err and "terminating it" in err
+    assert not alive(int((tmp_path / "pid").read_text()))

@@ -369,6 +369,8 @@ def main(argv=None) -> int:
     if comm is not None:
         comm.bcast(info, root=0)  # MPI-based discovery: the endpoint and server credentials reach every rank
     code = head.serve(size - 1)
+    # The last line: dynexec.launch ends an mpirun that hangs after a lost rank once it sees it (launch.STOPPED).
+    print(f"dynexec cluster stopped (exit code {code})", flush=True)
     if head.abandoned:  # a thread still waits inside the engine: destroying it now is not safe
         sys.stdout.flush()
         sys.stderr.flush()
