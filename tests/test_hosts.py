@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -190,3 +191,50 @@ def test_a_server_rank_killed_and_a_link_cut_mid_run_cost_only_their_jobs(four_h
         assert any(r["attempts"] > 1 for r in records.values())  # the lost servers' jobs ran again elsewhere
     finally:
         c.kill()
+
+
+def run_beside_hidden_modules(request, tmp, modules: dict, client: str, slots=None):
+    """Runs `client` as a script on host 3 (argv[1]: the connection file), in a directory that holds
+    `modules` (name -> source) and that the head's host 0 and the servers' hosts (1 and 2, or those of
+    `slots`) do not have: there it is an empty tmpfs. The client must stop the cluster. Returns (hosts, its
+    JSON output: its last line). E.g. a 50 MB global used by 20 jobs on hosts that lack its module."""
+    mine = tmp / "mine"
+    mine.mkdir()
+    for name, text in modules.items():
+        (mine / f"{name}.py").write_text(textwrap.dedent(text))
+    (mine / "client.py").write_text(textwrap.dedent(client))
+    hosts = make_hosts(request, tmp, 4, hidden=[mine])
+    c = HostsCluster(tmp, hosts, slots=slots or {0: 1, 1: 1, 2: 1}, hide=True)
+    try:
+        c.wait_ready(60)
+        p = subprocess.run(hosts.cmd(3, [sys.executable, str(mine / "client.py"), str(c.conn)]),
+                           capture_output=True, text=True, timeout=90, cwd="/")
+        assert p.returncode == 0, p.stderr + "\n" + c.output()
+        assert c.wait_exit(30) == 0, c.output()
+        return hosts, json.loads(p.stdout.splitlines()[-1])
+    finally:
+        c.kill()
+
+
+def test_a_helper_module_beside_the_client_script_reaches_server_hosts_that_do_not_have_it(request, tmp_path):
+    physics = """
+        import os, socket
+        def fn(i, here):
+            return [i * i, socket.gethostname(), os.path.exists(here)]
+        """
+    client = """
+        import json, os, socket, sys
+        import dynexec
+        import physics  # beside this script: sys.path[0] here; on the server hosts that directory is empty
+
+        with dynexec.Executor(connect=sys.argv[1]) as ex:
+            futures = [ex.submit(physics.fn, i, physics.__file__) for i in range(20)]
+            out = [f.result(timeout=60) for f in futures]
+            ex.shutdown_cluster()
+        print(json.dumps({"me": socket.gethostname(), "mine": os.path.exists(physics.__file__), "out": out}))
+        """
+    hosts, out = run_beside_hidden_modules(request, tmp_path, {"physics": physics}, client)
+    assert out["me"] == hosts.names[3] and out["mine"]
+    assert [sq for sq, _, _ in out["out"]] == [i * i for i in range(20)]
+    assert {host for _, host, _ in out["out"]} == set(hosts.names[1:3])  # both server hosts ran some
+    assert not any(exists for _, _, exists in out["out"])  # where they ran, physics.py is not there
