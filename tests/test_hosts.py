@@ -180,8 +180,13 @@ def test_a_server_rank_killed_and_a_link_cut_mid_run_cost_only_their_jobs(four_h
         client.tell("the link is back")
         second = client.said(60)  # a new batch: the cluster still serves
         assert [i for i, _ in second["second"]] == list(range(60))
-        # h2's server (its lease expired during the cut; the head said so and it registered again) takes work.
-        assert h2 in {s["host"] for s in second["servers"]} and h2 in {host for _, host in second["second"]}
+        # h2's server (its lease expired during the cut; the head said so and it registered again: the same
+        # process, a new registration) takes work; the killed rank's server is gone.
+        cut = next(s for s in servers if s["host"] == h2)
+        back = [s for s in second["servers"] if s["host"] == h2]
+        assert [(s["pid"], s["id"] != cut["id"]) for s in back] == [(cut["pid"], True)], (cut, back)
+        assert h2 in {host for _, host in second["second"]}
+        assert victim["id"] not in {s["id"] for s in second["servers"]} and len(second["servers"]) == 2
         client.wait(30)
         assert c.wait_exit(40) == 0, c.output()
         records = c.records()
