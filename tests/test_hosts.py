@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dynexec
 from hosts import SIDE, SUBNET, four_hosts, hosts, make_hosts  # noqa: F401 (the fixtures)
-from test_cluster import MPIRUN, Cluster, Job, alive, pytestmark  # noqa: F401 (the same skips and time limit)
+from test_cluster import MPIRUN, Cluster, Job, alive, pytestmark, wait_for  # noqa: F401 (the same skips and time limit)
 
 
 class HostsCluster(Cluster):
@@ -125,10 +125,10 @@ def where(i, seconds):
 def say(**what):
     print(json.dumps(what), flush=True)
 
-cut_host = sys.argv[2]
+cut_host, n = sys.argv[2], int(sys.argv[3])
 with dynexec.Executor(connect=sys.argv[1]) as ex:
     say(servers=ex.servers())
-    first = [ex.submit(where, i, 0.04) for i in range(300)]
+    first = [ex.submit(where, i, 0.04) for i in range(n)]
     deadline = time.monotonic() + 60
     while sum(f.done() for f in first) < 30 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -158,7 +158,7 @@ def test_a_server_rank_killed_and_a_link_cut_mid_run_cost_only_their_jobs(four_h
     c = HostsCluster(tmp_path, hosts, slots={0: 1, 1: 2, 2: 1}, launch=True)
     try:
         c.wait_ready(60)
-        client = Client(hosts, 3, FAULTS_CLIENT, c.conn, h2)
+        client = Client(hosts, 3, FAULTS_CLIENT, c.conn, h2, 300)
         servers = client.said()["servers"]
         assert sorted(s["host"] for s in servers) == [h1, h1, h2]
         victim = next(s for s in servers if s["host"] == h1)
@@ -243,3 +243,35 @@ def test_a_helper_module_beside_the_client_script_reaches_server_hosts_that_do_n
     assert [sq for sq, _, _ in out["out"]] == [i * i for i in range(20)]
     assert {host for _, host, _ in out["out"]} == set(hosts.names[1:3])  # both server hosts ran some
     assert not any(exists for _, _, exists in out["out"])  # where they ran, physics.py is not there
+
+
+def test_a_link_cut_for_longer_than_the_head_timeout_its_rank_starts_a_server_that_registers_again(hosts, tmp_path):
+    h0, h1, h2 = hosts.names
+    c = HostsCluster(tmp_path, hosts, launch=True, extra=["--lease-seconds", "1", "--head-timeout", "2"])
+    try:
+        c.wait_ready(60)
+        client = Client(hosts, 0, FAULTS_CLIENT, c.conn, h2, 100)
+        servers = client.said()["servers"]
+        cut = next(s for s in servers if s["host"] == h2)
+        c.note(s["pid"] for s in servers)
+        client.said()
+        hosts.switch_port(2, up=False)  # for longer than the head timeout: h2's server leaves, its rank waits
+        try:
+            wait_for(lambda: not alive(cut["pid"]), 30, "h2's server to leave")
+        finally:
+            hosts.switch_port(2, up=True)
+        first = client.said(60)
+        assert [o[0] if isinstance(o, list) else o for o in first["first"]] == list(range(100))
+        client.tell("the link is back")
+        second = client.said(60)
+        back = [s for s in second["servers"] if s["host"] == h2]
+        assert len(back) == 1 and back[0]["pid"] != cut["pid"], (cut, back)  # a new server, from the same rank
+        assert h2 in {host for _, host in second["second"]}
+        client.wait(30)
+        assert c.wait_exit(40) == 0, c.output()
+        assert "no word from the head" in c.output() and "answers again" in c.output()
+        records = c.records()
+        assert sorted(records) == sorted(first["ids"] + second["ids"])
+        assert {r["status"] for r in records.values()} == {"ok"}
+    finally:
+        c.kill()
