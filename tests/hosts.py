@@ -86,10 +86,15 @@ class Hosts:
                 (self._hide() if hide else "") + 'hostname "$0" && exec "$@"', self.names[i], *argv]
 
     def mpirun_args(self, slots=None) -> list[str]:
-        """mpirun options for one rank per host (or slots[i] on host i, for each i in `slots`), rank 0 on
-        host 0 (where mpirun itself runs)."""
-        hosts = ",".join(self.names) if slots is None else ",".join(f"{self.names[i]}:{k}" for i, k in slots.items())
-        return ["--host", hosts, "--mca", "plm_rsh_agent", str(self.agent),
+        """mpirun options for one rank per host (or slots[i] on host i, for each i in `slots`, in a hostfile
+        as the README shows), rank 0 on host 0 (where mpirun itself runs)."""
+        if slots is None:
+            where = ["--host", ",".join(self.names)]
+        else:
+            hostfile = self.tmp / "hostfile"
+            hostfile.write_text("".join(f"{self.names[i]} slots={k}\n" for i, k in slots.items()))
+            where = ["--hostfile", str(hostfile)]
+        return [*where, "--mca", "plm_rsh_agent", str(self.agent),
                 "--mca", "plm_rsh_no_tree_spawn", "1", "--mca", "oob_tcp_if_include", SUBNET,
                 "--mca", "btl_tcp_if_include", SUBNET, "--mca", "btl", "self,tcp"]
 
