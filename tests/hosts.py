@@ -98,23 +98,32 @@ class Hosts:
                 "--mca", "plm_rsh_no_tree_spawn", "1", "--mca", "oob_tcp_if_include", SUBNET,
                 "--mca", "btl_tcp_if_include", SUBNET, "--mca", "btl", "self,tcp"]
 
+    def power_off(self, i: int):
+        """Host i dies: every process on it (its Open MPI daemon too) killed, its cable pulled."""
+        _kill_all(self.namespaces[i])
+        self.switch_port(i, up=False)
+
     def remove(self):
         for ns in self.made:
-            for _ in range(50):  # kill what runs there (only our processes can), then the namespace
-                try:
-                    pids = [int(p) for p in _ip("netns", "pids", ns).stdout.split()]
-                except subprocess.SubprocessError:
-                    break
-                if not pids:
-                    break
-                for p in pids:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
+            _kill_all(ns)  # what runs there (only our processes can), then the namespace
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
         self.made = []
+
+
+def _kill_all(ns: str):
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in _ip("netns", "pids", ns).stdout.split()]
+        except subprocess.SubprocessError:
+            return
+        if not pids:
+            return
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 def why_no_namespaces() -> str:

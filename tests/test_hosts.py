@@ -198,6 +198,39 @@ def test_a_server_rank_killed_and_a_link_cut_mid_run_cost_only_their_jobs(four_h
         c.kill()
 
 
+def test_a_host_that_dies_costs_only_its_jobs_and_a_server_joining_from_it_later_takes_work(hosts, tmp_path):
+    h0, h1, h2 = hosts.names
+    c = HostsCluster(tmp_path, hosts, launch=True, extra=["--lease-seconds", "1"])
+    joined = None
+    try:
+        c.wait_ready(60)
+        client = Client(hosts, 0, FAULTS_CLIENT, c.conn, h2, 150)
+        client.said()
+        client.said()
+        hosts.power_off(2)  # its server, its rank and Open MPI's daemon there are gone
+        first = client.said(60)
+        assert [o[0] if isinstance(o, list) else o for o in first["first"]] == list(range(150))
+        assert c.proc.poll() is None, "the cluster stopped:\n" + c.output()
+        # h2 boots again; a server started there by hand finds the head from the join file's endpoints.
+        hosts.switch_port(2, up=True)
+        joined = Job(hosts.cmd(2, [sys.executable, "-m", "dynexec.server", "--join", str(c.server_file)]),
+                     tmp_path / "join.log")
+        client.tell("h2 is back")
+        second = client.said(60)
+        assert [s["host"] for s in second["servers"]].count(h2) == 1
+        assert h2 in {host for _, host in second["second"]}
+        client.wait(30)
+        assert c.wait_exit(40) == 0, c.output()
+        assert joined.wait_exit(30) == 0, joined.output()  # told to stop with the cluster
+        records = c.records()
+        assert sorted(records) == sorted(first["ids"] + second["ids"])
+        assert {r["status"] for r in records.values()} == {"ok"}
+    finally:
+        if joined is not None:
+            joined.kill()
+        c.kill()
+
+
 def run_beside_hidden_modules(request, tmp, modules: dict, client: str, slots=None):
     """Runs `client` as a script on host 3 (argv[1]: the connection file), in a directory that holds
     `modules` (name -> source) and that the head's host 0 and the servers' hosts (1 and 2, or those of
