@@ -80,7 +80,8 @@ class Hosts:
         return "".join(f"mount -t tmpfs dxhidden '{d}' && " for d in self.hidden)
 
     def cmd(self, i: int, argv: list[str], hide=False) -> list[str]:
-        """argv run on host i: in its network namespace, under its host name (without the hidden directories)."""
+        """argv run on host i: in its network namespace, under its host name (with hide: without the hidden
+        directories)."""
         flags = ["--uts", "--mount"] if hide and self.hidden else ["--uts"]
         return ["ip", "netns", "exec", self.namespaces[i], "unshare", *flags, "sh", "-c",
                 (self._hide() if hide else "") + 'hostname "$0" && exec "$@"', self.names[i], *argv]

@@ -1,7 +1,8 @@
 """Clusters over test hosts (network namespaces, tests/hosts.py) whose host names resolve nowhere: the head
-advertises its interface addresses and servers and clients take one they reach; a cluster started with
-dynexec.launch outlives a server rank killed and a server host's link cut mid-run; a client's helper module
-reaches server hosts that do not have it."""
+advertises its interface addresses and servers and clients take one they reach. A cluster started with
+dynexec.launch outlives a server rank killed, a server host's link cut (shorter or longer than the head
+timeout) and a host that dies, mid-run: every job ok and archived once, the cut host's server takes work
+again. A client's helper module reaches server hosts that do not have it."""
 import json
 import os
 import queue
@@ -112,8 +113,8 @@ def test_fifty_jobs_on_servers_of_other_hosts_whose_names_resolve_nowhere(hosts,
         c.kill()
 
 
-# The client, on a host with no rank: a batch of short jobs, during which the test kills a server rank and
-# cuts a server host's link; after the link is back, a batch that must reach that host again.
+# The client: a batch of n short jobs, during which the test kills a server rank or cuts a server host's link;
+# once told the link is back, it waits for a server on that host and runs a batch that must reach it.
 FAULTS_CLIENT = """
 import json, socket, sys, time
 import dynexec
