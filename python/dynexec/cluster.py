@@ -75,6 +75,9 @@ class _Signals:
             self._then(signum)
 
 
+PROBE_INTERVAL = 1.0  # seconds between a silent head's probes
+
+
 def _wait_for_head(candidates: list[str], used: str, timeout: float, stop: threading.Event) -> str | None:
     """After the head fell silent: the first endpoint that accepts a TCP connection again (a cut link is back),
     or None once the head is gone (the endpoint used refuses: its host answers, nothing listens there), after
@@ -88,7 +91,7 @@ def _wait_for_head(candidates: list[str], used: str, timeout: float, stop: threa
             return first
         if why.get(used) == os.strerror(errno.ECONNREFUSED):
             return None
-        stop.wait(1.0)
+        stop.wait(PROBE_INTERVAL)
     return None
 
 
