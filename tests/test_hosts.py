@@ -54,7 +54,8 @@ class Client:
             return json.loads(self.lines.get(timeout=timeout))
         except queue.Empty:
             self.proc.kill()
-            raise AssertionError(f"the client said nothing for {timeout} s; stderr:\n{self.proc.stderr.read()}") from None
+            err = self.proc.stderr.read()
+            raise AssertionError(f"the client said nothing for {timeout} s; stderr:\n{err}") from None
 
     def tell(self, what="go on"):
         self.proc.stdin.write(what + "\n")
