@@ -34,8 +34,11 @@ STOP_WAIT = 5.0  # seconds mpirun has to end by itself after the head stopped
 def _relay(out, to, stopped: list, said: threading.Event) -> None:
     """Copies mpirun's output to `to` line by line; notes the head's exit code when it says it stopped."""
     for line in iter(out.readline, b""):
-        to.write(line)
-        to.flush()
+        try:
+            to.write(line)
+            to.flush()
+        except OSError:  # our stdout is gone (a closed pipe): keep reading, or mpirun would block on its output
+            pass
         if line.startswith(STOPPED):
             try:
                 stopped.append(int(line[len(STOPPED):].split(b")")[0]))
