@@ -310,3 +310,47 @@ def test_a_link_cut_for_longer_than_the_head_timeout_its_rank_starts_a_server_th
         assert {r["status"] for r in records.values()} == {"ok"}
     finally:
         c.kill()
+
+
+def _link_bytes(hosts, i) -> tuple[int, int]:
+    """(received, sent) bytes of host i's link to the switch since it was made."""
+    out = subprocess.run(["ip", "-n", hosts.namespaces[i], "-s", "-j", "link", "show", "eth0"], check=True,
+                         capture_output=True, text=True, timeout=10).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return stats["rx"]["bytes"], stats["tx"]["bytes"]
+
+
+def test_a_50_mb_global_and_a_50_mb_scattered_array_used_by_20_jobs_each_cross_each_link_once(request, tmp_path):
+    data = """
+        import os, socket
+        import numpy as np
+        BIG = np.full(50 * 2**20 // 8, 2.0)  # a module global: it travels with the function that uses it
+        def fn(i):
+            return [float(BIG[i]) * i, socket.gethostname()]
+        def total(a, i):
+            return [float(a[i]), socket.gethostname()]
+        """
+    client = """
+        import json, socket, sys
+        import numpy as np
+        import dynexec
+        import data  # beside this script only
+
+        with dynexec.Executor(connect=sys.argv[1]) as ex:
+            a = [f.result(timeout=120) for f in [ex.submit(data.fn, i) for i in range(20)]]
+            h = ex.scatter(np.full(50 * 2**20 // 8, 3.0))
+            b = [f.result(timeout=120) for f in [ex.submit(data.total, h, i) for i in range(20)]]
+            ex.shutdown_cluster()
+        print(json.dumps({"a": a, "b": b}))
+        """
+    hosts, out = run_beside_hidden_modules(request, tmp_path, {"data": data}, client)
+    assert [v for v, _ in out["a"]] == [2.0 * i for i in range(20)]
+    assert [v for v, _ in out["b"]] == [3.0] * 20
+    assert {host for _, host in out["a"] + out["b"]} == set(hosts.names[1:3])
+    mb = 2**20
+    sent_by_client = _link_bytes(hosts, 3)[1]
+    # Each 50 MB object once from the client (20 jobs each would be 2 GB), and once to each server host.
+    assert sent_by_client < 160 * mb, f"the client sent {sent_by_client / mb:.0f} MB"
+    for i in (1, 2):
+        received = _link_bytes(hosts, i)[0]
+        assert received < 160 * mb, f"{hosts.names[i]} received {received / mb:.0f} MB"

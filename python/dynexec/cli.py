@@ -32,6 +32,7 @@ DELEGATED = {
     "cluster": ("dynexec.cluster", "run a cluster's head and servers, under mpirun (as python -m dynexec.cluster)"),
     "server": ("dynexec.server", "run one compute server joining a cluster (as python -m dynexec.server)"),
     "launch": ("dynexec.launch", "start a cluster with mpirun, fault tolerant (as python -m dynexec.launch)"),
+    "gateway": ("dynexec.gateway", "run the HTTP gateway to a cluster (as python -m dynexec.gateway)"),
 }
 
 ARRAY_INDEX_ENV = "DYNEXEC_ARRAY_INDEX"
