@@ -450,6 +450,16 @@ std::vector<OutputChunk> read_chunks(In& list) {
     return chunks;
 }
 
+// What the field types alone do not check, per message; most have nothing more.
+template <class M> void check(const std::string&, const M&) {}
+void check_keys(const std::string& message, const std::vector<std::string>& keys) {
+    for (std::size_t i = 0; i < keys.size(); ++i)
+        if (!valid_object_key(keys[i]))
+            malformed(message, fmt::format("field 0.{}: not an object key ({} hex digits)", i, kObjectKeySize));
+}
+void check(const std::string& message, const Forget& m) { check_keys(message, m.keys); }
+void check(const std::string& message, const Release& m) { check_keys(message, m.keys); }
+
 template <class M> struct Codec {
     static Frames encode(const M& m) {
         Out o;
@@ -460,6 +470,7 @@ template <class M> struct Codec {
         Body b(frames);
         M m;
         fields(*b, m);
+        check(b.name, m);
         return m;
     }
 };
@@ -489,24 +500,6 @@ template <> struct Codec<JobMsg> {
         job_fields(*b, *m.job, m.attempt);
         if (m.attempt < 0) malformed(b.name, fmt::format("attempt {} is negative", m.attempt));
         m.job->requeue(m.attempt);
-        return m;
-    }
-};
-template <class M>
-requires std::is_same_v<M, Forget> || std::is_same_v<M, Release>
-struct Codec<M> {
-    static Frames encode(const M& m) {
-        Out o;
-        fields(o, const_cast<M&>(m));
-        return o.finish(M::type);
-    }
-    static M decode(Frames& frames) {
-        Body b(frames);
-        M m;
-        fields(*b, m);
-        for (std::size_t i = 0; i < m.keys.size(); ++i)
-            if (!valid_object_key(m.keys[i]))
-                malformed(b.name, fmt::format("field 0.{}: not an object key ({} hex digits)", i, kObjectKeySize));
         return m;
     }
 };

@@ -36,6 +36,7 @@ import weakref
 from concurrent.futures import CancelledError
 from pathlib import Path
 
+from .gateway.urls import result_url as gateway_result_url
 from .errors import (BrokenExecutorError, InvalidJobError, JobKilledError, JobTimeoutError, ServerLostError,
                      ShutDownError)
 
@@ -122,7 +123,7 @@ def result_url(job_id: str, archive=None, gateway_url: str | None = None, locati
     file that holds it (the file of Result.location, "<file>:/results[row]", or else <archive>/<session>.h5)
     as file:///...#<job_id> (dynexec.find(job_id, ARCHIVE) reads it); None when it is not archived."""
     if gateway_url:
-        return f"{gateway_url.rstrip('/')}/jobs/{urllib.parse.quote(job_id, safe='')}/result"
+        return gateway_result_url(job_id, base=gateway_url)
     if location:
         file = Path(location.split(":/", 1)[0])
     elif archive is not None:
