@@ -10,7 +10,8 @@ APT_PACKAGES := cmake g++ make pkg-config python3-dev python3-venv python3-pip p
 	pybind11-dev libtbb-dev libhdf5-dev hdf5-tools libfmt-dev libgtest-dev libbenchmark-dev \
 	libopenmpi-dev openmpi-bin cppzmq-dev libmsgpack-cxx-dev python3-pytest-timeout python3-numpy python3-h5py python3-cloudpickle python3-pytest python3-mpi4py \
 	python3-distributed python3-dask python3-matplotlib python3-psutil nlohmann-json3-dev libcli11-dev \
-	python3-ipykernel python3-nbclient python3-nbformat python3-pandas
+	python3-ipykernel python3-nbclient python3-nbformat python3-tqdm python3-pandas python3-aiohttp chromium chromium-driver \
+	python3-selenium python3-xxhash python3-aiosmtpd openssl
 
 FUZZ_BUILD := build-fuzz
 FUZZ_SECONDS ?= 20

@@ -43,3 +43,15 @@ def test_compare_cluster_rows(tmp_path):
     assert ("cluster", "dynexec client / local Executor, tiny jobs/s") in rows
     assert ("tiny", "dynexec: __main__ / importable") in rows
     assert "cluster" in out.stdout and "__main__ / importable" in out.stdout
+
+
+def test_objects_benchmark_runs_and_sends_the_global_once_per_server():
+    bench = BENCH.with_name("objects.py")
+    out = subprocess.run([sys.executable, str(bench), "--mb", "4", "--jobs", "6"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 MB object, 6 jobs, 2 servers" in out.stdout
+    sent = int(out.stdout.split("sent the global ")[1].split()[0])
+    assert 1 <= sent <= 2, out.stdout
+    for row in ("dynexec, a global", "dynexec, scatter", "dynexec, objects off", "ProcessPoolExecutor"):
+        assert row in out.stdout

@@ -121,3 +121,49 @@ def test_the_launcher_runs_mpirun_with_recovery_and_splits_options_at_the_double
     assert cmd[:5] == ["mpirun", "--enable-recovery", "--mca", "orte_abort_on_non_zero_status", "0"]
     assert cmd[5:9] == ["-n", "4", "--hostfile", "h"]
     assert cmd[9:] == [sys.executable, "-m", "dynexec.cluster", "--archive", "a", "--connection-file", "c.json"]
+
+
+def test_the_launcher_ends_an_mpirun_that_hangs_after_the_head_said_it_stopped(tmp_path, monkeypatch, capfd):
+    # Open MPI 4.1 after a lost rank on another host: the head is done, mpirun never exits (tests/test_hosts.py).
+    fake = tmp_path / "mpirun"
+    fake.write_text("#!/bin/sh\necho 'dynexec cluster ready: 1 server'\necho 'dynexec cluster stopped (exit code 0)'\n"
+                    f"echo $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("dynexec.launch.STOP_WAIT", 0.5)
+    monkeypatch.setenv("DYNEXEC_MPIRUN", str(fake))
+    from dynexec import launch
+
+    assert launch.main(["-n", "2", "--", "--connection-file", "c.json"]) == 0  # the head's code, not the signal's
+    out, err = capfd.readouterr()
+    assert out.splitlines() == ["dynexec cluster ready: 1 server", "dynexec cluster stopped (exit code 0)"]
+    assert "mpirun did not end 0.5 s after the cluster stopped" in err and "terminating it" in err
+    assert not alive(int((tmp_path / "pid").read_text()))
+
+
+def test_a_rank_whose_head_fell_silent_waits_for_it_only_while_its_host_does_not_answer(monkeypatch):
+    import socket
+    import threading
+
+    from dynexec import cluster
+
+    with socket.socket() as s:  # a port nothing listens on: the head's host answers, the head is gone
+        s.bind(("127.0.0.1", 0))
+        gone = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    assert cluster._wait_for_head([gone], gone, 60, threading.Event()) is None
+    # A cut link: nothing answers, then one endpoint does again.
+    probes, answers_at = [], [3]  # the probe at which an endpoint answers again
+
+    def first_answering(candidates, timeout):
+        probes.append(candidates)
+        return (candidates[-1], {}) if len(probes) == answers_at[0] else (None, {c: "timed out" for c in candidates})
+
+    monkeypatch.setattr(connection, "_first_answering", first_answering)
+    monkeypatch.setattr(cluster, "PROBE_INTERVAL", 0.01)
+    assert cluster._wait_for_head(["tcp://a:1", "tcp://b:1"], "tcp://a:1", 60, threading.Event()) == "tcp://b:1"
+    assert len(probes) == 3
+    answers_at[0] = 0  # never
+    assert cluster._wait_for_head(["tcp://a:1"], "tcp://a:1", 0.05, threading.Event()) is None  # gave up
+    stop = threading.Event()
+    stop.set()
+    assert cluster._wait_for_head(["tcp://a:1"], "tcp://a:1", 60, stop) is None  # a signal to the rank
+    assert cluster._wait_for_head(["ipc:///x"], "ipc:///x", 60, threading.Event()) is None  # this host's own head

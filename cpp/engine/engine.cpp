@@ -243,6 +243,7 @@ void Engine::refuse_if_closed() const {
 JobId Engine::submit(const std::string& service, const Params& params, const std::string& owner,
                      const JobOptions& options, const std::function<void(const JobId&)>& on_id, JobInfoPtr info) {
     refuse_if_closed();
+    if (impl_->hub) impl_->hub->hold(params); // first: its first dispatch sends the objects to keep
     return impl_->manager->submit(service, params, owner, options, on_id, std::move(info));
 }
 
@@ -250,11 +251,17 @@ std::vector<JobId> Engine::submit_many(const std::string& service, const std::ve
                                        const std::string& owner, const JobOptions& options,
                                        const std::vector<JobInfoPtr>& infos) {
     refuse_if_closed();
+    if (impl_->hub)
+        for (auto& p : params) impl_->hub->hold(p);
     return impl_->manager->submit_many(service, params, owner, options, infos);
 }
 
 void Engine::set_session_info(const std::vector<std::pair<std::string, std::string>>& info) {
     impl_->results->set_session_info(info);
+}
+
+void Engine::release(const std::vector<std::string>& keys) {
+    if (impl_->hub) impl_->hub->release(keys);
 }
 
 bool Engine::cancel(const JobId& id) { return impl_->manager->cancel(id); }
@@ -444,6 +451,10 @@ EngineStats Engine::stats() const {
         s.outstanding += b.component->outstanding();
     }
     s.archive_error = impl_->results->last_error();
+    if (impl_->hub) {
+        s.objects_sent = impl_->hub->objects().sent();
+        s.objects_held = impl_->hub->objects().size();
+    }
     return s;
 }
 

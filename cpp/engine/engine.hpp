@@ -36,6 +36,8 @@ struct EngineOptions {
 struct EngineStats {
     std::uint64_t submitted = 0, delivered = 0, dispatched = 0, redispatched = 0, lost = 0, stale = 0, stolen = 0;
     std::size_t outstanding = 0;
+    std::uint64_t objects_sent = 0; // object data sent to compute servers (each once per server, see common/objects.hpp)
+    std::size_t objects_held = 0;   // objects the head holds for their submitters
     std::string archive_error; // last archive write failure, if any
 };
 
@@ -58,6 +60,8 @@ public:
     bool cancel(const JobId& id);
     // Many at once: those still waiting in the balancer first, none of them started meanwhile.
     std::vector<bool> cancel_many(const std::vector<JobId>& ids);
+    // Jobs submitted from now on that name these objects bring them again (see common/objects.hpp).
+    void release(const std::vector<std::string>& keys);
     // Stops a job: cancelled if it has not started, killed if it runs. False if it is not unfinished.
     bool kill(const JobId& id);
     // "queued" or "running" for an unfinished job; empty once it has finished (or for an unknown ID).

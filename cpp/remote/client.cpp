@@ -1,6 +1,7 @@
 #include "remote/client.hpp"
 
 #include "common/errors.hpp"
+#include "common/objects.hpp"
 #include "remote/loop.hpp"
 
 #include <fmt/format.h>
@@ -267,12 +268,36 @@ std::vector<JobId> Client::submit_many(const std::string& service_name, const st
         if (unsent_.empty() || unsent_.back().owner != owner || unsent_.back().jobs.size() >= kBatch)
             unsent_.push_back(wire::Submit{owner, {}});
         JobInfo info = !infos.empty() && infos[i] ? *infos[i] : JobInfo{};
-        unsent_.back().jobs.push_back({ids[i], service_name, std::move(checked[i]), options, std::move(info)});
+        unsent_.back().jobs.push_back(
+            {ids[i], service_name, objects_sent_locked(std::move(checked[i])), options, std::move(info)});
         outstanding_.insert(ids[i]);
     }
     submitted_ += ids.size();
     if (wake) loop_->outbox().wake(); // the loop sends what gathered meanwhile, as one batch
     return ids;
+}
+
+Params Client::objects_sent_locked(Params params) {
+    if (object_keys(params).empty()) return params;
+    Params out;
+    for (auto& [name, v] : params) {
+        auto key = object_key(name);
+        if (key.empty() || v.index() == 0) {
+            out.set(name, v);
+            continue;
+        }
+        bool sent = !sent_.insert(std::string(key)).second;
+        out.set(name, sent ? Value{} : v); // the head has it from us: None, filled in there
+    }
+    return out;
+}
+
+void Client::release(const std::vector<std::string>& keys) {
+    wire::Release m;
+    std::lock_guard lk(mu_);
+    for (auto& k : keys)
+        if (sent_.erase(k)) m.keys.push_back(k);
+    if (!m.keys.empty() && lost_.empty()) send_locked(wire::encode(m)); // after the submits that name them
 }
 
 JobId Client::submit(const std::string& service, const Params& params, const std::string& owner,

@@ -38,6 +38,8 @@ public:
     // (possibly null) per job; they travel to the head, which archives them with the results.
     std::vector<JobId> submit_many(const std::string& service, const std::vector<Params>& params, const std::string& owner,
                                    const JobOptions& options = {}, const std::vector<JobInfoPtr>& infos = {});
+    // Jobs submitted from now on that name these objects bring them again (see common/objects.hpp).
+    void release(const std::vector<std::string>& keys);
     bool cancel(const JobId& id);
     std::vector<bool> cancel_many(const std::vector<JobId>& ids); // one request
     bool kill(const JobId& id);
@@ -70,6 +72,7 @@ private:
     void head_lost(const std::string& why); // fails every outstanding job and request
     ServicePtr service(const std::string& name);
     std::vector<JobId> take_ids_locked(std::unique_lock<std::mutex>& lk, std::size_t n);
+    Params objects_sent_locked(Params params); // Needs mu_.
 
     ClientOptions options_;
     zmq::context_t ctx_;
@@ -94,6 +97,7 @@ private:
     ResultQueue done_; // results for this process's callers
     std::uint64_t delivered_ = 0;
     std::unordered_set<JobId> outstanding_; // submitted, not back yet
+    std::unordered_set<std::string> sent_;  // objects the head holds for this client: sent as None
     std::deque<OutputChunk> output_; // live output, until polled (at most kLiveOutputBacklog bytes)
     std::size_t output_bytes_ = 0;
     std::condition_variable output_cv_;

@@ -7,7 +7,7 @@ namespace dynexec::remote {
 Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration lease, Duration renew)
     : options_(std::move(options)), hooks_(std::move(hooks)), zap_(ctx_, options_.compute_server_public_key, options_.client_public_key),
       router_(ctx_, zmq::socket_type::router), loop_(router_, out_, "dynexec head"),
-      servers_(registry, out_, hooks_, lease, renew), clients_(out_, hooks_) {
+      servers_(registry, out_, hooks_, objects_, lease, renew), clients_(out_, hooks_, objects_) {
     if (wire::needs_curve(options_.bind)) wire::make_curve_server(router_, options_.server_keys);
     configure_socket(router_, std::chrono::milliseconds(1000));
     router_.bind(options_.bind);
@@ -17,6 +17,7 @@ Hub::Hub(LookupRegistry& registry, HubOptions options, HubHooks hooks, Duration 
         if (!local_echo_) rest.clear();
         return rest;
     };
+    clients_.on_dropped = [this](const std::vector<std::string>& keys) { servers_.forget(keys); };
     clients_.on_watching = [this](bool on) {
         clients_echo_ = on;
         echo_changed();
@@ -52,5 +53,15 @@ void Hub::set_echo(bool on) {
 }
 
 void Hub::echo_changed() { servers_.set_echo(local_echo_ || clients_echo_); }
+
+void Hub::hold(const Params& params) {
+    for (auto& [name, v] : params)
+        if (auto key = object_key(name); !key.empty() && valid_object_key(key) && v.index() != 0)
+            objects_.hold("", std::string(key), v);
+}
+
+void Hub::release(const std::vector<std::string>& keys) {
+    if (auto dropped = objects_.release("", keys); !dropped.empty()) servers_.forget(dropped);
+}
 
 } // namespace dynexec::remote

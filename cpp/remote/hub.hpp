@@ -5,6 +5,7 @@
 
 #include "registry/lookup_registry.hpp"
 #include "remote/loop.hpp"
+#include "remote/object_store.hpp"
 #include "remote/server_proxy.hpp"
 #include "wire/security.hpp"
 
@@ -45,13 +46,15 @@ struct HubHooks {
 // Compute servers in other processes: their registrations, leases, dispatches and results.
 class ServerSide {
 public:
-    ServerSide(LookupRegistry& registry, Outbox& out, const HubHooks& hooks, Duration lease, Duration renew);
+    ServerSide(LookupRegistry& registry, Outbox& out, const HubHooks& hooks, const ObjectStore& objects,
+               Duration lease, Duration renew);
     ~ServerSide();
     void handle(const std::string& from, wire::Frames& frames);
     void stop_all();                               // asks every remote compute server to leave
     bool stop_one(const std::string& server_id);   // false if `server_id` is not one of them
     void load_plugin(const std::string& path);     // every server, now and later, loads it
     void set_echo(bool on);                        // servers send live output while on
+    void forget(const std::vector<std::string>& keys); // the store dropped these objects: so do the servers
     // Where live output goes: to the clients whose jobs printed it (returns the rest).
     std::function<std::vector<OutputChunk>(std::vector<OutputChunk>&&)> route_output;
     // The proxy and registry ID of a live remote server.
@@ -72,6 +75,7 @@ private:
     LookupRegistry& registry_;
     Outbox& out_;
     const HubHooks& hooks_;
+    const ObjectStore& objects_;
     Duration lease_, renew_;
     int subscription_ = 0;
 
@@ -85,13 +89,14 @@ private:
 // Remote clients: their job-ID blocks, submits, requests, and the results and output of their jobs.
 class ClientSide {
 public:
-    ClientSide(Outbox& out, const HubHooks& hooks);
+    ClientSide(Outbox& out, const HubHooks& hooks, ObjectStore& objects);
     void handle(const std::string& from, wire::Frames& frames);
     // Takes out of `batch` the results of jobs submitted by remote clients and sends them there.
     void route(std::vector<Result>& batch);
     // Sends clients the live output of their jobs; returns the rest.
     std::vector<OutputChunk> route_output(std::vector<OutputChunk>&& chunks);
     std::function<void(bool)> on_watching; // whether any client wants live output (called on change)
+    std::function<void(const std::vector<std::string>&)> on_dropped; // objects no client holds any more
 
 private:
     void on(const std::string& from, wire::HelloClient&& m);
@@ -105,6 +110,9 @@ private:
     void on(const std::string& from, wire::WatchOutput&& m);
     void on(const std::string& from, wire::MoreIds&& m);
     void on(const std::string& from, wire::ServicesQuery&& m);
+    void on(const std::string& from, wire::Release&& m);
+    // Fills in the objects a job names as kept here (None), and holds those it brings; false if one is missing.
+    bool objects_of(const std::string& from, wire::SubmitJob& job, Result& refused);
     void error(const std::string& to, std::uint64_t request, const std::exception& e);
     // Whether `id` is one this client was given and has not used. Needs mu_.
     bool take_id_locked(const std::string& client, const JobId& id);
@@ -112,6 +120,7 @@ private:
 
     Outbox& out_;
     const HubHooks& hooks_;
+    ObjectStore& objects_;
 
     struct Client {
         std::deque<wire::IdBlock> blocks; // given to it, oldest first; IDs are used in order
@@ -136,6 +145,10 @@ public:
     void load_plugin(const std::string& path) { servers_.load_plugin(path); }
     // This process wants the live output of its own jobs (hooks.output).
     void set_echo(bool on);
+    // Objects of this process's own jobs (holder ""): held while it says, sent to each server once.
+    void hold(const Params& params);
+    void release(const std::vector<std::string>& keys);
+    const ObjectStore& objects() const { return objects_; }
 
 private:
     void echo_changed();
@@ -148,6 +161,7 @@ private:
     std::string endpoint_;
     Outbox out_;
     Loop loop_;
+    ObjectStore objects_;
     ServerSide servers_;
     ClientSide clients_;
     std::atomic<bool> local_echo_{false}, clients_echo_{false};

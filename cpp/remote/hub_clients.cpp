@@ -32,12 +32,13 @@ std::string bad_info(const JobInfo& info) {
 
 } // namespace
 
-ClientSide::ClientSide(Outbox& out, const HubHooks& hooks) : out_(out), hooks_(hooks) {}
+ClientSide::ClientSide(Outbox& out, const HubHooks& hooks, ObjectStore& objects)
+    : out_(out), hooks_(hooks), objects_(objects) {}
 
 void ClientSide::handle(const std::string& from, wire::Frames& frames) {
     bool known = wire::visit<wire::HelloClient, wire::Submit, wire::Cancel, wire::Kill, wire::StateQuery,
                              wire::BacklogQuery, wire::ServersQuery, wire::ShutdownCluster, wire::WatchOutput,
-                             wire::MoreIds, wire::ServicesQuery>(frames, [&](auto&& m) { on(from, std::move(m)); });
+                             wire::MoreIds, wire::ServicesQuery, wire::Release>(frames, [&](auto&& m) { on(from, std::move(m)); });
     if (!known) throw std::runtime_error(fmt::format("unknown message type {}", int(wire::type_of(frames))));
 }
 
@@ -81,6 +82,8 @@ bool ClientSide::take_id_locked(const std::string& client, const JobId& id) {
 }
 
 void ClientSide::on(const std::string& from, wire::HelloClient&& m) {
+    // A hello again from the same peer: a client anew, holding nothing.
+    if (auto dropped = objects_.release_all(from); !dropped.empty() && on_dropped) on_dropped(dropped);
     if (m.version != wire::kProtocolVersion) {
         out_.push(from, wire::encode(wire::ErrorReply{
                             0, "ValueError",
@@ -109,7 +112,9 @@ void ClientSide::on(const std::string& from, wire::Submit&& m) {
         for (auto& job : m.jobs) {
             std::string bad = bad_info(job.info);
             if (bad.empty() && take_id_locked(from, job.id)) {
-                accepted.push_back(std::move(job));
+                Result r;
+                if (objects_of(from, job, r)) accepted.push_back(std::move(job));
+                else refused.push_back(std::move(r));
                 continue;
             }
             Result r;
@@ -130,6 +135,41 @@ void ClientSide::on(const std::string& from, wire::Submit&& m) {
         for (auto& r : more) refused.push_back(std::move(r));
     }
     if (!refused.empty()) out_.push(from, wire::encode(wire::Results{std::move(refused)}));
+}
+
+bool ClientSide::objects_of(const std::string& from, wire::SubmitJob& job, Result& refused) {
+    Params filled;
+    bool changed = false;
+    for (auto& [name, v] : job.params) {
+        auto key = object_key(name);
+        if (key.empty() || !valid_object_key(key)) { // validate_params names a bad key
+            filled.set(name, v);
+            continue;
+        }
+        std::string k(key);
+        if (v.index() != 0) {
+            objects_.hold(from, k, v);
+            filled.set(name, v);
+        } else if (auto data = objects_.find(from, k)) {
+            filled.set(name, std::move(*data));
+            changed = true;
+        } else {
+            refused.job_id = job.id;
+            refused.service = job.service;
+            refused.status = Status::error;
+            refused.error_type = "InvalidJobError";
+            refused.message = fmt::format("job {} names object {} as sent before, but this client holds no such "
+                                          "object at the head (released, or sent to another head)", job.id, k);
+            return false;
+        }
+    }
+    if (changed) job.params = std::move(filled);
+    return true;
+}
+
+void ClientSide::on(const std::string& from, wire::Release&& m) {
+    auto dropped = objects_.release(from, m.keys);
+    if (!dropped.empty() && on_dropped) on_dropped(dropped);
 }
 
 void ClientSide::on(const std::string& from, wire::Cancel&& m) {

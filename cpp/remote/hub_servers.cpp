@@ -5,8 +5,9 @@
 
 namespace dynexec::remote {
 
-ServerSide::ServerSide(LookupRegistry& registry, Outbox& out, const HubHooks& hooks, Duration lease, Duration renew)
-    : registry_(registry), out_(out), hooks_(hooks), lease_(lease), renew_(renew) {
+ServerSide::ServerSide(LookupRegistry& registry, Outbox& out, const HubHooks& hooks, const ObjectStore& objects,
+                       Duration lease, Duration renew)
+    : registry_(registry), out_(out), hooks_(hooks), objects_(objects), lease_(lease), renew_(renew) {
     subscription_ = registry_.subscribe([this](const RegistryEvent& ev) { on_registry_event(ev); });
 }
 
@@ -46,6 +47,15 @@ void ServerSide::set_echo(bool on) {
     for (auto& [routing, proxy] : by_routing_) out_.push(routing, wire::encode(wire::Echo{on}));
 }
 
+void ServerSide::forget(const std::vector<std::string>& keys) {
+    std::vector<std::shared_ptr<RemoteServerProxy>> proxies;
+    {
+        std::lock_guard lk(mu_);
+        for (auto& [routing, proxy] : by_routing_) proxies.push_back(proxy);
+    }
+    for (auto& p : proxies) p->forget(keys);
+}
+
 std::pair<std::shared_ptr<RemoteServerProxy>, std::string> ServerSide::find(const std::string& routing) {
     std::lock_guard lk(mu_);
     auto p = by_routing_.find(routing);
@@ -72,7 +82,7 @@ void ServerSide::on(const std::string& from, wire::HelloServer&& hello) {
         for (auto& e : registry_.lookup(Kind::compute_server))
             if (e.pid == hello.replaces_pid && e.host == hello.host)
                 registry_.cancel(e.id, hello.replaced_because, /*clean=*/false, /*died=*/true);
-    auto proxy = std::make_shared<RemoteServerProxy>(out_, from, std::max(1u, hello.slots));
+    auto proxy = std::make_shared<RemoteServerProxy>(out_, from, std::max(1u, hello.slots), objects_);
     Registration reg;
     reg.kind = Kind::compute_server;
     reg.host = hello.host;

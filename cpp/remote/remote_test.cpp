@@ -4,6 +4,7 @@
 #include "remote/client.hpp"
 #include "remote/server_host.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -168,7 +169,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     auto f = server.recv();
     ASSERT_EQ(wire::type_of(f), wire::Type::refused);
     auto why = wire::decode<wire::Refused>(f).reason;
-    EXPECT_NE(why.find("version " + std::to_string(wire::kProtocolVersion)), std::string::npos) << why;
+    EXPECT_NE(why.find(fmt::format("version {}", wire::kProtocolVersion)), std::string::npos) << why;
     EXPECT_NE(why.find("version 1"), std::string::npos) << why;
     EXPECT_TRUE(cl.engine.servers().empty());
 
@@ -177,7 +178,7 @@ TEST(Remote, PeersOfAnotherProtocolVersionAreRefusedNamingBothVersions) {
     auto c = client.recv();
     ASSERT_EQ(wire::type_of(c), wire::Type::error);
     auto e = wire::decode<wire::ErrorReply>(c);
-    EXPECT_NE(e.message.find("version " + std::to_string(wire::kProtocolVersion)), std::string::npos) << e.message;
+    EXPECT_NE(e.message.find(fmt::format("version {}", wire::kProtocolVersion)), std::string::npos) << e.message;
     EXPECT_NE(e.message.find("version 1"), std::string::npos) << e.message;
 }
 

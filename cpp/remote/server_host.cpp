@@ -1,6 +1,7 @@
 #include "remote/server_host.hpp"
 
 #include "common/host.hpp"
+#include "common/objects.hpp"
 #include "remote/head_contact.hpp"
 #include "remote/loop.hpp"
 #include "server/compute_server.hpp"
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <map>
 
 namespace dynexec::remote {
 namespace {
@@ -57,6 +59,29 @@ struct SendBack final : CompletionSink {
         ch->out.push("", wire::encode(wire::Started{id, attempt}));
     }
 };
+
+// The job's objects sent as None come from what this server keeps; those sent with data are kept. Returns the
+// key of one it lacks (then the job fails), else empty.
+std::string fill_objects(std::map<std::string, Value, std::less<>>& kept, Job& job) {
+    Params filled;
+    bool changed = false;
+    for (auto& [name, v] : job.params) {
+        auto key = object_key(name);
+        if (key.empty()) {
+            filled.set(name, v);
+        } else if (v.index() == 0) {
+            auto it = kept.find(key);
+            if (it == kept.end()) return std::string(key);
+            filled.set(name, it->second);
+            changed = true;
+        } else {
+            kept.insert_or_assign(std::string(key), v);
+            filled.set(name, v);
+        }
+    }
+    if (changed) job.params = std::move(filled);
+    return {};
+}
 
 } // namespace
 
@@ -119,11 +144,12 @@ int ServerHost::run() {
     lease.hello_sent();
 
     int code = 0;
+    std::map<std::string, Value, std::less<>> objects; // sent once by the head, kept until it says Forget
     auto on_message = [&](const std::string&, wire::Frames& frames) {
         if (st.stop) return; // once told to stop, nothing after it counts (an `expired` must not register us again)
         lease.heard();
-        bool known = wire::visit<wire::Welcome, wire::Refused, wire::JobMsg, wire::Revoke, wire::StopJob, wire::Expired,
-                                 wire::LoadPlugin, wire::Echo, wire::Stop, wire::Renewed>(frames, [&](auto&& m) {
+        bool known = wire::visit<wire::Welcome, wire::Refused, wire::JobMsg, wire::Forget, wire::Revoke, wire::StopJob,
+                                 wire::Expired, wire::LoadPlugin, wire::Echo, wire::Stop, wire::Renewed>(frames, [&](auto&& m) {
             using M = std::decay_t<decltype(m)>;
             if constexpr (std::is_same_v<M, wire::Welcome>) {
                 lease.welcomed(from_seconds(m.lease_seconds), from_seconds(m.renew_seconds));
@@ -135,11 +161,21 @@ int ServerHost::run() {
                 code = 5;
                 st.stop = true;
             } else if constexpr (std::is_same_v<M, wire::JobMsg>) {
+                if (auto missing = fill_objects(objects, *m.job); !missing.empty()) {
+                    auto r = result_without_run(*m.job, Status::error, "dynexec.ObjectMissing",
+                                                fmt::format("job {}: compute server {} (pid {}) has no object {} "
+                                                            "(the head sent it as kept here)", m.job->id, hostname(),
+                                                            getpid(), missing));
+                    send(wire::encode(wire::ResultMsg{std::move(r), m.attempt}));
+                    return;
+                }
                 {
                     std::lock_guard lk(ch->held_mu);
                     ch->held[m.job->id] = m.job;
                 }
                 server->run(std::move(m.job), m.attempt, sink);
+            } else if constexpr (std::is_same_v<M, wire::Forget>) {
+                for (auto& k : m.keys) objects.erase(k);
             } else if constexpr (std::is_same_v<M, wire::Revoke>) { // it runs elsewhere or is cancelled, unless started
                 bool ok = ch->revoke(m.job_id, m.attempt) != nullptr;
                 send(wire::encode(wire::Revoked{m.job_id, m.attempt, ok}));

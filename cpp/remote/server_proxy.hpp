@@ -2,24 +2,46 @@
 // job; results come back through on_result(). Thread-safe.
 #pragma once
 
+#include "remote/object_store.hpp"
 #include "remote/outbox.hpp"
 
+#include <set>
 #include <unordered_map>
 
 namespace dynexec::remote {
 
 class RemoteServerProxy final : public ComputeServerProxy {
 public:
-    RemoteServerProxy(Outbox& out, std::string routing_id, unsigned slots)
-        : out_(out), routing_(std::move(routing_id)), slots_(slots) {}
+    RemoteServerProxy(Outbox& out, std::string routing_id, unsigned slots, const ObjectStore& objects)
+        : out_(out), routing_(std::move(routing_id)), slots_(slots), objects_(objects) {}
 
+    // An object goes to the server once: it keeps those the store holds (until forget()); one the store no
+    // longer holds goes with the job and is forgotten right after it.
     void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override {
-        auto frames = wire::encode(wire::JobMsg{job, attempt});
-        {
-            std::lock_guard lk(mu_);
-            pending_[job->id] = {job, attempt, std::move(sink)};
+        wire::JobMsg msg{job, attempt, {}};
+        std::vector<std::string> once;
+        std::lock_guard lk(mu_); // held while sending: forget() cannot come between the check and the job
+        for (auto key : object_keys(job->params)) {
+            std::string k(key);
+            if (has_.count(k)) {
+                msg.cached.push_back(k);
+                continue;
+            }
+            objects_.count_sent();
+            if (objects_.held(k)) has_.insert(k);
+            else once.push_back(k);
         }
-        out_.push(routing_, std::move(frames));
+        pending_[job->id] = {job, attempt, std::move(sink)};
+        out_.push(routing_, wire::encode(msg));
+        if (!once.empty()) out_.push(routing_, wire::encode(wire::Forget{std::move(once)}));
+    }
+    // The store dropped these objects: the server drops those it has.
+    void forget(const std::vector<std::string>& keys) {
+        std::vector<std::string> had;
+        std::lock_guard lk(mu_);
+        for (auto& k : keys)
+            if (has_.erase(k)) had.push_back(k);
+        if (!had.empty()) out_.push(routing_, wire::encode(wire::Forget{std::move(had)}));
     }
     // The server answers with revoked: only it knows whether it has started the job.
     std::optional<bool> revoke(const JobPtr& job, int attempt) override {
@@ -77,7 +99,9 @@ private:
     Outbox& out_;
     std::string routing_;
     unsigned slots_;
+    const ObjectStore& objects_;
     mutable std::mutex mu_;
+    std::set<std::string> has_; // objects the server keeps
     ServerStats last_;
     struct Pending {
         JobPtr job; // the balancer's copy

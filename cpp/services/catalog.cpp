@@ -1,6 +1,7 @@
 #include "services/catalog.hpp"
 
 #include "common/errors.hpp"
+#include "common/objects.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -124,6 +125,15 @@ void unknown_service(const std::string& name, std::vector<std::string> offered) 
 
 Params validate_params(const ServiceDef& def, const Params& given) {
     for (auto& [name, value] : given) {
+        if (auto key = object_key(name); !key.empty()) { // an object the job refers to (common/objects.hpp)
+            if (!valid_object_key(key))
+                throw InvalidJob(fmt::format("service '{}': parameter '{}' is no object key (the '{}' and {} hex digits)",
+                                             def.name, name.substr(0, 40), kObjectPrefix, kObjectKeySize));
+            if (!std::holds_alternative<Bytes>(value) && !std::holds_alternative<Array>(value))
+                throw InvalidJob(fmt::format("service '{}': object parameter '{}' must be bytes, not {}", def.name,
+                                             name, type_name(value)));
+            continue;
+        }
         auto spec = std::find_if(def.params.begin(), def.params.end(), [&](auto& p) { return p.name == name; });
         if (spec == def.params.end()) {
             std::vector<std::string> known;
@@ -149,6 +159,8 @@ Params validate_params(const ServiceDef& def, const Params& given) {
         else
             out.set(spec.name, *v);
     }
+    for (auto& [name, value] : given)
+        if (!object_key(name).empty()) out.set(name, value);
     return out;
 }
 

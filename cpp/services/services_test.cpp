@@ -3,6 +3,7 @@
 #include "services/catalog.hpp"
 
 #include "common/errors.hpp"
+#include "server/output_capture.hpp"
 
 #include <gtest/gtest.h>
 #include <tbb/task_arena.h>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <numbers>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -116,7 +118,7 @@ TEST(ServiceCatalog, RejectsBadNameAndMissingFunction) {
 
 TEST(ServiceCatalog, ProcessCatalogHasTheBuiltins) {
     for (auto name : {"pi.monte_carlo", "option.european", "option.black_scholes", "spin.cpu", "noop", "array.sum",
-                      "array.scale"}) {
+                      "array.scale", "command"}) {
         auto def = ServiceCatalog::process().find(name);
         ASSERT_NE(def, nullptr) << name;
         EXPECT_FALSE(def->doc.empty()) << name;
@@ -247,6 +249,77 @@ TEST(OptionEuropean, RejectsBadMarketParameters) {
               "kind must be 'call' or 'put', got 'Call'");
     EXPECT_EQ(message_of<std::invalid_argument>([] { call("option.black_scholes", with(market("put"), "spot", 0.0)); }),
               "spot must be a positive number, got 0");
+}
+
+// ---- command ---------------------------------------------------------------------------
+
+Bytes nul_joined(std::initializer_list<std::string> parts) {
+    std::string s;
+    for (auto& p : parts) s += p + '\0';
+    return Bytes{s};
+}
+
+// Runs `command` with its output captured as a compute server captures it; returns the Result's texts.
+Result run_captured(const Params& params, const std::atomic<bool>* stop = nullptr) {
+    Result r;
+    JobOutput out("job", JobOutput::kDefaultLimit);
+    JobOutput::Scope scope(&out);
+    auto def = builtins().find("command");
+    auto p = validate_params(*def, params);
+    p.watch_stop(stop);
+    try {
+        r.value = def->fn(p);
+    } catch (const ServiceError& e) {
+        r.status = Status::error;
+        r.error_type = e.type;
+        r.message = e.what();
+        r.value = e.payload;
+    }
+    out.finish(r);
+    return r;
+}
+
+TEST(Command, SuccessCapturesBothStreamsAndUsesEnvAndCwd) {
+    auto r = run_captured({{"argv", nul_joined({"sh", "-c", "echo out $X; pwd; echo err >&2"})},
+                           {"env", nul_joined({"X=from-env"})},
+                           {"cwd", std::string("/tmp")}});
+    EXPECT_EQ(r.status, Status::ok);
+    EXPECT_EQ(std::get<std::int64_t>(r.value), 0);
+    EXPECT_EQ(r.captured_stdout, "out from-env\n/tmp\n");
+    EXPECT_EQ(r.captured_stderr, "err\n");
+}
+
+TEST(Command, NonZeroExitIsACommandErrorWithTheCode) {
+    auto r = run_captured({{"argv", nul_joined({"sh", "-c", "echo partial; exit 3"})}});
+    EXPECT_EQ(r.status, Status::error);
+    EXPECT_EQ(r.error_type, "CommandError");
+    EXPECT_CONTAINS(r.message, "exited with code 3");
+    EXPECT_CONTAINS(r.message, "sh -c");
+    EXPECT_EQ(std::get<std::int64_t>(r.value), 3);
+    EXPECT_EQ(r.captured_stdout, "partial\n");
+}
+
+TEST(Command, MissingProgramAndEmptyArgv) {
+    auto r = run_captured({{"argv", nul_joined({"/nonexistent/dynexec-no-such-program"})}});
+    EXPECT_EQ(r.error_type, "CommandError");
+    EXPECT_CONTAINS(r.message, "cannot run /nonexistent/dynexec-no-such-program");
+    EXPECT_EQ(std::get<std::int64_t>(r.value), 127);
+    EXPECT_CONTAINS(message_of<std::invalid_argument>([] { call("command", {{"argv", Bytes{}}}); }),
+                    "argv must name a program");
+}
+
+TEST(Command, StopRequestEndsTheWholeProcessGroup) {
+    std::atomic<bool> stop{false};
+    std::thread stopper([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        stop = true;
+    });
+    // The grandchild (sleep) holds the pipes open: the command ends only once the whole group is gone.
+    auto r = run_captured({{"argv", nul_joined({"sh", "-c", "sleep 30 & wait"})}}, &stop);
+    stopper.join();
+    EXPECT_EQ(r.status, Status::error);
+    EXPECT_CONTAINS(r.message, "signal 15 (SIGTERM)");
+    EXPECT_EQ(std::get<std::int64_t>(r.value), -15);
 }
 
 // ---- spin.cpu and noop ---------------------------------------------------------------

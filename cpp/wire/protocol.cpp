@@ -1,4 +1,6 @@
 #include "wire/protocol.hpp"
+
+#include "common/objects.hpp"
 #include "wire/limits.hpp"
 
 #include "common/utf8.hpp"
@@ -91,6 +93,8 @@ template <class IO> void fields(IO& io, LoadPlugin& m) { io(m.path); }
 template <class IO> void fields(IO& io, Revoke& m) { io(m.job_id, m.attempt); }
 template <class IO> void fields(IO& io, StopJob& m) { io(m.job_id, m.attempt, m.why); }
 template <class IO> void fields(IO& io, Echo& m) { io(m.on); }
+template <class IO> void fields(IO& io, Forget& m) { io(m.keys); }
+template <class IO> void fields(IO& io, Release& m) { io(m.keys); }
 template <class IO> void fields(IO& io, HelloClient& m) { io(m.version, m.owner); }
 template <class IO> void fields(IO& io, JobOptions& o) { io(o.time_limit, o.retries); }
 template <class IO> void fields(IO& io, JobInfo& i) { io(i.function, i.args, i.summary, i.label, i.tags); }
@@ -447,6 +451,16 @@ std::vector<OutputChunk> read_chunks(In& list) {
     return chunks;
 }
 
+// What the field types alone do not check, per message; most have nothing more.
+template <class M> void check(const std::string&, const M&) {}
+void check_keys(const std::string& message, const std::vector<std::string>& keys) {
+    for (std::size_t i = 0; i < keys.size(); ++i)
+        if (!valid_object_key(keys[i]))
+            malformed(message, fmt::format("field 0.{}: not an object key ({} hex digits)", i, kObjectKeySize));
+}
+void check(const std::string& message, const Forget& m) { check_keys(message, m.keys); }
+void check(const std::string& message, const Release& m) { check_keys(message, m.keys); }
+
 template <class M> struct Codec {
     static Frames encode(const M& m) {
         Out o;
@@ -457,6 +471,7 @@ template <class M> struct Codec {
         Body b(frames);
         M m;
         fields(*b, m);
+        check(b.name, m);
         return m;
     }
 };
@@ -465,7 +480,18 @@ template <> struct Codec<JobMsg> {
         Out o;
         o.keep = m.job; // a job's parameters do not change once submitted: sent without a copy
         int attempt = m.attempt;
-        job_fields(o, *m.job, attempt);
+        if (m.cached.empty()) {
+            job_fields(o, *m.job, attempt);
+        } else { // objects the server keeps go as None (a copy of the list, not of the values)
+            Job& j = *m.job;
+            Params params;
+            for (auto& [name, v] : j.params) {
+                auto key = object_key(name);
+                bool has = !key.empty() && std::find(m.cached.begin(), m.cached.end(), key) != m.cached.end();
+                params.set(name, has ? Value{} : v);
+            }
+            o(j.id, j.service, params, j.owner, j.submit_time, j.time_limit, attempt);
+        }
         return o.finish(JobMsg::type);
     }
     static JobMsg decode(Frames& frames) {
@@ -496,8 +522,8 @@ struct Codec<M> {
 
 #define DYNEXEC_MESSAGES(X)                                                                                   \
     X(HelloServer) X(Offer) X(Renew) X(ResultMsg) X(Started) X(Revoked) X(Leaving) X(OutputMsg) X(Welcome)          \
-    X(Refused) X(Expired) X(JobMsg) X(Stop) X(Renewed) X(LoadPlugin) X(Revoke) X(StopJob) X(Echo) X(HelloClient)    \
-    X(Submit) X(Cancel) X(Kill) X(StateQuery) X(BacklogQuery) X(ServersQuery) X(ShutdownCluster) X(WatchOutput)      \
+    X(Refused) X(Expired) X(JobMsg) X(Stop) X(Renewed) X(LoadPlugin) X(Revoke) X(StopJob) X(Echo) X(Forget) X(HelloClient)\
+    X(Release) X(Submit) X(Cancel) X(Kill) X(StateQuery) X(BacklogQuery) X(ServersQuery) X(ShutdownCluster) X(WatchOutput)      \
     X(MoreIds) X(ServicesQuery) X(WelcomeClient) X(Results) X(ClientOutput) X(Cancelled) X(Killed) X(JobStateReply)     \
     X(BacklogReply) X(ServersReply) X(Done) X(ErrorReply) X(IdsReply) X(ServicesReply)
 
@@ -525,9 +551,9 @@ const char* type_name(Type t) {
         DYNEXEC_TYPE(hello_server) DYNEXEC_TYPE(offer) DYNEXEC_TYPE(renew) DYNEXEC_TYPE(result) DYNEXEC_TYPE(started)
         DYNEXEC_TYPE(revoked) DYNEXEC_TYPE(leaving) DYNEXEC_TYPE(output) DYNEXEC_TYPE(welcome) DYNEXEC_TYPE(refused)
         DYNEXEC_TYPE(expired) DYNEXEC_TYPE(job) DYNEXEC_TYPE(stop) DYNEXEC_TYPE(renewed) DYNEXEC_TYPE(load_plugin)
-        DYNEXEC_TYPE(revoke) DYNEXEC_TYPE(stop_job) DYNEXEC_TYPE(echo) DYNEXEC_TYPE(hello_client) DYNEXEC_TYPE(submit)
+        DYNEXEC_TYPE(revoke) DYNEXEC_TYPE(stop_job) DYNEXEC_TYPE(echo) DYNEXEC_TYPE(forget) DYNEXEC_TYPE(hello_client) DYNEXEC_TYPE(submit)
         DYNEXEC_TYPE(cancel) DYNEXEC_TYPE(kill) DYNEXEC_TYPE(state) DYNEXEC_TYPE(backlog) DYNEXEC_TYPE(servers)
-        DYNEXEC_TYPE(shutdown) DYNEXEC_TYPE(watch_output) DYNEXEC_TYPE(more_ids) DYNEXEC_TYPE(services)
+        DYNEXEC_TYPE(shutdown) DYNEXEC_TYPE(watch_output) DYNEXEC_TYPE(more_ids) DYNEXEC_TYPE(services) DYNEXEC_TYPE(release)
         DYNEXEC_TYPE(welcome_client) DYNEXEC_TYPE(results) DYNEXEC_TYPE(job_output) DYNEXEC_TYPE(cancelled)
         DYNEXEC_TYPE(killed) DYNEXEC_TYPE(job_state) DYNEXEC_TYPE(backlog_reply) DYNEXEC_TYPE(servers_reply)
         DYNEXEC_TYPE(done) DYNEXEC_TYPE(error) DYNEXEC_TYPE(ids) DYNEXEC_TYPE(services_reply)

@@ -21,15 +21,16 @@ namespace dynexec::wire {
 using Frames = std::vector<zmq::message_t>;
 
 // Sent in both hello messages; a peer of another version is refused, naming both.
-inline constexpr std::uint32_t kProtocolVersion = 3; // 3: a submitted job carries its JobInfo
+inline constexpr std::uint32_t kProtocolVersion = 4; // 4: a submitted job carries its JobInfo
 
 enum class Type : std::uint8_t {
     // compute server -> head (1..15)
     hello_server = 1, offer, renew, result, started, revoked, leaving, output,
     // head -> compute server (16..31)
-    welcome = 16, refused, expired, job, stop, renewed, load_plugin, revoke, stop_job, echo,
+    welcome = 16, refused, expired, job, stop, renewed, load_plugin, revoke, stop_job, echo, forget,
     // client -> head (32..47)
     hello_client = 32, submit, cancel, kill, state, backlog, servers, shutdown, watch_output, more_ids, services,
+    release,
     // head -> client (48..63)
     welcome_client = 48, results, job_output, cancelled, killed, job_state, backlog_reply, servers_reply, done, error,
     ids, services_reply,
@@ -97,6 +98,8 @@ struct JobMsg {
     static constexpr Type type = Type::job;
     JobPtr job;
     int attempt = 0;
+    // Sending only: object parameters (common/objects.hpp) the server keeps already, sent as None.
+    std::vector<std::string> cached;
 };
 struct Stop { // leave now
     static constexpr Type type = Type::stop;
@@ -122,6 +125,10 @@ struct StopJob { // stop that dispatch (running: killed or timeout; queued: it n
 struct Echo { // send what jobs print while they run (OutputMsg), or stop sending it
     static constexpr Type type = Type::echo;
     bool on = false;
+};
+struct Forget { // objects (common/objects.hpp) no job will need any more: drop them
+    static constexpr Type type = Type::forget;
+    std::vector<std::string> keys;
 };
 
 // ---- client -> head ----------------------------------------------------------------------------
@@ -184,6 +191,10 @@ struct MoreIds {
 struct ServicesQuery {
     static constexpr Type type = Type::services;
     std::uint64_t request = 0;
+};
+struct Release { // this client sends no more jobs as naming these objects it sent before (not answered)
+    static constexpr Type type = Type::release;
+    std::vector<std::string> keys;
 };
 
 // ---- head -> client ----------------------------------------------------------------------------

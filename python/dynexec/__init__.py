@@ -13,19 +13,21 @@ from pathlib import Path as _Path
 _os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 from . import _core
-from .errors import (ArchiveError, BrokenExecutorError, InvalidJobError, JobKilledError, JobTimeoutError, RemoteError,
-                     ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
+from .errors import (ArchiveError, BrokenExecutorError, CommandError, InvalidJobError, JobKilledError, JobTimeoutError,
+                     RemoteError, ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError,
                      UnknownServiceError)
 from .executor import POLICIES, Executor, JobFuture, _live_executors, _plugins
+from .notify import NotifyConfig
+from .progress import as_completed, wait
 from .results import Result, default_archive, find, read_archive, sessions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "POLICIES", "ArchiveError", "BrokenExecutorError", "Executor", "InvalidJobError", "JobFuture", "JobKilledError",
-    "JobTimeoutError", "RemoteError", "Result", "ResultDecodeError", "ResultNotFoundError", "ServerDiedError",
-    "ServerLostError", "ShutDownError", "UnknownServiceError", "default_archive", "find",
-    "get_include", "load_services", "read_archive", "services", "sessions",
+    "POLICIES", "ArchiveError", "BrokenExecutorError", "CommandError", "Executor", "InvalidJobError", "JobFuture",
+    "JobKilledError", "JobTimeoutError", "NotifyConfig", "RemoteError", "Result", "ResultDecodeError",
+    "ResultNotFoundError", "ServerDiedError", "ServerLostError", "ShutDownError", "UnknownServiceError",
+    "as_completed", "default_archive", "find", "get_include", "load_services", "read_archive", "services", "sessions", "wait",
 ]
 
 

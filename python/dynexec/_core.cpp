@@ -4,6 +4,7 @@
 #include "archive/results_finder.hpp"
 #include "balancer/policies.hpp"
 #include "common/errors.hpp"
+#include "common/objects.hpp"
 #include "engine/engine.hpp"
 #include "remote/client.hpp"
 #include "remote/server_host.hpp"
@@ -170,7 +171,17 @@ Value run_python(const Params& p) {
     // Keep this worker thread's Python thread state: otherwise every job creates and destroys one.
     thread_local bool kept = false;
     if (!std::exchange(kept, true)) gil.inc_ref();
-    py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())));
+    py::dict objects; // "@<key>" parameters (common/objects.hpp): key -> its bytes, not copied
+    for (auto& [name, v] : p) {
+        auto key = object_key(name);
+        if (key.empty()) continue;
+        if (auto* a = std::get_if<Array>(&v))
+            objects[py::str(std::string(key))] = py::memoryview::from_memory(a->data, py::ssize_t(a->nbytes));
+        else if (auto* b = std::get_if<Bytes>(&v))
+            objects[py::str(std::string(key))] = py::memoryview::from_memory(b->data.data(), py::ssize_t(b->data.size()));
+    }
+    py::tuple out = (*python_runner)(py::memoryview::from_memory(payload.data.data(), py::ssize_t(payload.data.size())),
+                                     objects);
     auto kind = out[0].cast<std::string>();
     if (kind == "array") return to_array(out[1].cast<py::array>(), "result");
     if (kind == "pickle") return Pickled{out[1].cast<std::string>()};
@@ -214,6 +225,18 @@ template <class Poll, class Convert> py::list polled(Poll poll, Convert convert)
 
 // Live output: (job_id, stream 1|2 (0 on the final chunk), bytes, final), see dynexec.output.
 py::object output_item(OutputChunk& c) { return py::make_tuple(c.job_id, c.stream, py::bytes(c.data), c.final); }
+
+// A Python job's parameters: its payload, and the objects it names (key -> a uint8 array: borrowed, not copied).
+Params python_params(const py::handle& payload, const py::object& objects) {
+    Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+    if (objects.is_none()) return params;
+    for (auto [k, v] : objects.cast<py::dict>()) {
+        auto key = k.cast<std::string>();
+        auto name = std::string(1, kObjectPrefix) + key;
+        params.set(name, to_array(py::reinterpret_borrow<py::array>(v), fmt::format("object {}", key)));
+    }
+    return params;
+}
 
 // The calls an Executor makes of its engine, in-process (Engine) or remote (Client): one binding for both.
 // What a job was, from Python's (function, args, summary, label, tags) texts; null for None.
@@ -262,14 +285,14 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
             py::arg("info") = py::none())
         .def("submit_python",
              [](E& e, const py::bytes& payload, const std::string& owner, double time_limit, int retries,
-                const py::object& info) {
-                 Params params{{"payload", Pickled{payload.cast<std::string>()}}};
+                const py::object& objects, const py::object& info) {
+                 Params params = python_params(payload, objects);
                  auto i = job_info(info);
                  py::gil_scoped_release nogil;
                  return submit_one(e, "python", params, owner, JobOptions{time_limit, retries}, std::move(i));
              },
              py::arg("payload"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
-             py::arg("info") = py::none())
+             py::arg("objects") = py::none(), py::arg("info") = py::none())
         .def("submit_many",
              [](E& e, const std::string& service, const py::list& kwargs_list, const std::string& owner,
                 double time_limit, int retries, const py::object& infos) {
@@ -284,16 +307,18 @@ template <class E> void def_job_calls(py::class_<E>& cls) {
              py::arg("infos") = py::none())
         .def("submit_python_many",
              [](E& e, const py::list& payloads, const std::string& owner, double time_limit, int retries,
-                const py::object& infos) {
+                const py::object& objects, const py::object& infos) {
                  std::vector<Params> params;
                  params.reserve(payloads.size());
-                 for (auto& p : payloads) params.push_back(Params{{"payload", Pickled{p.cast<std::string>()}}});
+                 for (std::size_t i = 0; i < payloads.size(); ++i)
+                     params.push_back(python_params(payloads[i], objects.is_none() ? objects : objects[py::int_(i)]));
                  auto i = job_infos(infos, params.size());
                  py::gil_scoped_release nogil;
                  return submit_all(e, "python", params, owner, JobOptions{time_limit, retries}, i);
              },
              py::arg("payloads"), py::arg("owner"), py::arg("time_limit") = 0.0, py::arg("retries") = 0,
-             py::arg("infos") = py::none())
+             py::arg("objects") = py::none(), py::arg("infos") = py::none())
+        .def("release", &E::release, py::arg("keys"), py::call_guard<py::gil_scoped_release>())
         .def("kill", &E::kill, py::call_guard<py::gil_scoped_release>())
         .def("backlog",
              [](E& e) {
@@ -352,6 +377,7 @@ PYBIND11_MODULE(_core, m) {
     py::tuple dtypes(std::size(kArrayDtypes));
     for (std::size_t i = 0; i < std::size(kArrayDtypes); ++i) dtypes[i] = py::str(std::string(kArrayDtypes[i]));
     m.attr("array_dtypes") = dtypes; // the one list (value.hpp), for results.read_archive
+    m.attr("OBJECT_KEY_SIZE") = kObjectKeySize; // hex digits of an object key (common/objects.hpp)
 
     auto invalid = py::register_exception<InvalidJob>(m, "InvalidJobError", PyExc_ValueError);
     py::register_exception<UnknownService>(m, "UnknownServiceError", invalid.ptr());
@@ -446,7 +472,8 @@ PYBIND11_MODULE(_core, m) {
                  return py::dict("submitted"_a = s.submitted, "delivered"_a = s.delivered,
                                  "dispatched"_a = s.dispatched, "redispatched"_a = s.redispatched, "stolen"_a = s.stolen,
                                  "lost"_a = s.lost, "stale"_a = s.stale, "outstanding"_a = s.outstanding,
-                                 "archive_error"_a = s.archive_error);
+                                 "archive_error"_a = s.archive_error, "objects_sent"_a = s.objects_sent,
+                                 "objects_held"_a = s.objects_held);
              })
         .def_property_readonly("session", &Engine::session)
         .def_property_readonly("archive", &Engine::archive);

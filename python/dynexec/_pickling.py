@@ -304,9 +304,10 @@ _captured: dict = {}  # function -> _Captured (holds the function and every unch
 caches.append(_captured)
 
 
-def function_part(fn, ship=False):
+def function_part(fn, ship=False, dump=dumps):
     """What a job's payload carries for a by-value function: (template, pickled state), or None if `fn` is not
-    a by-value function or cannot be split (pickle it whole then). ship: see ship_local_modules."""
+    a by-value function or cannot be split (pickle it whole then). ship: see ship_local_modules. dump: how the
+    state is pickled (dynexec.objects.Collector.dump leaves large objects out)."""
     c = _captured.get(fn)
     state = None if c is None or (ship and not c.shipped) else c.fresh()
     if state is None:
@@ -322,7 +323,7 @@ def function_part(fn, ship=False):
         if len(_captured) >= MAX_CACHED:
             _captured.clear()
         _captured[fn] = c
-    return (c.template, dumps(state) if state else b"")
+    return (c.template, dump(state) if state else b"")
 
 
 # -- the compute server's side ------------------------------------------------------------------------------

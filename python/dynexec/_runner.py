@@ -81,7 +81,7 @@ def _function(blob: bytes):
     return fn
 
 
-def _call_template(template: bytes, state: bytes, args, kwargs):
+def _call_template(template: bytes, state: bytes, args, kwargs, loads=pickle.loads):
     """Runs a by-value function: a cached copy of its template with this job's captured mutable values bound.
     A copy serves one job at a time; jobs that run at once (several slots) take copies of their own."""
     global unpickled
@@ -96,11 +96,55 @@ def _call_template(template: bytes, state: bytes, args, kwargs):
         copy = Instance(template)
         unpickled += 1
     try:
-        fn = copy.bind(pickle.loads(state) if state else ())
+        fn = copy.bind(loads(state) if state else ())
         return fn, fn(*args, **kwargs)
     finally:
         copy.unbind()
         pool.append(copy)
+
+
+_shared: dict = {}  # key -> an object given to Executor.scatter, unpickled once in this process
+_parts: dict = {}  # key -> a large callable part (bytes): one object, so the caches above find it at once
+_MAX_KEPT = 8
+
+
+class _Objects:
+    """Unpickles a payload part whose large objects travelled apart (dynexec.objects.Collector)."""
+
+    def __init__(self, objects: dict):
+        self.objects = objects
+
+    def loads(self, data):
+        u = pickle.Unpickler(io.BytesIO(data))
+        u.persistent_load = self.load
+        return u.load()
+
+    def load(self, pid):
+        tag, key, how = pid
+        if tag != "dynexec.object":
+            raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
+        try:
+            data = self.objects[key]
+        except KeyError:
+            raise RuntimeError(f"the job names object {key}, which did not come with it") from None
+        if how == "shared":  # shared by the jobs of this process, as Executor.scatter says
+            obj = _kept(_shared, key, lambda: pickle.loads(data))
+            return obj
+        if how == "bytes":
+            return _kept(_parts, key, lambda: bytes(data))
+        _, dtype, shape = how  # a fresh copy: the job may change it, as it could without objects
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def _kept(cache: dict, key, make):
+    obj = cache.get(key)
+    if obj is None:
+        if len(cache) >= _MAX_KEPT:
+            cache.pop(next(iter(cache)))
+        obj = cache[key] = make()
+        if isinstance(obj, np.ndarray):
+            obj.flags.writeable = False
+    return obj
 
 
 class _JobStream(io.TextIOBase):
@@ -252,20 +296,22 @@ def json_pickle(text: str) -> bytes:
     return b"\x80\x02cjson\nloads\nX" + struct.pack("<I", len(data)) + data + b"\x85R."
 
 
-def run(payload):
+def run(payload, objects=None):
     """Returns ("array", ndarray) | ("value", a plain value) | ("pickle", bytes)
     | ("error", type, message, traceback, pickled exception).
 
     `payload` pickles (callable part, pickled (args, kwargs)); the callable part is a pickled callable, or a
-    by-value function's (template, pickled state); see dynexec.executor.job_payload."""
+    by-value function's (template, pickled state); see dynexec.executor.job_payload. `objects`: the large
+    objects it names (key -> memoryview), see dynexec.objects."""
     if not _streams_checked:
         _install_streams()
     fn = None
     try:
-        blob, arguments = pickle.loads(payload)
-        args, kwargs = pickle.loads(arguments)
+        loads = _Objects(objects).loads if objects else pickle.loads
+        blob, arguments = loads(payload)
+        args, kwargs = loads(arguments)
         if type(blob) is tuple:
-            fn, value = _call_template(*blob, args, kwargs)
+            fn, value = _call_template(*blob, args, kwargs, loads)
         else:
             fn = _function(blob)
             value = fn(*args, **kwargs)

@@ -33,6 +33,7 @@ servers join it later.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -74,21 +75,50 @@ class _Signals:
             self._then(signum)
 
 
+PROBE_INTERVAL = 1.0  # seconds between a silent head's probes
+
+
+def _wait_for_head(candidates: list[str], used: str, timeout: float, stop: threading.Event) -> str | None:
+    """After the head fell silent: the first endpoint that accepts a TCP connection again (a cut link is back),
+    or None once the head is gone (the endpoint used refuses: its host answers, nothing listens there), after
+    `timeout` seconds, or when `stop` is set."""
+    if not used.startswith("tcp://"):
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        first, why = connection._first_answering(candidates, 1.0)
+        if first is not None:
+            return first
+        if why.get(used) == os.strerror(errno.ECONNREFUSED):
+            return None
+        stop.wait(PROBE_INTERVAL)
+    return None
+
+
 def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout: float = 10.0,
-                     max_restarts: int = 10) -> int:
+                     max_restarts: int = 10, rejoin_timeout: float = 300.0) -> int:
     """Runs one compute server as a child process, starts another when it dies, and returns 0 once it ends
     for good (told to stop, the head gone, a signal to this rank, or `max_restarts` restarts within
     RESTART_WINDOW seconds).
 
     Under mpirun a rank that dies makes mpirun abort the whole job; a rank that only watches its server
     and exits normally when the server is gone (kill -9 included) leaves the other ranks running.
+    A server that heard nothing from the head for `head_timeout` s leaves; if the head's host does not answer
+    either (a cut link, not a head that is gone), this rank waits up to `rejoin_timeout` s for it and then
+    starts a server that registers again.
     """
     from .local import describe_end
 
     private = Path(tempfile.mkdtemp(prefix="dynexec-server-"))  # 0700; the file inside is 0600
     child = None
     try:
-        join = connection.write(private / "server.json", connection.endpoints(info), info, role="server")
+        candidates = connection.endpoints(info)
+        try:  # of the head's candidate endpoints, the first this host reaches: the server is given that one
+            endpoint = connection.pick_endpoint(candidates)
+        except ConnectionError as e:
+            print(f"dynexec server: {e}", file=sys.stderr, flush=True)
+            return 0
+        join = connection.write(private / "server.json", [endpoint], info, role="server")
         cmd = [sys.executable, "-m", "dynexec.server", "--join", str(join), "--slots", str(slots),
                "--threads", str(threads), "--head-timeout", str(head_timeout), "--parent-pid", str(os.getpid())]
 
@@ -109,11 +139,16 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
                 except subprocess.TimeoutExpired:
                     pass
             code = child.returncode
-            # 0: told to stop; 2: the head fell silent; 3: this rank is gone; 5: the head refused it (another
+            back = None
+            if code == 2 and not signals.count:  # the head fell silent: gone, or out of reach for a while
+                back = _wait_for_head(candidates, endpoint, rejoin_timeout, signals.event)
+                if back is None:
+                    return 0
+            # 0: told to stop; 2: the head is gone; 3: this rank is gone; 5: the head refused it (another
             # version, a service conflict); a signal we forwarded: all final.
-            if signals.count or code in (0, 2, 3, 5, -signal.SIGTERM, -signal.SIGINT):
+            elif signals.count or code in (0, 3, 5, -signal.SIGTERM, -signal.SIGINT):
                 return 0
-            why = describe_end(code)
+            why = describe_end(code) if back is None else "heard nothing from the head"
             now = time.monotonic()
             restarts = [t for t in restarts if now - t < RESTART_WINDOW]
             if len(restarts) >= max_restarts:
@@ -121,7 +156,13 @@ def supervise_server(info: dict, slots: int = 1, threads: int = 0, head_timeout:
                       f"{RESTART_WINDOW:g} s, so this rank leaves the cluster", file=sys.stderr, flush=True)
                 return 0
             restarts.append(now)
-            if code != 4:  # 4: it ended on purpose, to stop a job that would not stop
+            if back is not None:
+                print(f"dynexec: the head at {back} answers again; starting a compute server that registers "
+                      f"again ({len(restarts)} of {max_restarts} restarts allowed in {RESTART_WINDOW:g} s)",
+                      file=sys.stderr, flush=True)
+                endpoint = back
+                connection.write(join, [endpoint], info, role="server")
+            elif code != 4:  # 4: it ended on purpose, to stop a job that would not stop
                 print(f"dynexec: compute server (pid {child.pid}) {why}; starting another "
                       f"({len(restarts)} of {max_restarts} restarts allowed in {RESTART_WINDOW:g} s)",
                       file=sys.stderr, flush=True)
@@ -218,6 +259,7 @@ class _Head:
         print(f"dynexec cluster ready: {n} server{'' if n == 1 else 's'}, connection file {self.connection_file}, "
               f"server join file {self.server_file}" + (f", published as {a.publish!r}" if published else ""),
               flush=True)
+        gateway = self._start_gateway()
         if not n:
             print(f"dynexec cluster: no compute server: jobs wait until one joins with "
                   f"`python -m dynexec.server --join {self.server_file}`", file=sys.stderr, flush=True)
@@ -227,9 +269,25 @@ class _Head:
                     break
             return self.stop(signals)
         finally:
+            if gateway is not None and gateway.poll() is None:
+                gateway.terminate()
+                try:
+                    gateway.wait(5)
+                except subprocess.TimeoutExpired:
+                    gateway.kill()
             self._remove_files()
             if published:
                 self._publish(unpublish=True)
+
+    def _start_gateway(self):
+        """--gateway PORT: the HTTP gateway (dynexec.gateway) as a child process; it leaves with this head."""
+        a = self.args
+        if a.gateway is None:
+            return None
+        users = a.gateway_users or str(self.connection_file.with_name(self.connection_file.stem + ".users.json"))
+        return subprocess.Popen([sys.executable, "-m", "dynexec.gateway", "--connect", str(self.connection_file),
+                                 "--users", users, "--port", str(a.gateway), "--parent-pid", str(os.getpid())],
+                                stdin=subprocess.DEVNULL)
 
     def claim_files(self) -> None:
         """Refuses (FileExistsError) to replace the files of a live cluster; says so when replacing stale ones."""
@@ -316,6 +374,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", default="", metavar="NAME",
                    help="also publish the endpoint under NAME in the MPI name service (mpirun --ompi-server); "
                         "servers then join with --name NAME, still taking their credentials from the server join file")
+    p.add_argument("--gateway", type=int, default=None, metavar="PORT",
+                   help="also run the HTTP gateway on 127.0.0.1:PORT (python -m dynexec.gateway; 0: any free port)")
+    p.add_argument("--gateway-users", default="", metavar="FILE",
+                   help="the gateway's users file (default: FILE with the suffix .users.json)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bind", default="", help="ZeroMQ endpoint the head binds (default: loopback when every "
                                               "rank is on this host, else all interfaces)")
@@ -329,6 +391,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="on Ctrl-C, seconds to wait for unfinished jobs before giving them up (default 0.5)")
     p.add_argument("--head-timeout", type=float, default=10.0,
                    help="a server leaves after this many seconds without a word from the head (default 10)")
+    p.add_argument("--rejoin-timeout", type=float, default=300.0,
+                   help="after that, while the head's host does not answer either (a cut link), its rank waits this "
+                        "many seconds for it and then starts a server that registers again (default 300)")
     return p
 
 
@@ -359,7 +424,7 @@ def main(argv=None) -> int:
         info = comm.bcast(None, root=0)
         if "error" in info:
             return 1  # rank 0 says why
-        return supervise_server(info, a.slots, a.threads, a.head_timeout)
+        return supervise_server(info, a.slots, a.threads, a.head_timeout, rejoin_timeout=a.rejoin_timeout)
 
     head = _Head(a, comm)
     try:
@@ -373,6 +438,8 @@ def main(argv=None) -> int:
     if comm is not None:
         comm.bcast(info, root=0)  # MPI-based discovery: the endpoint and server credentials reach every rank
     code = head.serve(size - 1)
+    # The last line: dynexec.launch ends an mpirun that hangs after a lost rank once it sees it (launch.STOPPED).
+    print(f"dynexec cluster stopped (exit code {code})", flush=True)
     if head.abandoned:  # a thread still waits inside the engine: destroying it now is not safe
         sys.stdout.flush()
         sys.stderr.flush()

@@ -6,6 +6,7 @@ from ._core import ArchiveError, InvalidJobError, ShutDownError, UnknownServiceE
 __all__ = [
     "ArchiveError",
     "BrokenExecutorError",
+    "CommandError",
     "InvalidJobError",
     "JobKilledError",
     "JobTimeoutError",
@@ -97,3 +98,13 @@ class JobTimeoutError(JobKilledError):
 class BrokenExecutorError(_BrokenExecutor):
     """No compute server can be had (they keep dying at start, or all were lost): like BrokenProcessPool,
     pending jobs fail with it and new ones are refused."""
+
+
+class CommandError(RuntimeError):
+    """A command job (Executor.submit_command, `dynexec submit -- ...`) exited non-zero or was ended by a
+    signal. `returncode`: its exit code, or -N for signal N (as subprocess gives it); None if unknown.
+    What it printed is the job's output (future.stdout/.stderr, Result.stdout/.stderr)."""
+
+    def __init__(self, message, returncode=None):
+        super().__init__(message)
+        self.returncode = returncode

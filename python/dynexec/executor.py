@@ -18,11 +18,14 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pathlib import Path
 
 from . import _core, connection
-from . import _pickling
+from . import _pickling, display
+from . import progress as _progress
 from ._pickling import _by_value, dumps, function_part, ship_local_modules
+from .objects import Collector, Holder, Shared
 from .errors import BrokenExecutorError, InvalidJobError, _decode_error
 from .local import LocalServers
 from . import _jobinfo
+from .notify import Notifier, NotifyConfig, parse_targets
 from .results import Result, default_archive
 
 POLICIES = tuple(_core.POLICIES)
@@ -43,20 +46,21 @@ _function_blobs: dict = {}  # callable -> its pickle, for those pickled by refer
 _pickling.caches.append(_function_blobs)  # stale once the callable's module is shipped by value
 
 
-def _function_blob(fn, ship=False):
+def _function_blob(fn, ship=False, dump=dumps):
     """The callable's part of a job payload: its pickle (bytes), or for a function pickled by value (of
     __main__, a lambda, a local function) (template, state) from _pickling.function_part: the template is
     cached while what it captured is unchanged, the mutable values it captured are pickled afresh.
-    ship: for a cluster's servers, which cannot import the client's own modules (_pickling.ship_local_modules)."""
+    ship: for a cluster's servers, which cannot import the client's own modules (_pickling.ship_local_modules).
+    dump: how what is not cached is pickled (dynexec.objects.Collector.dump leaves large objects out)."""
     if ship:
         ship_local_modules((fn,))  # first: a function of the client's own modules goes by value
     try:
         blob = _function_blobs.get(fn)
     except TypeError:  # unhashable callable
-        return dumps(fn)
+        return dump(fn)
     if blob is not None:
         return blob
-    part = function_part(fn, ship)
+    part = function_part(fn, ship, dump)
     if part is not None:
         return part
     # A function that pickle alone sends by reference (module and name, nothing else) is safe to reuse.
@@ -70,7 +74,7 @@ def _function_blob(fn, ship=False):
                 _function_blobs.clear()
             _function_blobs[fn] = blob
             return blob
-    return dumps(fn)
+    return dump(fn)
 
 
 def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
@@ -78,20 +82,23 @@ def _unpicklable(fn, what: str, exc: Exception) -> InvalidJobError:
                            f"be pickled ({type(exc).__name__}: {exc})")
 
 
-def job_payload(fn, args, kwargs, ship=False) -> bytes:
+def job_payload(fn, args, kwargs, ship=False, collector: Collector | None = None) -> bytes:
     """What a compute server runs (dynexec._runner.run): the callable pickled on its own, so that a server
-    unpickles each callable once, and the arguments. ship: see _function_blob."""
-    return _payload(_function_blob(fn, ship), args, kwargs, ship)
+    unpickles each callable once, and the arguments. ship: see _function_blob. collector: takes the payload's
+    large objects, which travel apart (dynexec.objects)."""
+    c = collector or Collector(None)
+    return _payload(_function_blob(fn, ship, c.dump), args, kwargs, ship, c)
 
 
-def _payload(blob, args, kwargs, ship=False) -> bytes:
+def _payload(blob, args, kwargs, ship=False, collector: Collector | None = None) -> bytes:
     # The arguments are pickled apart from the callable's blob: a by-value blob holds the text "__main__",
     # which would send every payload through cloudpickle (dumps looks for it).
     if ship:
         ship_local_modules(args)
         if kwargs:
             ship_local_modules(kwargs.values())
-    return pickle.dumps((blob, dumps((args, kwargs))), protocol=pickle.HIGHEST_PROTOCOL)
+    c = collector or Collector(None)
+    return c.payload(blob, c.dump((args, kwargs)))
 
 
 _condition_lock = threading.Lock()  # makes each future's Condition exactly once
@@ -102,11 +109,12 @@ _TAKE_SLICE = 0.05  # seconds
 
 class _Home:
     """What an executor's futures reach: its engine, and its table of futures, so that a future whose result()
-    is waited on can settle itself."""
-    __slots__ = ("engine", "futures", "lock")
+    is waited on can settle itself; the archive and a tally of outcomes other than success, for display."""
+    __slots__ = ("engine", "futures", "lock", "archive", "tally")
 
-    def __init__(self, engine, futures: dict, lock: threading.Lock):
-        self.engine, self.futures, self.lock = engine, futures, lock
+    def __init__(self, engine, futures: dict, lock: threading.Lock, archive=None):
+        self.engine, self.futures, self.lock, self.archive = engine, futures, lock, archive
+        self.tally: dict[str, int] = {}  # status -> jobs settled with it, under lock
 
 
 class JobFuture(Future):
@@ -203,6 +211,9 @@ class JobFuture(Future):
     def __repr__(self):
         return super().__repr__()[:-1] + f" job_id={self.job_id}>"
 
+    def _repr_html_(self):
+        return display.future_html(self)
+
 
 class Executor(_Executor):
     """Runs jobs on compute servers chosen by a load balancer, archiving every result in HDF5.
@@ -230,6 +241,9 @@ class Executor(_Executor):
     echo_output: write what each job prints, while it runs, to this process's stdout/stderr, each line
         labelled "[<job_id>] " (in Jupyter: into the cell that submitted the job), also with connect=; with
         processes=False, jobs print here directly anyway.
+    notify: "mailto:ADDRESS", an http(s):// webhook URL, or a list of them, told when each job's result is
+        ready (see dynexec.notify; per job: options(notify=)). Invalid ones raise InvalidJobError here.
+    notify_config: a dynexec.NotifyConfig (SMTP server, gateway URL, retries); default NotifyConfig.from_env().
     label: a label for this session, kept in its archive file (see dynexec.sessions()); with connect=, the
         session is the cluster's, started without it (label jobs with options(label=...) instead).
     archive_mode: who may read the archive files this executor creates: "owner" (default: files 0600,
@@ -240,8 +254,11 @@ class Executor(_Executor):
                  owner: str | None = None, slots_per_server: int = 1, threads_per_server: int | None = None,
                  lease_seconds: float = 2.0, renew_seconds: float | None = None, max_attempts: int = 3,
                  seed: int = 0, processes: bool = True, connect=None, wait: float = 0.0, start_timeout: float = 60.0,
-                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False,
-                 label: str | None = None, archive_mode: str = "owner"):
+                 time_limit: float | None = None, retries: int = 0, echo_output: bool = False, notify=None,
+                 notify_config: NotifyConfig | None = None, label: str | None = None, archive_mode: str = "owner"):
+        self._notify = parse_targets(notify)  # checked before anything starts, as is the environment's config
+        self._notify_config = notify_config or (NotifyConfig.from_env() if self._notify else None)
+        self._notifier = None
         self._local = None
         self._echo = None
         self._session = None
@@ -331,33 +348,46 @@ class Executor(_Executor):
         self._engine_done = threading.Event()
         # The collector holds the executor only weakly, so one dropped without shutdown() is collected and its
         # engine closed (like ThreadPoolExecutor's workers), instead of its servers living on until exit.
-        self._home = _Home(self._engine, self._futures, self._lock)
+        self._home = _Home(self._engine, self._futures, self._lock, self._archive)
+        self._objects = Holder(self._engine)
         self._collector = threading.Thread(target=_collect, name="dynexec-results", daemon=True,
                                            args=(weakref.ref(self), self._engine, self._futures, self._early, self._lock,
                                                  self._closing, self._engine_done))
         self._collector.start()
         _collectors.add(self._collector)
         _live_executors.add(self)
+        if self._notify_config is not None:
+            self._notifier = Notifier(self._notify_config, self._archive)
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
         """Runs fn(*args, **kwargs) on a compute server; the future carries the job ID."""
-        return self._submit_fn(self._defaults, fn, args, kwargs)
+        return self._submit_fn(self._defaults, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
         """Runs the native service `service` (e.g. "pi.monte_carlo") with keyword parameters."""
-        return self._submit_service(self._defaults, service, params)
+        return self._submit_service(self._defaults, service, params, self._notify)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, futures=False):
+    def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
+        """Runs a program on a compute server (the built-in service "command"): `argv` its arguments (str or
+        path; the first is looked up on the server's PATH), `env` a dict set over the server's environment
+        (merged, not replacing it), `cwd` its working directory (None: the server's). What it prints is the
+        job's output. Exit 0: the result is 0; another exit code or a signal: CommandError (its `returncode`,
+        -N for signal N). kill() and time limits end its whole process group (SIGTERM, then SIGKILL)."""
+        return self._submit_service(self._defaults, "command", command_params(argv, env, cwd), self._notify)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False, futures=False):
         """Like ProcessPoolExecutor.map: chunksize > 1 sends items in batches, one job per batch.
 
         Jobs go to the engine many at a time (one call per _MAP_BATCH), far cheaper than one submit() each.
+        progress: True (or a description, a str) shows a bar of the jobs completed while the results are
+        iterated (dynexec.progress: tqdm when there, else plain text).
         futures=True returns the list of JobFutures instead (one per job, in order; each has its job_id), so
         that every job of a map can be found in the archive later."""
-        return self._map(self._defaults, fn, iterables, timeout, chunksize, futures)
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, progress, self._notify, futures)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None, label: str | None = None,
-                tags=None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None,
+                label: str | None = None, tags=None) -> JobOptions:
         """The same executor, with options for the jobs submitted through it (they do not collide with the
         callable's own keyword arguments):
 
@@ -367,30 +397,59 @@ class Executor(_Executor):
             JobTimeoutError (archive status "timeout"). Default: the executor's `time_limit` (None: none).
         retries: how many times a job that raises is run again before its error is reported (default: the
             executor's `retries`, 0). A job whose server dies is run again anyway (see max_attempts).
+        notify: targets told when the job's result is ready, instead of the executor's `notify` ([] for none).
         label, tags: a str and a list of str, recorded with each job in the archive (columns `label` and
             `tags`, the latter a JSON array), e.g. ex.options(label="sweep-3", tags=["calib"]).map(f, xs);
             dynexec.read_archive(path, label="sweep-3") finds them."""
-        return JobOptions(self, self._defaults).options(time_limit=time_limit, retries=retries, label=label, tags=tags)
+        return JobOptions(self, self._defaults, self._notify).options(time_limit=time_limit, retries=retries,
+                                                                      notify=notify, label=label, tags=tags)
 
-    def _submit_fn(self, opts, fn, args, kwargs) -> JobFuture:
+    def scatter(self, obj) -> Shared:
+        """Sends `obj` to the compute servers once: jobs given the handle (as an argument, or inside one) get
+        `obj` itself, unpickled once per server process and shared by the jobs there (treat it as read-only).
+        Servers drop it once `handle.release()` was called (or the handle is garbage) and no job needs it."""
+        return Shared(obj, self._objects)
+
+    def _submit_fn(self, opts, fn, args, kwargs, notify=()) -> JobFuture:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
+        c = Collector(self._objects)
         try:
-            payload = job_payload(fn, args, kwargs, self._ship)
+            payload = job_payload(fn, args, kwargs, self._ship, c)
         except Exception as exc:
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
         info = _jobinfo.describe(_jobinfo.function_name(fn), args, kwargs, opts[2], opts[3])
-        return self._submit(lambda: self._engine.submit_python(payload, self._owner, opts[0], opts[1], info))
+        if not c.objects:
+            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts[:2], info=info),
+                                notify)
+        return self._with_objects([c], lambda: [self._engine.submit_python(payload, self._owner, *opts[:2],
+                                                                            c.objects, info)], notify)[0]
 
-    def _submit_service(self, opts, service, params) -> JobFuture:
+    def _with_objects(self, collectors, send, notify=()) -> list[JobFuture]:
+        """Submits jobs that name objects (dynexec.objects): automatic ones are held while a job needs them."""
+        held = self._objects
+        held.sweep()
+        auto = [c.auto for c in collectors]
+        held.started(collectors)
+        try:
+            futures = self._submit_many(send, notify)
+        except BaseException:
+            held.ended([k for keys in auto for k in keys])
+            raise
+        for f, keys in zip(futures, auto):
+            if keys:
+                f.add_done_callback(lambda _, keys=keys: held.ended(keys))
+        return futures
+
+    def _submit_service(self, opts, service, params, notify=()) -> JobFuture:
         info = _jobinfo.describe("", (), params, opts[2], opts[3])
         info = ("", info[1], service + info[2][1:], info[3], info[4])  # "demo.square(x=3.0)"
-        return self._submit(lambda: self._engine.submit(service, params, self._owner, opts[0], opts[1], info))
+        return self._submit(lambda: self._engine.submit(service, params, self._owner, *opts[:2], info), notify)
 
-    def _submit(self, send) -> JobFuture:
-        return self._submit_many(lambda: [send()])[0]
+    def _submit(self, send, notify=()) -> JobFuture:
+        return self._submit_many(lambda: [send()], notify)[0]
 
-    def _submit_many(self, send) -> list[JobFuture]:
+    def _submit_many(self, send, notify=()) -> list[JobFuture]:
         """`send()` submits and returns the job IDs. It runs without the lock: a client may wait for the head
         (job IDs, service signatures). A result that comes before its future is registered waits in _early."""
         where = self._echo.where() if self._echo is not None else None
@@ -399,9 +458,12 @@ class Executor(_Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken:
                 raise BrokenExecutorError(self._broken)
+        notifier = self._notifier_for() if notify else None  # before send(): its configuration may be wrong
         futures = [JobFuture(self, job_id) for job_id in send()]
         if self._echo is not None:
             self._echo.track(futures, where)
+        if notifier is not None:  # before they can settle: a done-callback queues each notification
+            notifier.watch(futures, notify)
         with self._lock:
             self._futures.update((f.job_id, f) for f in futures)
             early = [(self._futures.pop(f.job_id), *self._early.pop(f.job_id)) for f in futures
@@ -409,7 +471,7 @@ class Executor(_Executor):
         _settle_all(early)
         return futures
 
-    def _map(self, opts, fn, iterables, timeout, chunksize, as_futures=False):
+    def _map(self, opts, fn, iterables, timeout, chunksize, progress=False, notify=(), as_futures=False):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
@@ -418,25 +480,44 @@ class Executor(_Executor):
             fn, items = functools.partial(_run_chunk, fn), ((c,) for c in _chunks(zip(*iterables), chunksize))
         else:
             items = zip(*iterables)
+        shared = Collector(self._objects)  # what the callable part holds, for every job of the map
         try:
-            blob = _function_blob(fn, self._ship)
+            blob = _function_blob(fn, self._ship, shared.dump)
         except Exception as exc:
             raise _unpicklable(fn, "the callable", exc) from exc
-        futures = []
+        futures, sizes = [], []
         for batch in iter(lambda: list(itertools.islice(items, _MAP_BATCH)), []):
+            collectors = [Collector(self._objects) for _ in batch]
             try:
-                payloads = [_payload(blob, args, {}, self._ship) for args in batch]
+                payloads = [_payload(blob, args, {}, self._ship, c) for args, c in zip(batch, collectors)]
             except Exception as exc:
                 for f in futures:
                     f.cancel()
                 raise _unpicklable(fn, "its arguments", exc) from exc
+            if shared.objects:
+                for c in collectors:
+                    c.merge(shared)
             infos = [_jobinfo.describe(name, args, {}, opts[2], opts[3]) for args in batch]
-            futures += self._submit_many(
-                lambda: self._engine.submit_python_many(payloads, self._owner, opts[0], opts[1], infos))
+            if any(c.objects for c in collectors):
+                objects = [c.objects for c in collectors]
+                futures += self._with_objects(collectors, lambda: self._engine.submit_python_many(
+                    payloads, self._owner, *opts[:2], objects, infos), notify)
+            else:
+                futures += self._submit_many(lambda: self._engine.submit_python_many(
+                    payloads, self._owner, *opts[:2], infos=infos), notify)
+            if progress and chunksize > 1:
+                sizes += [len(args[0]) for args in batch]
         if as_futures:
             return futures
-        results = _in_order(futures, end_time)
+        results = (_progress.in_order(futures, end_time, progress, sizes if chunksize > 1 else None) if progress
+                   else _in_order(futures, end_time))
         return itertools.chain.from_iterable(results) if chunksize > 1 else results
+
+    def _notifier_for(self) -> Notifier:
+        with self._lock:  # the first per-job notify of an executor without notify=
+            if self._notifier is None:
+                self._notifier = Notifier(NotifyConfig.from_env(), self._archive)
+            return self._notifier
 
     # -- the cluster ------------------------------------------------------------------------------
     def servers(self) -> list[dict]:
@@ -500,6 +581,12 @@ class Executor(_Executor):
             raise ValueError("this executor does not archive results (archive=False)")
         return find(job_id, self._archive)
 
+    def __repr__(self):
+        return display.executor_text(self)
+
+    def _repr_html_(self):
+        return display.executor_html(self)
+
     # -- shutting down ----------------------------------------------------------------------------
     _closer: threading.Thread | None = None  # runs the engine's shutdown, which cannot be interrupted
     _close_error: BaseException | None = None
@@ -531,6 +618,8 @@ class Executor(_Executor):
                 # The engine's shutdown runs on the closer thread, so that Ctrl-C reaches this one at once.
                 _wait_for(self._engine_done)
                 _join(self._collector)
+                if self._notifier is not None:  # every future is settled: what they queued gets a bounded time
+                    self._notifier.close()
                 if self._close_error is not None:
                     raise self._close_error
         except KeyboardInterrupt:
@@ -602,25 +691,29 @@ def _join(thread: threading.Thread) -> None:
 class JobOptions:
     """An executor with options for the jobs submitted through it: see Executor.options()."""
 
-    def __init__(self, executor: Executor, opts: tuple):
-        self._executor, self._opts = executor, opts
+    def __init__(self, executor: Executor, opts: tuple, notify: tuple[str, ...] = ()):
+        self._executor, self._opts, self._notify = executor, opts, notify
 
     def submit(self, fn, /, *args, **kwargs) -> JobFuture:
-        return self._executor._submit_fn(self._opts, fn, args, kwargs)
+        return self._executor._submit_fn(self._opts, fn, args, kwargs, self._notify)
 
     def submit_service(self, service: str, /, **params) -> JobFuture:
-        return self._executor._submit_service(self._opts, service, params)
+        return self._executor._submit_service(self._opts, service, params, self._notify)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, futures=False):
+    def submit_command(self, argv, /, *, env=None, cwd=None) -> JobFuture:
+        return self._executor._submit_service(self._opts, "command", command_params(argv, env, cwd), self._notify)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, progress=False, futures=False):
         """As Executor.map; with chunksize > 1, the time limit is each chunk's."""
-        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, futures)
+        return self._executor._map(self._opts, fn, iterables, timeout, chunksize, progress, self._notify, futures)
 
-    def options(self, *, time_limit: float | None = None, retries: int | None = None, label: str | None = None,
-                tags=None) -> JobOptions:
+    def options(self, *, time_limit: float | None = None, retries: int | None = None, notify=None,
+                label: str | None = None, tags=None) -> JobOptions:
         return JobOptions(self._executor, _job_options((self._opts[0] or None) if time_limit is None else time_limit,
                                                        self._opts[1] if retries is None else retries,
                                                        self._opts[2] if label is None else label,
-                                                       self._opts[3] if tags is None else tags))
+                                                       self._opts[3] if tags is None else tags),
+                          self._notify if notify is None else parse_targets(notify))
 
     def __repr__(self):
         extra = (f" label={self._opts[2]!r}" if self._opts[2] else "") + (
@@ -628,8 +721,28 @@ class JobOptions:
         return f"<dynexec.JobOptions time_limit={self._opts[0] or None} retries={self._opts[1]}{extra}>"
 
 
+def command_params(argv, env=None, cwd=None) -> dict:
+    """The "command" service's parameters: argv and env as NUL-terminated bytes (NUL cannot occur in either)."""
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        raise TypeError("argv must be a list of arguments, e.g. ['./simulate', '--seed', '3'], not one string")
+    args = [os.fsencode(a) for a in argv]
+    if not args or not args[0]:
+        raise ValueError("argv must name a program")
+    entries = []
+    for k, v in (env or {}).items():
+        k, v = os.fsencode(k), os.fsencode(v)
+        if not k or b"=" in k:
+            raise ValueError(f"invalid environment variable name {k!r}")
+        entries.append(k + b"=" + v)
+    for part in args + entries:
+        if b"\0" in part:
+            raise ValueError(f"a NUL byte cannot be in a command's argument or environment: {part[:60]!r}")
+    return {"argv": b"".join(a + b"\0" for a in args), "env": b"".join(e + b"\0" for e in entries),
+            "cwd": os.fsdecode(cwd) if cwd is not None else ""}
+
+
 def _job_options(time_limit, retries, label=None, tags=None) -> tuple:
-    """(time_limit, retries, label, tags) as submits take them; names what is wrong."""
+    """(time_limit, retries, label, tags): the first two as the engine takes them; names what is wrong."""
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds or None, got {time_limit!r}")
     if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
@@ -709,7 +822,14 @@ def _cancel_many(engine, futures) -> None:
         future.cancel()
 
 
+def _tally(future: JobFuture, status: str) -> None:
+    home = future._home
+    with home.lock:
+        home.tally[status] = home.tally.get(status, 0) + 1
+
+
 def _settle(future: JobFuture, r: _core.Result) -> None:
+    _tally(future, r.status)
     if r.status == "cancelled":
         with future._condition:
             if future._state == RUNNING:  # guessed started (the engine had cancelled it already): it never ran

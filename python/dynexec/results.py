@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _core
-from .errors import (ArchiveError, BrokenExecutorError, JobKilledError, JobTimeoutError, RemoteError, ResultDecodeError,
-                     ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, _decode_error, _RemoteTraceback)
+from .errors import (ArchiveError, BrokenExecutorError, CommandError, JobKilledError, JobTimeoutError, RemoteError,
+                     ResultDecodeError, ResultNotFoundError, ServerDiedError, ServerLostError, ShutDownError, _decode_error,
+                     _RemoteTraceback)
 
 
 def default_archive() -> Path:
@@ -78,6 +79,10 @@ class Result:
                 parts.append(f"{f.name}={self.__dict__[f.name]!r}")
         return f"Result({', '.join(parts)})"
 
+    def _repr_html_(self):
+        from .display import result_html
+        return result_html(self)
+
     @classmethod
     def from_core(cls, r: _core.Result) -> Result:
         job_id = r.job_id
@@ -90,6 +95,8 @@ class Result:
             error.__cause__ = exc
         if r.status == "error":
             payload = raw if kind == "pickle" else b""
+            if kind != "pickle":  # a native service's own detail, e.g. a failed command's exit code
+                value = raw
         elif kind == "pickle":
             try:
                 value = pickle.loads(raw)
@@ -124,6 +131,8 @@ class Result:
                 exc = pickle.loads(self._error_payload)
             except Exception:  # its class is not importable here: fall back to the text
                 exc = None
+        if not isinstance(exc, BaseException) and self.error_type == "CommandError":
+            exc = CommandError(self.message, self.value if isinstance(self.value, int) else None)
         if not isinstance(exc, BaseException) and self.error_type in _NATIVE_ERRORS:
             exc = _NATIVE_ERRORS[self.error_type](f"{self.service}: {self.message}")
         if not isinstance(exc, BaseException):

@@ -8,6 +8,7 @@ void register_builtin_services(ServiceRegistrar& r) {
     builtin::add_monte_carlo_services(r);
     builtin::add_utility_services(r);
     builtin::add_array_services(r);
+    builtin::add_command_services(r);
 }
 
 } // namespace dynexec

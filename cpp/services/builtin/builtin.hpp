@@ -18,6 +18,7 @@ namespace dynexec::builtin {
 void add_monte_carlo_services(ServiceRegistrar& r); // pi.monte_carlo, option.european, option.black_scholes
 void add_utility_services(ServiceRegistrar& r);     // spin.cpu, noop
 void add_array_services(ServiceRegistrar& r);       // array.sum, array.scale
+void add_command_services(ServiceRegistrar& r);     // command
 
 // ---- random numbers -------------------------------------------------------
 //

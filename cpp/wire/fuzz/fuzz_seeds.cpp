@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
     put(encode(Leaving{"bye"}));
     put(encode(LoadPlugin{"/x.so"}));
     put(encode(Echo{true}));
+    put(encode(Forget{{"0123456789abcdef0123456789abcdef"}}));
+    put(encode(Release{{"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"}}));
     put(encode(HelloClient{kProtocolVersion, "me"}));
     put(encode(Submit{"me", {{id, "svc", params(), {1.5, 2}, {"mod.fn", R"({"args": [1]})", "fn(1)", "label", R"(["t"])"}}}}));
     put(encode(Cancel{3, {id, id}}));
