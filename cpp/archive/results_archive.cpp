@@ -38,8 +38,8 @@ constexpr const char* kValues = "values";
 constexpr const char* kFormat = "dynexec results archive";
 constexpr int kVersion = 4; // the only one read and written here
 
-constexpr hsize_t kRowsPerChunk = 256; // each flush writes the last chunk whole: keep it small
-constexpr hsize_t kIndexChunk = 8192;
+constexpr hsize_t kRowsPerChunk = 32; // each flush writes the last chunk whole: keep it small (about 7 KiB)
+constexpr hsize_t kIndexChunk = 512; // the same: 4 KiB rewritten per flush
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
 constexpr std::size_t kChunkCache = 4 << 20;
 // Bigger str, bytes and pickle values get a dataset of their own, written straight from their buffer.
