@@ -420,7 +420,7 @@ class Executor(_Executor):
             raise _unpicklable(fn, "the callable or its arguments", exc) from exc
         info = _jobinfo.describe(_jobinfo.function_name(fn), args, kwargs, opts[2], opts[3])
         if not c.objects:
-            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts[:2], info=info),
+            return self._submit(lambda: self._engine.submit_python(payload, self._owner, *opts[:2], None, info),
                                 notify)
         return self._with_objects([c], lambda: [self._engine.submit_python(payload, self._owner, *opts[:2],
                                                                             c.objects, info)], notify)[0]
@@ -504,7 +504,7 @@ class Executor(_Executor):
                     payloads, self._owner, *opts[:2], objects, infos), notify)
             else:
                 futures += self._submit_many(lambda: self._engine.submit_python_many(
-                    payloads, self._owner, *opts[:2], infos=infos), notify)
+                    payloads, self._owner, *opts[:2], None, infos), notify)
             if progress and chunksize > 1:
                 sizes += [len(args[0]) for args in batch]
         if as_futures:
