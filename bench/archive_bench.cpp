@@ -41,20 +41,23 @@ std::vector<Result> small_batch(JobIdGenerator& ids, std::size_t n) {
     return batch;
 }
 
-// One group commit of `range(0)` small int results: write (which flushes), as the results manager does.
-void BM_WriteSmallInts(benchmark::State& state) {
+// Group commits of `range(0)` results made by `make`: write (which flushes), as the results manager does.
+template <class Make> void write_batches(benchmark::State& state, Make make) {
     Scratch s;
     JobIdGenerator ids;
     ResultsArchive archive(s.dir, ids.session());
     const auto n = static_cast<std::size_t>(state.range(0));
     for (auto _ : state) {
         state.PauseTiming();
-        auto batch = small_batch(ids, n);
+        auto batch = make(ids, n);
         state.ResumeTiming();
         archive.write(batch);
     }
     state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
+
+// Small int results.
+void BM_WriteSmallInts(benchmark::State& state) { write_batches(state, small_batch); }
 BENCHMARK(BM_WriteSmallInts)->Arg(1)->Arg(16)->Arg(1024)->Arg(4096)->UseRealTime();
 
 // Small results as Python jobs give them, every column written: an int, a float or a short str value (in
@@ -73,19 +76,7 @@ std::vector<Result> described_batch(JobIdGenerator& ids, std::size_t n) {
     return batch;
 }
 
-void BM_WriteSmallDescribed(benchmark::State& state) {
-    Scratch s;
-    JobIdGenerator ids;
-    ResultsArchive archive(s.dir, ids.session());
-    const auto n = static_cast<std::size_t>(state.range(0));
-    for (auto _ : state) {
-        state.PauseTiming();
-        auto batch = described_batch(ids, n);
-        state.ResumeTiming();
-        archive.write(batch);
-    }
-    state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(n));
-}
+void BM_WriteSmallDescribed(benchmark::State& state) { write_batches(state, described_batch); }
 BENCHMARK(BM_WriteSmallDescribed)->Arg(1)->Arg(1024)->Arg(4096)->UseRealTime();
 
 // Small arrays (16 float64 each): every one a typed dataset /values/<job_id>, in batches of range(0).

@@ -22,6 +22,17 @@ def default_archive() -> Path:
     return Path(data) / "dynexec" / "archive"
 
 
+def _open_h5(path):
+    """The archive file at `path`, opened with h5py to read; ValueError naming it if it is no HDF5 file."""
+    import h5py
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+
+
 # Native services fail with C++ exceptions; these become the Python exceptions a user expects.
 _NATIVE_ERRORS = {
     "std::invalid_argument": ValueError,
@@ -183,12 +194,7 @@ def _read_archive_v3(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
     def names(field):  # code -> name, from the enum type the file declares
         return {v: k for k, v in h5py.check_enum_dtype(field).items()}
 
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+    f = _open_h5(path)
     with f:
         try:
             version = f.attrs.get("version")
@@ -372,12 +378,7 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
     """
     import h5py
 
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
+    f = _open_h5(path)
     with f:
         version = f.attrs.get("version")
         if version in (2, 3):
