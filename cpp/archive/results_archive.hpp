@@ -45,6 +45,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dynexec {
@@ -112,6 +113,10 @@ public:
     // the call: nullopt if the file or the job is not there; ArchiveError if
     // the file cannot be read; InvalidJob if `id` is not a job ID.
     static std::optional<Result> read_from(const std::filesystem::path& dir, const JobId& id);
+    // The rows of /results in `file` whose string references are damaged (reading them could crash
+    // libhdf5), with why, in row order: what a reader of the file with h5py must skip. ArchiveError if
+    // the file cannot be checked.
+    static std::vector<std::pair<std::uint64_t, std::string>> damaged_rows(const std::filesystem::path& file);
 
 private:
     struct Impl;

@@ -1,0 +1,236 @@
+#include "archive/vlen_check.hpp"
+
+#include "archive/hdf5.hpp"
+#include "common/errors.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <optional>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace dynexec {
+
+namespace {
+
+std::uint64_t little(const unsigned char* p, std::size_t n) {
+    std::uint64_t v = 0;
+    for (std::size_t i = n; i-- > 0;) v = (v << 8) | p[i];
+    return v;
+}
+
+constexpr std::uint64_t kAbsent = ~std::uint64_t{0};
+
+struct Member {
+    std::string name;
+    std::size_t offset;    // in the row as stored in the file
+    std::size_t base_size; // bytes per element of the sequence (1 for a string)
+};
+
+// One global heap collection: its objects' sizes by index, or why it is not one.
+struct Collection {
+    std::string error;
+    std::vector<std::uint64_t> sizes; // kAbsent: no such object
+};
+
+} // namespace
+
+struct VlenCheck::Impl {
+    std::string path;
+    hid_t dataset;
+    int fd = -1;
+    std::uint64_t eof = 0;
+    std::size_t sizeof_addr = 8, sizeof_size = 8;
+    std::size_t row_size = 0;
+    hsize_t chunk_rows = 0, rows = 0;
+    std::vector<Member> members;
+    std::map<std::uint64_t, Collection> collections;
+    std::vector<unsigned char> buf;
+
+    [[noreturn]] void unsafe(const std::string& why) const {
+        throw ArchiveError(fmt::format("cannot check the string references of '{}:/results' before reading them: {}", path, why));
+    }
+
+    bool read_at(std::uint64_t at, std::size_t n, unsigned char* out) const {
+        std::size_t done = 0;
+        while (done < n) {
+            ssize_t got = ::pread(fd, out + done, n - done, static_cast<off_t>(at + done));
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) return false;
+            done += static_cast<std::size_t>(got);
+        }
+        return true;
+    }
+
+    const Collection& collection(std::uint64_t addr) {
+        auto it = collections.find(addr);
+        if (it != collections.end()) return it->second;
+        Collection c;
+        const std::size_t header = 8 + sizeof_size, object_header = 8 + sizeof_size;
+        unsigned char head[32];
+        if (addr + header > eof || !read_at(addr, header, head)) {
+            c.error = fmt::format("its heap collection at byte {} lies past the end of the file", addr);
+        } else if (std::memcmp(head, "GCOL", 4) != 0 || head[4] != 1) {
+            c.error = fmt::format("no heap collection at byte {}", addr);
+        } else {
+            std::uint64_t size = little(head + 8, sizeof_size);
+            std::vector<unsigned char> data;
+            if (size < header || size > eof - addr) {
+                c.error = fmt::format("the heap collection at byte {} claims {} bytes, past the end of the file", addr, size);
+            } else {
+                data.resize(size);
+                if (!read_at(addr, size, data.data())) c.error = fmt::format("the heap collection at byte {} cannot be read", addr);
+            }
+            // Its objects: index (2), reference count (2), reserved (4), size, data padded to 8; index 0 is the free space.
+            for (std::uint64_t at = header; c.error.empty() && at + object_header <= size;) {
+                std::uint64_t index = little(&data[at], 2), n = little(&data[at + 8], sizeof_size);
+                if (index == 0) break;
+                if (n > size - at - object_header) {
+                    c.error = fmt::format("object {} of the heap collection at byte {} runs past its end", index, addr);
+                    break;
+                }
+                if (c.sizes.size() <= index) c.sizes.resize(index + 1, kAbsent);
+                c.sizes[index] = n;
+                at += object_header + (n + 7) / 8 * 8;
+            }
+            if (!c.error.empty()) c.sizes.clear();
+        }
+        return collections.emplace(addr, std::move(c)).first->second;
+    }
+
+    std::string check_bytes(const unsigned char* row) {
+        for (const Member& m : members) {
+            const unsigned char* p = row + m.offset;
+            std::uint64_t length = little(p, 4), addr = little(p + 4, sizeof_addr), index = little(p + 4 + sizeof_addr, 4);
+            if (addr == 0) continue; // a null reference: libhdf5 reads it as empty without looking at the length
+            const Collection& c = collection(addr);
+            std::string why;
+            if (!c.error.empty()) why = c.error;
+            else if (index >= c.sizes.size() || c.sizes[index] == kAbsent)
+                why = fmt::format("the heap collection at byte {} has no object {}", addr, index);
+            else if (length * m.base_size != c.sizes[index])
+                why = fmt::format("its length {} does not match its heap object ({} bytes)", length, c.sizes[index]);
+            if (!why.empty()) return fmt::format("its {} has a damaged reference: {}", m.name, why);
+        }
+        return {};
+    }
+
+    // The file address of the chunk holding `row`, or nullopt if it has none (it reads as the fill value).
+    std::optional<std::uint64_t> chunk_of(hsize_t row, std::string& why) const {
+        hsize_t coord[1] = {row / chunk_rows * chunk_rows};
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        h5::Quiet q;
+        if (H5Dget_chunk_info_by_coord(dataset, coord, &mask, &addr, &size) < 0) {
+            why = fmt::format("the chunk of row {} cannot be found", row);
+            return std::nullopt;
+        }
+        if (addr == HADDR_UNDEF) return std::nullopt;
+        if (size != chunk_rows * row_size || mask != 0) {
+            why = fmt::format("the chunk of row {} holds {} bytes, not {}", row, size, chunk_rows * row_size);
+            return std::nullopt;
+        }
+        return addr;
+    }
+};
+
+VlenCheck::VlenCheck(hid_t file, hid_t dataset, std::string path) : impl_(std::make_unique<Impl>()) {
+    Impl& d = *impl_;
+    d.path = std::move(path);
+    d.dataset = dataset;
+    h5::Quiet q;
+    {
+        h5::PList fcpl(H5Fget_create_plist(file));
+        if (!fcpl || H5Pget_sizes(fcpl.id(), &d.sizeof_addr, &d.sizeof_size) < 0) d.unsafe("its superblock cannot be read");
+        if (d.sizeof_addr > 8 || d.sizeof_size > 8 || d.sizeof_addr == 0 || d.sizeof_size == 0)
+            d.unsafe(fmt::format("its offsets are {} bytes and its lengths {}", d.sizeof_addr, d.sizeof_size));
+    }
+    h5::PList dcpl(H5Dget_create_plist(dataset));
+    if (!dcpl || H5Pget_layout(dcpl.id()) != H5D_CHUNKED) d.unsafe("it is not chunked");
+    if (H5Pget_nfilters(dcpl.id()) != 0) d.unsafe("its chunks are filtered (compressed)");
+    hsize_t chunk[1] = {0};
+    if (H5Pget_chunk(dcpl.id(), 1, chunk) != 1 || chunk[0] == 0) d.unsafe("it is not a 1-D chunked table");
+    d.chunk_rows = chunk[0];
+    {
+        h5::Space space(H5Dget_space(dataset));
+        hsize_t dims[1] = {0};
+        if (!space || H5Sget_simple_extent_ndims(space.id()) != 1 || H5Sget_simple_extent_dims(space.id(), dims, nullptr) < 0)
+            d.unsafe("it is not 1-D");
+        d.rows = dims[0];
+    }
+    // The members in the order stored, with the sizes they have in the file (a vlen there is a length and a heap ID).
+    h5::Type type(H5Dget_type(dataset));
+    if (!type || H5Tget_class(type.id()) != H5T_COMPOUND) d.unsafe("it is not a compound table");
+    int n = H5Tget_nmembers(type.id());
+    std::vector<std::pair<std::size_t, int>> order;
+    for (int i = 0; i < n; ++i) order.emplace_back(H5Tget_member_offset(type.id(), static_cast<unsigned>(i)), i);
+    std::sort(order.begin(), order.end());
+    for (auto [mem_offset, i] : order) {
+        h5::Type m(H5Tget_member_type(type.id(), static_cast<unsigned>(i)));
+        char* name = H5Tget_member_name(type.id(), static_cast<unsigned>(i));
+        std::string member = name ? name : "?";
+        H5free_memory(name);
+        H5T_class_t cls = H5Tget_class(m.id());
+        bool vlen = cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(m.id()) > 0);
+        if (vlen) {
+            std::size_t base = 1;
+            if (cls == H5T_VLEN) {
+                h5::Type super(H5Tget_super(m.id()));
+                if (!super || H5Tdetect_class(super.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} nests sequences", member));
+                base = H5Tget_size(super.id());
+            }
+            d.members.push_back({member, d.row_size, base});
+            d.row_size += 4 + d.sizeof_addr + 4;
+        } else {
+            if (H5Tdetect_class(m.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} holds sequences inside", member));
+            d.row_size += H5Tget_size(m.id());
+        }
+    }
+    d.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (d.fd < 0 || ::fstat(d.fd, &st) != 0) d.unsafe(std::strerror(errno));
+    d.eof = static_cast<std::uint64_t>(st.st_size);
+}
+
+VlenCheck::~VlenCheck() {
+    if (impl_->fd >= 0) ::close(impl_->fd);
+}
+
+std::string VlenCheck::check(std::uint64_t row) {
+    Impl& d = *impl_;
+    if (d.members.empty() || row >= d.rows) return {};
+    std::string why;
+    auto chunk = d.chunk_of(row, why);
+    if (!chunk) return why;
+    d.buf.resize(d.row_size);
+    if (!d.read_at(*chunk + row % d.chunk_rows * d.row_size, d.row_size, d.buf.data()))
+        return fmt::format("row {} lies past the end of the file", row);
+    return d.check_bytes(d.buf.data());
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> VlenCheck::damaged_rows() {
+    Impl& d = *impl_;
+    std::vector<std::pair<std::uint64_t, std::string>> out;
+    if (d.members.empty()) return out;
+    for (hsize_t first = 0; first < d.rows; first += d.chunk_rows) {
+        std::string why;
+        auto chunk = d.chunk_of(first, why);
+        hsize_t last = std::min(d.rows, first + d.chunk_rows);
+        if (chunk) {
+            d.buf.resize(d.chunk_rows * d.row_size);
+            if (!d.read_at(*chunk, d.buf.size(), d.buf.data())) why = fmt::format("the chunk of row {} lies past the end of the file", first);
+        }
+        for (hsize_t row = first; row < last; ++row) {
+            std::string bad = !why.empty() ? why : chunk ? d.check_bytes(&d.buf[(row - first) * d.row_size]) : std::string();
+            if (!bad.empty()) out.emplace_back(row, std::move(bad));
+        }
+    }
+    return out;
+}
+
+} // namespace dynexec
