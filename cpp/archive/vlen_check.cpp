@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <optional>
 #include <cerrno>
 #include <cstring>
@@ -19,7 +20,11 @@ namespace {
 
 std::uint64_t little(const unsigned char* p, std::size_t n) {
     std::uint64_t v = 0;
-    for (std::size_t i = n; i-- > 0;) v = (v << 8) | p[i];
+    if constexpr (std::endian::native == std::endian::little) {
+        std::memcpy(&v, p, n);
+    } else {
+        for (std::size_t i = n; i-- > 0;) v = (v << 8) | p[i];
+    }
     return v;
 }
 
@@ -31,10 +36,13 @@ struct Member {
     std::size_t base_size; // bytes per element of the sequence (1 for a string)
 };
 
-// One global heap collection: its objects' sizes by index, or why it is not one.
+// One global heap collection, walked only as far as the objects asked for so far: its objects' sizes by
+// index, or why it is not one.
 struct Collection {
     std::string error;
-    std::vector<std::uint64_t> sizes; // kAbsent: no such object
+    std::vector<std::uint64_t> sizes;       // kAbsent: no such object (yet)
+    std::unique_ptr<unsigned char[]> data;  // until walked to its end
+    std::uint64_t size = 0, next = 0;       // its size; where the next object not walked yet starts
 };
 
 } // namespace
@@ -66,40 +74,58 @@ struct VlenCheck::Impl {
         return true;
     }
 
-    const Collection& collection(std::uint64_t addr) {
+    Collection& collection(std::uint64_t addr) {
         auto it = collections.find(addr);
         if (it != collections.end()) return it->second;
         Collection c;
-        const std::size_t header = 8 + sizeof_size, object_header = 8 + sizeof_size;
+        const std::size_t header = 8 + sizeof_size;
         unsigned char head[32];
         if (addr + header > eof || !read_at(addr, header, head)) {
             c.error = fmt::format("its heap collection at byte {} lies past the end of the file", addr);
         } else if (std::memcmp(head, "GCOL", 4) != 0 || head[4] != 1) {
             c.error = fmt::format("no heap collection at byte {}", addr);
         } else {
-            std::uint64_t size = little(head + 8, sizeof_size);
-            std::vector<unsigned char> data;
-            if (size < header || size > eof - addr) {
-                c.error = fmt::format("the heap collection at byte {} claims {} bytes, past the end of the file", addr, size);
+            c.size = little(head + 8, sizeof_size);
+            if (c.size < header || c.size > eof - addr) {
+                c.error = fmt::format("the heap collection at byte {} claims {} bytes, past the end of the file", addr, c.size);
             } else {
-                data.resize(size);
-                if (!read_at(addr, size, data.data())) c.error = fmt::format("the heap collection at byte {} cannot be read", addr);
+                c.data.reset(new unsigned char[c.size]); // uninitialised: read over whole
+                if (!read_at(addr, c.size, c.data.get())) c.error = fmt::format("the heap collection at byte {} cannot be read", addr);
+                c.next = header;
+                c.sizes.reserve(c.size / 64);
             }
-            // Its objects: index (2), reference count (2), reserved (4), size, data padded to 8; index 0 is the free space.
-            for (std::uint64_t at = header; c.error.empty() && at + object_header <= size;) {
-                std::uint64_t index = little(&data[at], 2), n = little(&data[at + 8], sizeof_size);
-                if (index == 0) break;
-                if (n > size - at - object_header) {
-                    c.error = fmt::format("object {} of the heap collection at byte {} runs past its end", index, addr);
-                    break;
-                }
-                if (c.sizes.size() <= index) c.sizes.resize(index + 1, kAbsent);
-                c.sizes[index] = n;
-                at += object_header + (n + 7) / 8 * 8;
-            }
-            if (!c.error.empty()) c.sizes.clear();
         }
         return collections.emplace(addr, std::move(c)).first->second;
+    }
+
+    // The size of object `index` of the collection at `addr`, or why there is none. Its objects: index (2),
+    // reference count (2), reserved (4), size (size of lengths), data padded to 8; index 0 is the free space.
+    std::uint64_t object_size(std::uint64_t addr, std::uint64_t index, std::string& why) {
+        Collection& c = collection(addr);
+        const std::size_t object_header = 8 + sizeof_size;
+        while (c.error.empty() && (index >= c.sizes.size() || c.sizes[index] == kAbsent) && c.data) {
+            if (c.next + object_header > c.size || little(&c.data[c.next], 2) == 0) {
+                c.data.reset(); // walked to its end
+                break;
+            }
+            std::uint64_t i = little(&c.data[c.next], 2), n = little(&c.data[c.next + 8], sizeof_size);
+            if (n > c.size - c.next - object_header) {
+                c.error = fmt::format("object {} of the heap collection at byte {} runs past its end", i, addr);
+                break;
+            }
+            if (c.sizes.size() <= i) c.sizes.resize(i + 1, kAbsent);
+            c.sizes[i] = n;
+            c.next += object_header + (n + 7) / 8 * 8;
+        }
+        if (!c.error.empty()) {
+            c.data.reset();
+            why = c.error;
+        } else if (index == 0 || index >= c.sizes.size() || c.sizes[index] == kAbsent) {
+            why = fmt::format("the heap collection at byte {} has no object {}", addr, index);
+        } else {
+            return c.sizes[index];
+        }
+        return kAbsent;
     }
 
     std::string check_bytes(const unsigned char* row) {
@@ -107,35 +133,37 @@ struct VlenCheck::Impl {
             const unsigned char* p = row + m.offset;
             std::uint64_t length = little(p, 4), addr = little(p + 4, sizeof_addr), index = little(p + 4 + sizeof_addr, 4);
             if (addr == 0) continue; // a null reference: libhdf5 reads it as empty without looking at the length
-            const Collection& c = collection(addr);
             std::string why;
-            if (!c.error.empty()) why = c.error;
-            else if (index >= c.sizes.size() || c.sizes[index] == kAbsent)
-                why = fmt::format("the heap collection at byte {} has no object {}", addr, index);
-            else if (length * m.base_size != c.sizes[index])
-                why = fmt::format("its length {} does not match its heap object ({} bytes)", length, c.sizes[index]);
+            std::uint64_t size = object_size(addr, index, why);
+            if (why.empty() && length * m.base_size != size)
+                why = fmt::format("its length {} does not match its heap object ({} bytes)", length, size);
             if (!why.empty()) return fmt::format("its {} has a damaged reference: {}", m.name, why);
         }
         return {};
     }
 
-    // The file address of the chunk holding `row`, or nullopt if it has none (it reads as the fill value).
-    std::optional<std::uint64_t> chunk_of(hsize_t row, std::string& why) const {
+    // Reads the chunk holding `row` into buf (through the chunk index, as H5Dread finds it; H5Dget_chunk_info
+    // walks every chunk). False if it has none (it reads as the fill value) or cannot be read (then why says so).
+    bool read_chunk(hsize_t row, std::string& why) {
         hsize_t coord[1] = {row / chunk_rows * chunk_rows};
-        unsigned mask = 0;
-        haddr_t addr = HADDR_UNDEF;
         hsize_t size = 0;
         h5::Quiet q;
-        if (H5Dget_chunk_info_by_coord(dataset, coord, &mask, &addr, &size) < 0) {
+        if (H5Dget_chunk_storage_size(dataset, coord, &size) < 0) {
             why = fmt::format("the chunk of row {} cannot be found", row);
-            return std::nullopt;
+            return false;
         }
-        if (addr == HADDR_UNDEF) return std::nullopt;
-        if (size != chunk_rows * row_size || mask != 0) {
+        if (size == 0) return false;
+        if (size != chunk_rows * row_size) {
             why = fmt::format("the chunk of row {} holds {} bytes, not {}", row, size, chunk_rows * row_size);
-            return std::nullopt;
+            return false;
         }
-        return addr;
+        buf.resize(size);
+        std::uint32_t filters = 0;
+        if (H5Dread_chunk(dataset, H5P_DEFAULT, coord, &filters, buf.data()) < 0) {
+            why = fmt::format("the chunk of row {} cannot be read", row);
+            return false;
+        }
+        return true;
     }
 };
 
@@ -205,12 +233,8 @@ std::string VlenCheck::check(std::uint64_t row) {
     Impl& d = *impl_;
     if (d.members.empty() || row >= d.rows) return {};
     std::string why;
-    auto chunk = d.chunk_of(row, why);
-    if (!chunk) return why;
-    d.buf.resize(d.row_size);
-    if (!d.read_at(*chunk + row % d.chunk_rows * d.row_size, d.row_size, d.buf.data()))
-        return fmt::format("row {} lies past the end of the file", row);
-    return d.check_bytes(d.buf.data());
+    if (!d.read_chunk(row, why)) return why;
+    return d.check_bytes(&d.buf[row % d.chunk_rows * d.row_size]);
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> VlenCheck::damaged_rows() {
@@ -219,14 +243,9 @@ std::vector<std::pair<std::uint64_t, std::string>> VlenCheck::damaged_rows() {
     if (d.members.empty()) return out;
     for (hsize_t first = 0; first < d.rows; first += d.chunk_rows) {
         std::string why;
-        auto chunk = d.chunk_of(first, why);
-        hsize_t last = std::min(d.rows, first + d.chunk_rows);
-        if (chunk) {
-            d.buf.resize(d.chunk_rows * d.row_size);
-            if (!d.read_at(*chunk, d.buf.size(), d.buf.data())) why = fmt::format("the chunk of row {} lies past the end of the file", first);
-        }
-        for (hsize_t row = first; row < last; ++row) {
-            std::string bad = !why.empty() ? why : chunk ? d.check_bytes(&d.buf[(row - first) * d.row_size]) : std::string();
+        bool read = d.read_chunk(first, why);
+        for (hsize_t row = first; row < std::min(d.rows, first + d.chunk_rows); ++row) {
+            std::string bad = read ? d.check_bytes(&d.buf[(row - first) * d.row_size]) : why;
             if (!bad.empty()) out.emplace_back(row, std::move(bad));
         }
     }
