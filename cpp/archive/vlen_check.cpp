@@ -10,6 +10,7 @@
 #include <optional>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -194,30 +195,50 @@ VlenCheck::VlenCheck(hid_t file, hid_t dataset, std::string path) : impl_(std::m
     // The members in the order stored, with the sizes they have in the file (a vlen there is a length and a heap ID).
     h5::Type type(H5Dget_type(dataset));
     if (!type || H5Tget_class(type.id()) != H5T_COMPOUND) d.unsafe("it is not a compound table");
-    int n = H5Tget_nmembers(type.id());
-    std::vector<std::pair<std::size_t, int>> order;
-    for (int i = 0; i < n; ++i) order.emplace_back(H5Tget_member_offset(type.id(), static_cast<unsigned>(i)), i);
-    std::sort(order.begin(), order.end());
-    for (auto [mem_offset, i] : order) {
-        h5::Type m(H5Tget_member_type(type.id(), static_cast<unsigned>(i)));
-        char* name = H5Tget_member_name(type.id(), static_cast<unsigned>(i));
-        std::string member = name ? name : "?";
-        H5free_memory(name);
-        H5T_class_t cls = H5Tget_class(m.id());
-        bool vlen = cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(m.id()) > 0);
-        if (vlen) {
-            std::size_t base = 1;
-            if (cls == H5T_VLEN) {
-                h5::Type super(H5Tget_super(m.id()));
-                if (!super || H5Tdetect_class(super.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} nests sequences", member));
-                base = H5Tget_size(super.id());
-            }
-            d.members.push_back({member, d.row_size, base});
-            d.row_size += 4 + d.sizeof_addr + 4;
-        } else {
-            if (H5Tdetect_class(m.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} holds sequences inside", member));
-            d.row_size += H5Tget_size(m.id());
+    // Every archive has the same row type: its layout is worked out once per process (one call per member adds up).
+    static std::mutex cache_mu;
+    static hid_t cached_type = H5I_INVALID_HID; // never closed: it may outlive the library at exit
+    static std::size_t cached_addr = 0, cached_row_size = 0;
+    static std::vector<Member> cached_members;
+    {
+        std::lock_guard lk(cache_mu);
+        if (cached_type >= 0 && cached_addr == d.sizeof_addr && H5Tequal(cached_type, type.id()) > 0) {
+            d.members = cached_members;
+            d.row_size = cached_row_size;
         }
+    }
+    if (d.row_size == 0) {
+        int n = H5Tget_nmembers(type.id());
+        std::vector<std::pair<std::size_t, int>> order;
+        for (int i = 0; i < n; ++i) order.emplace_back(H5Tget_member_offset(type.id(), static_cast<unsigned>(i)), i);
+        std::sort(order.begin(), order.end());
+        for (auto [mem_offset, i] : order) {
+            h5::Type m(H5Tget_member_type(type.id(), static_cast<unsigned>(i)));
+            char* name = H5Tget_member_name(type.id(), static_cast<unsigned>(i));
+            std::string member = name ? name : "?";
+            H5free_memory(name);
+            H5T_class_t cls = H5Tget_class(m.id());
+            bool vlen = cls == H5T_VLEN || (cls == H5T_STRING && H5Tis_variable_str(m.id()) > 0);
+            if (vlen) {
+                std::size_t base = 1;
+                if (cls == H5T_VLEN) {
+                    h5::Type super(H5Tget_super(m.id()));
+                    if (!super || H5Tdetect_class(super.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} nests sequences", member));
+                    base = H5Tget_size(super.id());
+                }
+                d.members.push_back({member, d.row_size, base});
+                d.row_size += 4 + d.sizeof_addr + 4;
+            } else {
+                if (H5Tdetect_class(m.id(), H5T_VLEN) != 0) d.unsafe(fmt::format("member {} holds sequences inside", member));
+                d.row_size += H5Tget_size(m.id());
+            }
+        }
+        std::lock_guard lk(cache_mu);
+        if (cached_type >= 0) H5Tclose(cached_type);
+        cached_type = H5Tcopy(type.id());
+        cached_addr = d.sizeof_addr;
+        cached_row_size = d.row_size;
+        cached_members = d.members;
     }
     d.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat st {};
