@@ -176,7 +176,7 @@ def test_damaged_rows_never_hide_the_others(executor, archive, tmp_path):
         victim = rng.choice(sorted(truth))
         with open(damaged_copy, "r+b") as out:
             for _ in range(rng.randint(1, 4)):  # its row's own bytes: job_id, status, value_kind, numbers
-                # (not the 16-byte global heap IDs of its strings: a wrong length there can crash libhdf5 1.10)
+                # (the 16-byte global heap IDs of its strings: test_damaged_string_references_never_crash_the_reader)
                 at = file_offset_of_row(row_of[victim]) + rng.choice(fixed_bytes)
                 out.seek(at)
                 byte = out.read(1)[0]

@@ -32,7 +32,8 @@
 // entries, and one flush before write() returns: once it returns, the batch
 // is in the file for every reader, also after a kill of this process. A
 // failed write or flush takes the batch back (rows cut off, entries zeroed).
-// A reader checks that the row an index entry names holds that job.
+// A reader checks that the row an index entry names holds that job, and that
+// each string reference of the row holds against the file (vlen_check.hpp).
 // Only version 4 is read and written; older files get a clear message here
 // (dynexec.read_archive still reads versions 2 and 3).
 #pragma once

@@ -364,7 +364,8 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
     One bad row never hides the others: a value that cannot be decoded here (its class is not importable, its
     bytes are damaged) leaves that record's `value` None and says why in `decode_error`, naming the job and
     the file (None for a record read whole); its other fields are all there. A row HDF5 cannot read at all
-    has status None.
+    has status None, as has a row with a damaged string reference (checked against the file first: libhdf5
+    1.10 would follow it blindly and crash); with `label` or `tag`, such a row is left out.
 
     The layout (version 4, cpp/archive/results_archive.hpp and the README) is plain HDF5; files of layout
     versions 2 and 3 are read too (without the job descriptions). Raises ValueError naming the file if it is
