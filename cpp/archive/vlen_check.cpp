@@ -52,6 +52,7 @@ struct VlenCheck::Impl {
     std::string path;
     hid_t dataset;
     int fd = -1;
+    bool own_fd = false;
     std::uint64_t eof = 0;
     std::size_t sizeof_addr = 8, sizeof_size = 8;
     std::size_t row_size = 0;
@@ -240,14 +241,22 @@ VlenCheck::VlenCheck(hid_t file, hid_t dataset, std::string path) : impl_(std::m
         cached_row_size = d.row_size;
         cached_members = d.members;
     }
-    d.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
+    // The file's own descriptor where HDF5 has one (the path may have gone since), else a descriptor of our own.
+    void* handle = nullptr;
+    h5::PList fapl(H5Fget_access_plist(file));
+    if (fapl && H5Pget_driver(fapl.id()) == H5FD_SEC2 && H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) >= 0 && handle) {
+        d.fd = *static_cast<int*>(handle);
+    } else {
+        d.fd = ::open(d.path.c_str(), O_RDONLY | O_CLOEXEC);
+        d.own_fd = true;
+    }
     struct stat st {};
     if (d.fd < 0 || ::fstat(d.fd, &st) != 0) d.unsafe(std::strerror(errno));
     d.eof = static_cast<std::uint64_t>(st.st_size);
 }
 
 VlenCheck::~VlenCheck() {
-    if (impl_->fd >= 0) ::close(impl_->fd);
+    if (impl_->own_fd && impl_->fd >= 0) ::close(impl_->fd);
 }
 
 std::string VlenCheck::check(std::uint64_t row) {
