@@ -82,7 +82,7 @@ struct VlenCheck::Impl {
         Collection c;
         const std::size_t header = 8 + sizeof_size;
         unsigned char head[32];
-        if (addr + header > eof || !read_at(addr, header, head)) {
+        if (addr > eof || header > eof - addr || !read_at(addr, header, head)) {
             c.error = fmt::format("its heap collection at byte {} lies past the end of the file", addr);
         } else if (std::memcmp(head, "GCOL", 4) != 0 || head[4] != 1) {
             c.error = fmt::format("no heap collection at byte {}", addr);
