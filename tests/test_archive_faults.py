@@ -176,7 +176,7 @@ def test_damaged_rows_never_hide_the_others(executor, archive, tmp_path):
         victim = rng.choice(sorted(truth))
         with open(damaged_copy, "r+b") as out:
             for _ in range(rng.randint(1, 4)):  # its row's own bytes: job_id, status, value_kind, numbers
-                # (not the 16-byte global heap IDs of its strings: a wrong length there can crash libhdf5 1.10)
+                # (the 16-byte global heap IDs of its strings: test_damaged_string_references_never_crash_the_reader)
                 at = file_offset_of_row(row_of[victim]) + rng.choice(fixed_bytes)
                 out.seek(at)
                 byte = out.read(1)[0]
@@ -300,3 +300,114 @@ def test_a_native_string_that_is_not_utf8_fails_only_its_job(tmp_path, run_pytho
             print("ok", processes)
     """, timeout=180)
     assert out.split() == ["ok", "True", "ok", "False"]
+
+
+# One process runs the trials in turn (a fresh one per trial would cost seconds): it says when it starts a
+# trial and what it saw; a trial it never finished is one that killed it, and the next process goes on after it.
+FLIP_WORKER = r"""
+import json, os, shutil, sys
+import dynexec
+original, plan, first = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3])
+for k in range(first, len(plan["trials"])):
+    job, at, bit = plan["trials"][k]
+    print("start", k, flush=True)
+    where = os.path.join(plan["dir"], str(k))
+    os.makedirs(where)
+    copy = os.path.join(where, os.path.basename(original))
+    shutil.copyfile(original, copy)
+    with open(copy, "r+b") as out:
+        out.seek(at)
+        byte = out.read(1)[0]
+        out.seek(at)
+        out.write(bytes([byte ^ (1 << bit)]))
+    records = {j: {key: repr(v) for key, v in r.items() if key != "decode_error"} | {"decode_error": r["decode_error"]}
+               for j, r in dynexec.read_archive(copy).items()}
+    assert dynexec.read_archive(copy, tag="none") == {}  # the label and tag columns, read around damaged rows
+    try:
+        found = ("ok", repr(dynexec.find(job, where).value))
+    except Exception as exc:
+        found = (type(exc).__name__, str(exc))
+    shutil.rmtree(where)
+    print("done", k, json.dumps({"records": records, "found": found}), flush=True)
+"""
+
+
+def echo(i):
+    print(f"output of {i}")
+    if i % 3 == 2:
+        raise KeyError(f"key {i}")
+    return {"i": i, "text": "é" * i} if i % 3 else f"text {i}"
+
+
+def test_damaged_string_references_never_crash_the_reader(executor, archive, tmp_path):
+    """Every byte of the heap references of two rows (a job's texts, its bytes), one bit at a time: libhdf5
+    1.10 follows them blindly, so they are checked against the file first."""
+    jobs = [executor.submit(echo, i) for i in range(6)] + [executor.submit_service("noop", x=b"raw bytes")]
+    for f in jobs:
+        f.exception(timeout=30)
+    executor.shutdown()
+    original = archive / f"{executor.session}.h5"
+    truth = dynexec.read_archive(original)
+    assert len(truth) == len(jobs) and all(r["decode_error"] is None for r in truth.values())
+
+    import h5py
+    with h5py.File(original, "r") as f:
+        results, index = f["results"], f["index"]
+        [chunk] = [results.id.get_chunk_info(k) for k in range(results.id.get_num_chunks())]
+        row_size = chunk.size // results.chunks[0]
+        refs, at = [], 0  # the offsets in a row of its variable-length members (16 bytes each in the file)
+        for name in results.dtype.names:
+            kind = results.dtype.fields[name][0]
+            if kind.kind == "O":
+                refs.append(name)
+                refs[-1] = (name, at)
+            at += 16 if kind.kind == "O" else kind.itemsize
+        assert at == row_size and len(refs) == 15
+        row_of = {job_id: int(index[int(job_id[-10:]) - 1]) - 1 for job_id in truth}
+    rng = random.Random(99)
+    victims = [jobs[2].job_id, jobs[6].job_id]  # a failed job (traceback, message, pickled error), bytes
+    trials = [(job, chunk.byte_offset + row_of[job] * row_size + offset + b, rng.choice((0, 1, rng.randrange(8), 7)))
+              for job in victims for _, offset in refs for b in range(16)]
+    plan = tmp_path / "plan.json"
+    plan.write_text(__import__("json").dumps({"trials": trials, "dir": str(tmp_path / "trials")}))
+    (tmp_path / "trials").mkdir()
+
+    seen, crashed, first = {}, [], 0
+    while first < len(trials):
+        proc = subprocess.run([sys.executable, "-c", FLIP_WORKER, str(original), str(plan), str(first)],
+                              capture_output=True, text=True, timeout=300)
+        started = None
+        for line in proc.stdout.splitlines():
+            word, k, *rest = line.split(" ", 2)
+            if word == "start":
+                started = int(k)
+            else:
+                seen[int(k)] = __import__("json").loads(rest[0])
+                started = None
+        if proc.returncode == 0 and started is None:
+            break
+        assert started is not None, proc.stderr[-2000:]  # a worker that failed between trials: a bug of the test
+        crashed.append((trials[started], proc.returncode, proc.stderr[-300:]))
+        shutil.rmtree(tmp_path / "trials" / str(started), ignore_errors=True)
+        first = started + 1
+    assert not crashed, f"{len(crashed)} of {len(trials)} trials killed the reader, the first: {crashed[0]}"
+    assert len(seen) == len(trials)
+
+    marked = 0
+    for k, (job, at, bit) in enumerate(trials):
+        records, found = seen[k]["records"], seen[k]["found"]
+        for job_id, want in truth.items():  # every other row comes back whole
+            if job_id != job:
+                assert records[job_id]["decode_error"] is None, (k, records[job_id]["decode_error"])
+                assert records[job_id]["value"] == repr(want["value"]), (k, job_id)
+        error = records[job]["decode_error"]
+        if error is None:  # the flip left a reference that is sound (another object of the same size)
+            assert found[0] == "ok", (k, found)
+            continue
+        marked += 1
+        assert error.startswith(f"job {job} in "), (k, error)
+        if "damaged reference" in error:  # never handed to libhdf5: it names the member
+            assert records[job]["status"] == "None"
+            assert found[0] == "ArchiveError" and job in found[1] and "damaged reference" in found[1], (k, found)
+            assert str(tmp_path / "trials" / str(k)) in found[1], (k, found)
+    assert marked >= len(trials) * 3 // 4, f"only {marked} of {len(trials)} flips were noticed"

@@ -590,6 +590,56 @@ TEST_F(ArchiveTest, AnIndexThatPointsToAnotherJobsRowIsAnErrorOfThatJob) {
     EXPECT_EQ(std::get<std::int64_t>(ResultsArchive::read_from(dir, b)->value), 2);
 }
 
+// libhdf5 1.10 follows a string's heap reference blindly (a wrong length or ID crashes it): each is checked first.
+TEST_F(ArchiveTest, ADamagedStringReferenceIsAnErrorOfItsJobOnly) {
+    JobId a = ids.next(), b = ids.next(), c = ids.next();
+    {
+        ResultsArchive archive(dir, ids.session());
+        archive.write({ok_result(a, "alpha"s), ok_result(b, "bravo"s), ok_result(c, "charlie"s)});
+    }
+    std::string file = (dir / (ids.session() + ".h5")).string();
+    std::uint64_t value_at = 0; // b's "value" reference in the file: after job_id (28), status (10), value_kind (8)
+    {
+        h5::PList fapl = h5::file_access();
+        h5::File f = h5::open_file(file, false, fapl.id());
+        h5::Dataset results = h5::open_dataset(f.id(), "results");
+        hsize_t coord[1] = {0}, size = 0;
+        unsigned mask = 0;
+        haddr_t addr = 0;
+        ASSERT_GE(H5Dget_chunk_info_by_coord(results.id(), coord, &mask, &addr, &size), 0);
+        value_at = addr + size / 32 + 28 + 10 + 8;
+    }
+    std::string pristine;
+    {
+        std::ifstream in(file, std::ios::binary);
+        pristine.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    ASSERT_EQ(pristine.substr(value_at, 4), std::string("\x05\0\0\0", 4)); // "bravo": 5 bytes
+    // The length, the collection's address, the object's index: each made wrong in turn.
+    for (auto [at, bytes] : {std::pair{0, "\x06\0\0\0"s}, {0, "\xff\xff\xff\x7f"s}, {4, "\x01"s}, {10, "\x7f"s}, {12, "\x2a\x01"s}}) {
+        std::string damaged = pristine;
+        damaged.replace(value_at + at, bytes.size(), bytes);
+        std::ofstream(file, std::ios::binary | std::ios::trunc) << damaged;
+        try {
+            ResultsArchive::read_from(dir, b);
+            ADD_FAILURE() << "expected ArchiveError for bytes at " << at;
+        } catch (const ArchiveError& e) {
+            std::string what = e.what();
+            EXPECT_NE(what.find("job " + b), std::string::npos) << what;
+            EXPECT_NE(what.find(file), std::string::npos) << what;
+            EXPECT_NE(what.find("its value has a damaged reference"), std::string::npos) << what;
+        }
+        EXPECT_EQ(std::get<std::string>(ResultsArchive::read_from(dir, a)->value), "alpha");
+        EXPECT_EQ(std::get<std::string>(ResultsArchive::read_from(dir, c)->value), "charlie");
+        auto damaged_rows = ResultsArchive::damaged_rows(file);
+        ASSERT_EQ(damaged_rows.size(), 1u) << at;
+        EXPECT_EQ(damaged_rows[0].first, 1u);
+    }
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << pristine;
+    EXPECT_TRUE(ResultsArchive::damaged_rows(file).empty());
+    EXPECT_EQ(std::get<std::string>(ResultsArchive::read_from(dir, b)->value), "bravo");
+}
+
 TEST_F(ArchiveTest, AnArchiveOfTheOldLayoutIsRefusedClearly) {
     fs::create_directories(dir);
     fs::path file = dir / (ids.session() + ".h5");

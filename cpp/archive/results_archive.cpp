@@ -1,4 +1,5 @@
 #include "archive/results_archive.hpp"
+#include "archive/vlen_check.hpp"
 
 #include "archive/hdf5.hpp"
 
@@ -367,6 +368,9 @@ struct Reader {
         std::uint64_t row_index = entry - 1;
         if (row_index >= extent(results))
             throw ArchiveError(fmt::format("/{} gives job {} row {}, past the end of /{}", kIndex, id, row_index, kResults));
+        // libhdf5 would follow the row's string references blindly: check them against the file first.
+        if (std::string bad = VlenCheck(file, results, path.string()).check(row_index); !bad.empty())
+            throw ArchiveError(fmt::format("row {} of /{} cannot be decoded: {}", row_index, kResults, bad));
         ReadRow rr(kit);
         h5::read_range(results, kit.row.id(), row_index, 1, &rr.row);
         const Row& row = rr.row;
@@ -1007,6 +1011,18 @@ std::optional<Result> ResultsArchive::read_from(const fs::path& dir, const JobId
         return Reader{kit, f.id(), results.id(), index.id()}.read(id, slot, file);
     } catch (const ArchiveError& e) {
         throw ArchiveError(fmt::format("cannot read job {} from results archive '{}': {}", id, file.string(), e.what()));
+    }
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> ResultsArchive::damaged_rows(const fs::path& file) {
+    h5::Quiet q;
+    try {
+        h5::PList fapl = h5::file_access();
+        h5::File f = h5::open_file(file.string(), false, fapl.id());
+        h5::Dataset results = h5::open_dataset(f.id(), kResults);
+        return VlenCheck(f.id(), results.id(), file.string()).damaged_rows();
+    } catch (const ArchiveError& e) {
+        throw ArchiveError(fmt::format("cannot read results archive '{}': {}", file.string(), e.what()));
     }
 }
 

@@ -32,7 +32,8 @@
 // entries, and one flush before write() returns: once it returns, the batch
 // is in the file for every reader, also after a kill of this process. A
 // failed write or flush takes the batch back (rows cut off, entries zeroed).
-// A reader checks that the row an index entry names holds that job.
+// A reader checks that the row an index entry names holds that job, and that
+// each string reference of the row holds against the file (vlen_check.hpp).
 // Only version 4 is read and written; older files get a clear message here
 // (dynexec.read_archive still reads versions 2 and 3).
 #pragma once
@@ -45,6 +46,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dynexec {
@@ -112,6 +114,10 @@ public:
     // the call: nullopt if the file or the job is not there; ArchiveError if
     // the file cannot be read; InvalidJob if `id` is not a job ID.
     static std::optional<Result> read_from(const std::filesystem::path& dir, const JobId& id);
+    // The rows of /results in `file` whose string references are damaged (reading them could crash
+    // libhdf5), with why, in row order: what a reader of the file with h5py must skip. ArchiveError if
+    // the file cannot be checked.
+    static std::vector<std::pair<std::uint64_t, std::string>> damaged_rows(const std::filesystem::path& file);
 
 private:
     struct Impl;

@@ -1,6 +1,7 @@
 // pybind11 bindings: a thin layer over the C++ engine. Every call that enters
 // the core releases the GIL first, since core threads take the GIL to run
 // Python jobs and to release borrowed numpy arrays.
+#include "archive/results_archive.hpp"
 #include "archive/results_finder.hpp"
 #include "balancer/policies.hpp"
 #include "common/errors.hpp"
@@ -542,6 +543,7 @@ PYBIND11_MODULE(_core, m) {
         return true;
     });
     m.def("find", &ResultsFinder::find, py::arg("archive"), py::arg("job_id"), py::call_guard<py::gil_scoped_release>());
+    m.def("archive_damaged_rows", &ResultsArchive::damaged_rows, py::arg("file"), py::call_guard<py::gil_scoped_release>());
     m.def("load_services",
           [](const std::string& path) { return ServiceCatalog::process().load_plugin(path); },
           py::call_guard<py::gil_scoped_release>());

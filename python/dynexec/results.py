@@ -370,7 +370,8 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
     One bad row never hides the others: a value that cannot be decoded here (its class is not importable, its
     bytes are damaged) leaves that record's `value` None and says why in `decode_error`, naming the job and
     the file (None for a record read whole); its other fields are all there. A row HDF5 cannot read at all
-    has status None.
+    has status None, as has a row with a damaged string reference (checked against the file first: libhdf5
+    1.10 would follow it blindly and crash); with `label` or `tag`, such a row is left out.
 
     The layout (version 4, cpp/archive/results_archive.hpp and the README) is plain HDF5; files of layout
     versions 2 and 3 are read too (without the job descriptions). Raises ValueError naming the file if it is
@@ -401,10 +402,30 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
     return _frame(records) if as_frame else records
 
 
+def _runs(indices):
+    """(start, stop) of each run of consecutive indices, in order."""
+    start = prev = None
+    for i in indices:
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            yield start, prev + 1
+        start = prev = i
+    if start is not None:
+        yield start, prev + 1
+
+
 def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str, dict]:
     import numpy as np
 
     n = len(results)
+    # libhdf5 1.10 follows a string's heap reference blindly (a damaged one crashes this process): the rows
+    # whose references do not hold against the file are never handed to it, and read as rows that cannot be.
+    try:
+        bad = dict(_core.archive_damaged_rows(path))
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
     rows = None  # every row
     if job_ids is not None:
         slots = []
@@ -421,7 +442,11 @@ def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str,
         rows = sorted({int(e) - 1 for e in entries if 0 < int(e) <= n})
     if label is not None or tag is not None:
         names = ["label"] if tag is None else ["label", "tags"]
-        cols = results.fields(names)[()] if rows is None else results.fields(names)[rows] if rows else None
+        if bad:  # a damaged row's label cannot be known: it is left out
+            rows = [i for i in (range(n) if rows is None else rows) if i not in bad]
+            cols = [r for a, b in _runs(rows) for r in results.fields(names)[a:b]]
+        else:
+            cols = results.fields(names)[()] if rows is None else results.fields(names)[rows] if rows else None
         picked = []
         for k, r in enumerate(cols if cols is not None else []):
             r = r if isinstance(r, np.void) else (r,)
@@ -445,19 +470,33 @@ def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str,
                             yield i, fresh["results"][i]
                     except Exception:
                         yield i, exc
+        def blocks(wanted):  # a damaged chunk or string: what can be read of it
+            for start in range(0, len(wanted), _ROWS_PER_READ):
+                part = wanted[start:start + _ROWS_PER_READ]
+                try:
+                    whole = part[-1] - part[0] + 1 == len(part)
+                    yield from zip(part, results[part[0]:part[-1] + 1] if whole else results[list(part)])
+                except Exception:
+                    yield from one_by_one(part)
         wanted = range(n) if rows is None else rows
+        if bad:  # read around the damaged rows, in row order
+            pending = []
+            for i in wanted:
+                if i in bad:
+                    yield from blocks(pending)
+                    pending = []
+                    yield i, ValueError(bad[i])
+                else:
+                    pending.append(i)
+            yield from blocks(pending)
+            return
         try:
             block = results[()] if rows is None else results[rows] if rows else []
             yield from zip(wanted, block)
             return
         except Exception:
             pass
-        for start in range(0, len(wanted), _ROWS_PER_READ):  # a damaged chunk or string: what can be read of it
-            part = wanted[start:start + _ROWS_PER_READ]
-            try:
-                yield from zip(part, results[part[0]:part[-1] + 1] if rows is None else results[list(part)])
-            except Exception:
-                yield from one_by_one(part)
+        yield from blocks(wanted)
 
     # Which job each row is, from /index: a row whose job_id is damaged is still named by its job.
     try:
