@@ -136,16 +136,23 @@ def fail(message):
     raise ValueError(message)
 
 
-def test_damaged_rows_never_hide_the_others(executor, archive, tmp_path):
-    jobs = [executor.submit(payload, i) for i in range(20)] + [executor.submit(make_array, n) for n in range(1, 10)]
-    jobs += [executor.submit(fail, f"bad {i}") for i in range(5)]
-    jobs += [executor.submit_service("noop", x=v) for v in (1, 2.5, "text", b"raw", None, True)]
+def archived(executor, archive, jobs):
+    """(the session's archive file, what read_archive gives of it) once `jobs` are done and the executor shut
+    down; every row reads back whole."""
     for f in jobs:
         f.exception(timeout=30)
     executor.shutdown()
     original = archive / f"{executor.session}.h5"
     truth = dynexec.read_archive(original)
     assert len(truth) == len(jobs) and all(r["decode_error"] is None for r in truth.values())
+    return original, truth
+
+
+def test_damaged_rows_never_hide_the_others(executor, archive, tmp_path):
+    jobs = [executor.submit(payload, i) for i in range(20)] + [executor.submit(make_array, n) for n in range(1, 10)]
+    jobs += [executor.submit(fail, f"bad {i}") for i in range(5)]
+    jobs += [executor.submit_service("noop", x=v) for v in (1, 2.5, "text", b"raw", None, True)]
+    original, truth = archived(executor, archive, jobs)
 
     import h5py
     with h5py.File(original, "r") as f:
@@ -343,12 +350,7 @@ def test_damaged_string_references_never_crash_the_reader(executor, archive, tmp
     """Every byte of the heap references of two rows (a job's texts, its bytes), one bit at a time: libhdf5
     1.10 follows them blindly, so they are checked against the file first."""
     jobs = [executor.submit(echo, i) for i in range(6)] + [executor.submit_service("noop", x=b"raw bytes")]
-    for f in jobs:
-        f.exception(timeout=30)
-    executor.shutdown()
-    original = archive / f"{executor.session}.h5"
-    truth = dynexec.read_archive(original)
-    assert len(truth) == len(jobs) and all(r["decode_error"] is None for r in truth.values())
+    original, truth = archived(executor, archive, jobs)
 
     import h5py
     with h5py.File(original, "r") as f:

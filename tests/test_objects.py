@@ -135,3 +135,12 @@ def test_a_cluster_client_sends_each_object_to_the_head_once_and_its_servers_get
         assert ex.submit(pid_and_first, h2, 7).result(timeout=60)[1] == 7.0
         assert ex.submit(uses_global_by_value := by_value(), 4).result(timeout=60)[1] == 4.0
         del uses_global_by_value
+
+
+def test_a_large_function_travels_once_per_server(ex):
+    table = bytes(range(256)) * (MB // 128)  # 2 MB of bytes a by-value function names: its pickle is large
+
+    def lookup(i):
+        return table[i]
+    assert [f.result(timeout=60) for f in [ex.submit(lookup, i) for i in range(6)]] == [table[i] for i in range(6)]
+    assert 1 <= ex.stats()["objects_sent"] <= 2

@@ -63,6 +63,7 @@ struct SendBack final : CompletionSink {
 // The job's objects sent as None come from what this server keeps; those sent with data are kept. Returns the
 // key of one it lacks (then the job fails), else empty.
 std::string fill_objects(std::map<std::string, Value, std::less<>>& kept, Job& job) {
+    if (object_keys(job.params).empty()) return {}; // most jobs: their parameters are not copied
     Params filled;
     bool changed = false;
     for (auto& [name, v] : job.params) {

@@ -18,10 +18,20 @@ public:
     // An object goes to the server once: it keeps those the store holds (until forget()); one the store no
     // longer holds goes with the job and is forgotten right after it.
     void run(JobPtr job, int attempt, std::shared_ptr<CompletionSink> sink) override {
+        auto keys = object_keys(job->params);
+        if (keys.empty()) { // encoded without the lock, which results and stats take
+            auto frames = wire::encode(wire::JobMsg{job, attempt, {}});
+            {
+                std::lock_guard lk(mu_);
+                pending_[job->id] = {job, attempt, std::move(sink)};
+            }
+            out_.push(routing_, std::move(frames));
+            return;
+        }
         wire::JobMsg msg{job, attempt, {}};
         std::vector<std::string> once;
         std::lock_guard lk(mu_); // held while sending: forget() cannot come between the check and the job
-        for (auto key : object_keys(job->params)) {
+        for (auto key : keys) {
             std::string k(key);
             if (has_.count(k)) {
                 msg.cached.push_back(k);

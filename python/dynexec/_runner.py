@@ -104,7 +104,7 @@ def _call_template(template: bytes, state: bytes, args, kwargs, loads=pickle.loa
 
 
 _shared: dict = {}  # key -> an object given to Executor.scatter, unpickled once in this process
-_parts: dict = {}  # key -> a large callable part (bytes): one object, so the caches above find it at once
+_parts: dict = {}  # key -> a large callable part (bytes)
 _MAX_KEPT = 8
 
 
@@ -128,10 +128,11 @@ class _Objects:
         except KeyError:
             raise RuntimeError(f"the job names object {key}, which did not come with it") from None
         if how == "shared":  # shared by the jobs of this process, as Executor.scatter says
-            obj = _kept(_shared, key, lambda: pickle.loads(data))
-            return obj
-        if how == "bytes":
+            return _kept(_shared, key, lambda: pickle.loads(data))
+        if how == "part":  # a callable's pickle: one object, so that the caches above find it at once
             return _kept(_parts, key, lambda: bytes(data))
+        if how == "bytes":  # an argument: its own copy, not kept here once the head says Forget
+            return bytes(data)
         _, dtype, shape = how  # a fresh copy: the job may change it, as it could without objects
         return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
 

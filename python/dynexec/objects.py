@@ -137,7 +137,7 @@ class Collector:
         """A large payload part that cannot change (a function's pickle or template), kept out of it."""
         key = self.holder.identity_key(data, "bytes")
         self._add(key, data, auto=True)
-        return ("dynexec.object", key, "bytes")
+        return ("dynexec.object", key, "part")  # kept by the server process, which unpickles it once
 
     def persistent_id(self, obj):
         t = type(obj)

@@ -318,18 +318,11 @@ def _read_archive_v3(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
                     rec[k] = heap(row[k]).decode("utf-8")
                 except Exception as exc:
                     problems.append(f"its {k} cannot be read: {exc}")
-            for k in ("submit_time", "start_time", "end_time"):
-                rec[k] = float(row[k])
-            rec["attempts"] = int(row["attempts"])
+            value = lambda: value_of(job_id, row, rec["value_kind"], rec["status"])  # noqa: E731
             if rec["value_kind"] is None:
                 problems.append(f"its value kind code {kind_code} is unknown")
-            else:
-                try:
-                    rec["value"] = value_of(job_id, row, rec["value_kind"], rec["status"])
-                except ResultDecodeError as exc:
-                    problems.append(str(exc).removeprefix(f"job {job_id}: "))
-                except Exception as exc:
-                    problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
+                value = None
+            _times_and_value(rec, row, problems, value)
             if problems:
                 rec["decode_error"] = f"job {job_id}: " + "; ".join(problems)
             return rec
@@ -557,18 +550,26 @@ def _record_v4(f, path, session, i, row, indexed) -> dict:
         rec["tags"] = _tags(_text(row["tags"]))
     except Exception as exc:
         problems.append(f"its tags cannot be read: {exc}")
-    for k in ("submit_time", "start_time", "end_time"):
-        rec[k] = float(row[k])
-    rec["attempts"] = int(row["attempts"])
-    try:
-        rec["value"] = _value_v4(f, job_id, row, rec["value_kind"], rec["status"])
-    except ResultDecodeError as exc:
-        problems.append(str(exc).removeprefix(f"job {job_id}: "))
-    except Exception as exc:
-        problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
+    _times_and_value(rec, row, problems, lambda: _value_v4(f, job_id, row, rec["value_kind"], rec["status"]))
     if problems:
         rec["decode_error"] = f"job {job_id} in {path}: " + "; ".join(problems)
     return rec
+
+
+def _times_and_value(rec, row, problems, value) -> None:
+    """A row's times and attempts into `rec`, and its value (`value()`; None: not read); what cannot be read
+    goes to `problems`."""
+    for k in ("submit_time", "start_time", "end_time"):
+        rec[k] = float(row[k])
+    rec["attempts"] = int(row["attempts"])
+    if value is None:
+        return
+    try:
+        rec["value"] = value()
+    except ResultDecodeError as exc:
+        problems.append(str(exc).removeprefix(f"job {rec['job_id']}: "))
+    except Exception as exc:
+        problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
 
 
 def _value_v4(f, job_id, row, kind, status):
