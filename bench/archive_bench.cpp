@@ -6,6 +6,7 @@
 #include "testing/fakes.hpp"
 
 #include <benchmark/benchmark.h>
+#include <fmt/format.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -60,17 +61,17 @@ template <class Make> void write_batches(benchmark::State& state, Make make) {
 void BM_WriteSmallInts(benchmark::State& state) { write_batches(state, small_batch); }
 BENCHMARK(BM_WriteSmallInts)->Arg(1)->Arg(16)->Arg(1024)->Arg(4096)->UseRealTime();
 
-// Small results as Python jobs give them, every column written: an int, a float or a short str value (in
-// turn), owner, service, server, times, and what the job was (function, JSON args, summary, label, tags).
+// Small results as a Python sweep gives them, every column written: an int, a float or a short str value (in
+// turn), owner, service, server, times, and what the job was: its function, label and tags (the same for every
+// job) and its own arguments (JSON) and summary.
 std::vector<Result> described_batch(JobIdGenerator& ids, std::size_t n) {
-    auto info = std::make_shared<JobInfo>(JobInfo{"sweep.run", R"({"args": [0.5, 3], "kwargs": {}})", "run(0.5, 3)",
-                                                  "sweep-3", R"(["calib"])"});
     std::vector<Result> batch;
     batch.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         Value v = i % 3 == 0 ? Value(std::int64_t(i)) : i % 3 == 1 ? Value(double(i) * 0.5) : Value("r" + std::to_string(i));
         Result r = testing::ok_result(ids.next(), std::move(v));
-        r.info = info;
+        r.info = std::make_shared<JobInfo>(JobInfo{"sweep.run", fmt::format(R"({{"args": [0.5, {}], "kwargs": {{}}}})", i),
+                                                   fmt::format("run(0.5, {})", i), "sweep-3", R"(["calib"])"});
         batch.push_back(std::move(r));
     }
     return batch;

@@ -390,6 +390,57 @@ TEST_F(ArchiveTest, ReopenThenAppend) {
     EXPECT_EQ(archive.count(), before.size() + 1);
 }
 
+// The rows of a repeated text refer to one stored copy of it; texts of their own are each stored once.
+TEST_F(ArchiveTest, RowsShareTheStorageOfRepeatedTexts) {
+    auto texts_stored = [&](const fs::path& file) {
+        h5::PList fapl = h5::file_access();
+        h5::File f = h5::open_file(file.string(), false, fapl.id());
+        h5::Dataset texts = h5::open_dataset(f.id(), "texts");
+        h5::Space space = h5::dataset_space(texts.id());
+        return h5::dims(space.id()).at(0);
+    };
+    std::vector<JobId> jobs;
+    auto batch_of = [&](int n, int first) {
+        std::vector<Result> batch;
+        for (int i = 0; i < n; ++i) {
+            jobs.push_back(ids.next());
+            Result r = ok_result(jobs.back(), std::int64_t(first + i));
+            r.message = i % 2 ? "" : fmt::format("note {}", first + i); // a text of its own, or none
+            r.server = i % 2 ? "server-1" : "server-2";                 // two texts, in turn
+            batch.push_back(std::move(r));
+        }
+        return batch;
+    };
+    fs::path file;
+    {
+        ResultsArchive archive(dir, ids.session());
+        file = archive.file();
+        archive.write(batch_of(101, 0));  // a chunk and a part
+        archive.write(batch_of(7, 101));  // into the same chunk
+        archive.write(batch_of(1, 108));
+        archive.close();
+    }
+    // owner, service, two servers, once; a message for every other job.
+    EXPECT_EQ(texts_stored(file), 4u + 51u + 4u + 1u);
+    {
+        ResultsArchive archive(dir, ids.session()); // reopened: the texts are written again once
+        archive.write(batch_of(30, 109));
+    }
+    EXPECT_EQ(texts_stored(file), 60u + 4u + 15u);
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+        SCOPED_TRACE(jobs[i]);
+        auto r = ResultsArchive::read_from(dir, jobs[i]);
+        ASSERT_TRUE(r);
+        EXPECT_EQ(std::get<std::int64_t>(r->value), std::int64_t(i));
+        EXPECT_EQ(r->owner, "alice");
+        EXPECT_EQ(r->service, "python");
+        bool odd = (i < 101 ? i : i < 108 ? i - 101 : i < 109 ? 0 : i - 109) % 2;
+        EXPECT_EQ(r->server, odd ? "server-1" : "server-2");
+        EXPECT_EQ(r->message, odd ? "" : fmt::format("note {}", i));
+    }
+    EXPECT_TRUE(ResultsArchive::damaged_rows(file).empty());
+}
+
 TEST_F(ArchiveTest, LargeValuesHaveDatasetsOfTheirOwn) {
     std::vector<std::int16_t> ints(40 * 30 * 50);
     for (std::size_t i = 0; i < ints.size(); ++i) ints[i] = std::int16_t(i * 7);

@@ -381,6 +381,31 @@ PList conversion_buffer(std::size_t bytes) {
     return p;
 }
 
+hsize_t chunk_rows(hid_t dataset) {
+    Quiet q;
+    PList dcpl(check(H5Dget_create_plist(dataset), "H5Dget_create_plist", dataset));
+    hsize_t chunk[1] = {0};
+    if (H5Pget_layout(dcpl.id()) != H5D_CHUNKED || H5Pget_nfilters(dcpl.id()) != 0 || H5Pget_chunk(dcpl.id(), 1, chunk) != 1)
+        return 0;
+    return chunk[0];
+}
+
+void read_chunk(hid_t dataset, hsize_t first, void* buf) {
+    Quiet q;
+    std::uint32_t filters = 0;
+    check(H5Dread_chunk(dataset, H5P_DEFAULT, &first, &filters, buf), "H5Dread_chunk", dataset);
+}
+
+void write_chunk(hid_t dataset, hsize_t first, const void* buf, std::size_t bytes) {
+    Quiet q;
+    check(H5Dwrite_chunk(dataset, H5P_DEFAULT, 0, &first, bytes, buf), "H5Dwrite_chunk", dataset);
+}
+
+void flush_dataset(hid_t dataset) {
+    Quiet q;
+    check(H5Dflush(dataset), "H5Dflush", dataset);
+}
+
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf) {
     Quiet q;
     auto [file, mem] = range_spaces(dataset, start, count);

@@ -150,6 +150,11 @@ void write_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, co
 // A transfer property list whose type-conversion (and background) buffers are `bytes`: HDF5's default is
 // 1 MiB, zeroed at every write that converts, which costs more than writing a few rows.
 PList conversion_buffer(std::size_t bytes);
+// Raw chunks of a 1-D chunked dataset without filters, as the file stores them (no type conversion).
+hsize_t chunk_rows(hid_t dataset); // elements per chunk; 0 if it is not such a dataset
+void read_chunk(hid_t dataset, hsize_t first, void* buf); // the chunk whose first element is `first`
+void write_chunk(hid_t dataset, hsize_t first, const void* buf, std::size_t bytes);
+void flush_dataset(hid_t dataset); // its cached chunks, to the file
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf);
 
 // Attributes.

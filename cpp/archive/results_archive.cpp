@@ -1,4 +1,5 @@
 #include "archive/results_archive.hpp"
+#include "archive/row_image.hpp"
 #include "archive/vlen_check.hpp"
 
 #include "archive/hdf5.hpp"
@@ -36,11 +37,16 @@ namespace {
 constexpr const char* kResults = "results";
 constexpr const char* kIndex = "index";
 constexpr const char* kValues = "values";
+constexpr const char* kTexts = "texts";
+constexpr const char* kBytes = "bytes";
 constexpr const char* kFormat = "dynexec results archive";
 constexpr int kVersion = 4; // the only one read and written here
 
 constexpr hsize_t kRowsPerChunk = 32; // each flush writes the last chunk whole: keep it small (about 7 KiB)
 constexpr hsize_t kIndexChunk = 512; // the same: 4 KiB rewritten per flush
+constexpr hsize_t kSideChunk = 256;  // of /texts and /bytes: 4 KiB of references
+// Texts of the columns that repeat (owner, function, ...) kept with their heap references across batches.
+constexpr std::size_t kSharedTexts = 4096, kSharedTextMax = 512;
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
 constexpr std::size_t kChunkCache = 4 << 20;
 // Bigger str, bytes and pickle values get a dataset of their own, written straight from their buffer.
@@ -215,8 +221,8 @@ std::string location(const fs::path& file, std::uint64_t row) { return fmt::form
 
 // The sequence number - 1 of `id` in the archive of `session`; InvalidJob for anything else.
 std::uint64_t slot_of(const JobId& id, const std::string& session, const fs::path& file) {
-    std::uint64_t seq = JobIdGenerator::sequence_of(id);
-    if (JobIdGenerator::session_of(id) != session)
+    std::uint64_t seq = JobIdGenerator::sequence_of(id); // checks that it is a job ID
+    if (id.compare(0, session.size(), session) != 0 || id.size() <= session.size() || id[session.size()] != '-')
         throw InvalidJob(fmt::format("job {} is not of session {}, whose results archive is '{}'", id, session, file.string()));
     return seq - 1;
 }
@@ -428,6 +434,25 @@ struct ResultsArchive::Impl {
     h5::Dataset results, index;
     h5::Group values;
 
+    // Rows go to the file as chunk images (row_image.hpp), without libhdf5's conversion, which creates a heap
+    // object for every text of every row: each text and bytes value is stored once in /texts or /bytes and the
+    // rows refer to its heap object, a text of a column that repeats once per session (while it is cached).
+    // nullopt for a file whose rows cannot be laid out by hand: they go through H5Dwrite.
+    std::optional<RowImage> image;
+    h5::Dataset texts, blobs;
+    hsize_t texts_size = 0, blobs_size = 0;
+    hsize_t chunk = 0;                   // rows per chunk of /results
+    std::vector<unsigned char> tail;     // the image of the rows in the last chunk of /results, when not full
+    bool tail_known = false;             // false: read it from the file first
+    std::vector<bool> repeats;           // by reference of the row image: a column whose texts repeat
+    struct TextHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    };
+    std::unordered_map<std::string, HeapRef, TextHash, std::equal_to<>> shared; // text -> its heap object
+    std::vector<std::pair<std::string_view, HeapRef>> to_share;                 // of the batch being written
+    std::vector<unsigned char> side_buf;
+
     // By sequence number - 1: the job's row + 1 (kPending while a write() holds it), 0 if not archived.
     std::vector<std::uint32_t> archived;
     static constexpr std::uint32_t kPending = UINT32_MAX;
@@ -477,7 +502,44 @@ struct ResultsArchive::Impl {
         h5::set_attribute(results.id(), "time_unit", kTimeUnit, kit.str.id(), kit.scalar.id());
         index = h5::create_dataset(f, kIndex, H5T_NATIVE_UINT64, empty.id(), index_dcpl.id(), dapl.id());
         values = h5::create_group(f, kValues, gcpl.id());
+        prepare_images();
         h5::flush(f); // a valid, empty archive for readers from now on
+    }
+
+    h5::Dataset side_dataset(const char* name, hid_t type) {
+        hid_t f = h5file.id();
+        if (h5::exists(f, name)) return h5::open_dataset(f, name, dapl.id());
+        h5::PList dcpl = h5::chunked_creation(kSideChunk, type, nullptr, true);
+        h5::Space empty = h5::extendible_space(0);
+        h5::Dataset ds = h5::create_dataset(f, name, type, empty.id(), dcpl.id(), dapl.id());
+        h5::set_attribute(ds.id(), "about", "storage the rows of /results share (each text or bytes value once); read /results",
+                          kit.str.id(), kit.scalar.id());
+        return ds;
+    }
+
+    // Opens (or adds) /texts and /bytes and works out the row image of this file, if it has one.
+    void prepare_images() {
+        texts = side_dataset(kTexts, kit.str.id());
+        blobs = side_dataset(kBytes, kit.bytes.id());
+        texts_size = extent(texts.id());
+        blobs_size = extent(blobs.id());
+        chunk = h5::chunk_rows(results.id());
+        image.reset();
+        tail_known = false;
+        std::size_t sizeof_addr = 0, sizeof_size = 0;
+        {
+            h5::Quiet q;
+            h5::PList fcpl(H5Fget_create_plist(h5file.id()));
+            if (!fcpl || H5Pget_sizes(fcpl.id(), &sizeof_addr, &sizeof_size) < 0) return;
+        }
+        if (chunk == 0 || h5::chunk_rows(texts.id()) != kSideChunk || h5::chunk_rows(blobs.id()) != kSideChunk) return;
+        h5::Type file_row = h5::dataset_type(results.id());
+        image = RowImage::of(kit.row.id(), file_row.id(), sizeof_addr);
+        if (!image) return;
+        repeats.clear();
+        for (const auto& r : image->references())
+            repeats.push_back(r.name == "service" || r.name == "function" || r.name == "label" || r.name == "tags" ||
+                              r.name == "owner" || r.name == "server" || r.name == "error_type");
     }
 
     void reopen() {
@@ -490,6 +552,7 @@ struct ResultsArchive::Impl {
                                                   : h5::create_group(h5file.id(), kValues, gcpl.id());
         rows = extent(results.id());
         index_size = extent(index.id());
+        prepare_images();
         archived.assign(index_size, 0);
         std::vector<std::uint64_t> entries(std::min(index_size, kScanEntries));
         for (hsize_t start = 0; start < index_size; start += kScanEntries) {
@@ -504,6 +567,8 @@ struct ResultsArchive::Impl {
     }
 
     void close_handles() noexcept {
+        blobs.reset();
+        texts.reset();
         values.reset();
         index.reset();
         results.reset();
@@ -732,6 +797,21 @@ struct ResultsArchive::Impl {
         } catch (const ArchiveError&) {
             // Still failing: those entries never reached the file, or point past the end of /results below.
         }
+        to_share.clear();
+        shared.clear();
+        tail_known = false;
+        try {
+            // Chunk images: the rows left past the new end go first, so that nothing refers to shared heap
+            // objects from where libhdf5 might write over it.
+            if (image && old_rows % chunk != 0 && rows > old_rows) {
+                const hsize_t first_chunk = old_rows / chunk * chunk, width = image->size();
+                std::vector<unsigned char> buf(chunk * width);
+                h5::read_chunk(results.id(), first_chunk, buf.data());
+                std::fill(buf.begin() + static_cast<std::ptrdiff_t>((old_rows - first_chunk) * width), buf.end(), 0);
+                h5::write_chunk(results.id(), first_chunk, buf.data(), buf.size());
+            }
+        } catch (const ArchiveError&) {
+        }
         try {
             h5::set_extent(results.id(), old_rows);
             rows = old_rows;
@@ -809,10 +889,14 @@ struct ResultsArchive::Impl {
             std::vector<Row> block;
             block.reserve(pending.size());
             for (const auto& p : pending) block.push_back(p.data);
-            h5::set_extent(results.id(), old_rows + block.size());
-            rows = old_rows + block.size();
-            h5::PList dxpl = h5::conversion_buffer(std::max<std::size_t>(block.size(), 16) * sizeof(Row));
-            h5::write_range(results.id(), kit.row.id(), old_rows, block.size(), block.data(), dxpl.id());
+            if (image) {
+                write_images(block, old_rows);
+            } else {
+                h5::set_extent(results.id(), old_rows + block.size());
+                rows = old_rows + block.size();
+                h5::PList dxpl = h5::conversion_buffer(std::max<std::size_t>(block.size(), 16) * sizeof(Row));
+                h5::write_range(results.id(), kit.row.id(), old_rows, block.size(), block.data(), dxpl.id());
+            }
         } catch (const ArchiveError& e) {
             unwrite(old_rows, {});
             fail(pending, e, failures);
@@ -852,7 +936,121 @@ struct ResultsArchive::Impl {
         }
         for (auto [slot, row] : order) mark(slot, static_cast<std::uint32_t>(row + 1));
         count += pending.size();
+        // Only heap objects now in the file are shared by later batches.
+        if (shared.size() + to_share.size() > kSharedTexts) shared.clear();
+        for (auto& [text, ref] : to_share) shared.emplace(std::string(text), ref);
+        to_share.clear();
         return failures;
+    }
+
+    // Appends `n` elements (char* or hvl_t, as `type` says) to /texts or /bytes, and gives how the file refers to
+    // each: the references the rows will hold.
+    void append_side(hid_t ds, hsize_t& size, hid_t type, const void* elems, std::size_t n, HeapRef* out) {
+        hsize_t first = size;
+        h5::set_extent(ds, first + n);
+        size = first + n; // also if what follows fails: elements never written read as empty
+        h5::PList dxpl = h5::conversion_buffer(std::max<std::size_t>(n, 16) * sizeof(HeapRef::raw)); // not 1 MiB per call
+        h5::write_range(ds, type, first, n, elems, dxpl.id());
+        constexpr std::size_t kRef = sizeof(HeapRef::raw);
+        side_buf.resize(kSideChunk * kRef);
+        for (hsize_t c = first / kSideChunk * kSideChunk; c < first + n; c += kSideChunk) {
+            h5::read_chunk(ds, c, side_buf.data());
+            for (hsize_t e = std::max(c, first); e < std::min(c + kSideChunk, first + n); ++e)
+                std::memcpy(out[e - first].raw.data(), &side_buf[(e - c) * kRef], kRef);
+        }
+    }
+
+    // The rows of `block` after row `old_rows`, as chunk images: their texts and bytes first (new ones to /texts
+    // and /bytes), then every chunk they touch, whole (the last one's earlier rows from `tail`).
+    void write_images(const std::vector<Row>& block, hsize_t old_rows) {
+        const auto& members = image->references();
+        const std::size_t nr = members.size(), width = image->size();
+        std::vector<HeapRef> refs(block.size() * nr);
+        std::vector<const char*> new_texts;
+        std::vector<hvl_t> new_bytes;
+        std::vector<std::pair<std::size_t, std::size_t>> text_waits, byte_waits; // (reference, index in new_*)
+        std::unordered_map<std::string_view, std::size_t> seen;                  // a repeating text -> its index
+        constexpr std::size_t kNone = SIZE_MAX;
+        struct Last {
+            std::string_view text;   // of the column in the row before
+            std::size_t slot = kNone, fresh = kNone; // its reference; its index in new_texts if it is new
+        };
+        std::vector<Last> last_of(nr);
+        to_share.clear();
+        for (std::size_t r = 0; r < block.size(); ++r) {
+            const auto* base = reinterpret_cast<const unsigned char*>(&block[r]);
+            for (std::size_t k = 0; k < nr; ++k) {
+                const std::size_t slot = r * nr + k;
+                if (!members[k].string) {
+                    hvl_t v;
+                    std::memcpy(&v, base + members[k].offset, sizeof v);
+                    if (v.p && v.len) {
+                        byte_waits.emplace_back(slot, new_bytes.size());
+                        new_bytes.push_back(v);
+                    }
+                    continue;
+                }
+                const char* p;
+                std::memcpy(&p, base + members[k].offset, sizeof p);
+                if (!p || !*p) continue; // a null string: "" to every reader
+                if (!repeats[k]) {       // a text of its own (arguments, a message): no search for it
+                    text_waits.emplace_back(slot, new_texts.size());
+                    new_texts.push_back(p);
+                    continue;
+                }
+                std::string_view text(p);
+                Last& l = last_of[k];
+                if (l.slot != kNone && l.text == text) { // most often the same as the row before
+                    if (l.fresh != kNone) text_waits.emplace_back(slot, l.fresh);
+                    else refs[slot] = refs[l.slot];
+                    continue;
+                }
+                l = {text, slot, kNone};
+                if (auto it = shared.find(text); it != shared.end()) {
+                    refs[slot] = it->second;
+                    continue;
+                }
+                auto [it, fresh] = seen.try_emplace(text, new_texts.size());
+                if (fresh) {
+                    new_texts.push_back(p);
+                    if (text.size() <= kSharedTextMax) to_share.emplace_back(text, HeapRef{});
+                }
+                l.fresh = it->second;
+                text_waits.emplace_back(slot, it->second);
+            }
+        }
+        std::vector<HeapRef> text_refs(new_texts.size()), byte_refs(new_bytes.size());
+        if (!new_texts.empty()) append_side(texts.id(), texts_size, kit.str.id(), new_texts.data(), new_texts.size(), text_refs.data());
+        if (!new_bytes.empty()) append_side(blobs.id(), blobs_size, kit.bytes.id(), new_bytes.data(), new_bytes.size(), byte_refs.data());
+        // What the file says must be what was written: anything else and the rows would point at other data.
+        for (std::size_t i = 0; i < new_texts.size(); ++i)
+            if (text_refs[i].null() || text_refs[i].length() != std::strlen(new_texts[i]))
+                throw ArchiveError(fmt::format("/{} does not refer to the text just written to it (element {})", kTexts, texts_size - new_texts.size() + i));
+        for (std::size_t i = 0; i < new_bytes.size(); ++i)
+            if (byte_refs[i].null() || byte_refs[i].length() != new_bytes[i].len)
+                throw ArchiveError(fmt::format("/{} does not refer to the bytes just written to it (element {})", kBytes, blobs_size - new_bytes.size() + i));
+        for (auto [slot, i] : text_waits) refs[slot] = text_refs[i];
+        for (auto [slot, i] : byte_waits) refs[slot] = byte_refs[i];
+        for (auto& [text, ref] : to_share) ref = text_refs[seen.at(text)];
+
+        const hsize_t first_chunk = old_rows / chunk * chunk, before = old_rows - first_chunk;
+        const hsize_t end = old_rows + block.size(), chunks = (before + block.size() + chunk - 1) / chunk;
+        if (before && !tail_known) {
+            tail.resize(chunk * width);
+            h5::read_chunk(results.id(), first_chunk, tail.data());
+        }
+        std::vector<unsigned char> buf(chunks * chunk * width, 0);
+        if (before) std::memcpy(buf.data(), tail.data(), before * width);
+        for (std::size_t r = 0; r < block.size(); ++r) image->encode(&block[r], &refs[r * nr], &buf[(before + r) * width]);
+        tail_known = false;
+        h5::set_extent(results.id(), end);
+        rows = end;
+        for (hsize_t c = 0; c < chunks; ++c)
+            h5::write_chunk(results.id(), first_chunk + c * chunk, &buf[c * chunk * width], chunk * width);
+        const hsize_t last = end / chunk * chunk;
+        tail.assign(buf.begin() + static_cast<std::ptrdiff_t>((last - first_chunk) * width),
+                    buf.begin() + static_cast<std::ptrdiff_t>((end - first_chunk) * width));
+        tail_known = true;
     }
 
     Reader reader() const { return Reader{kit, h5file.id(), results.id(), index.id()}; }
@@ -947,6 +1145,8 @@ void ResultsArchive::close() {
         impl_->close_handles();
         throw;
     }
+    impl_->blobs.close("H5Dclose");
+    impl_->texts.close("H5Dclose");
     impl_->values.close("H5Gclose");
     impl_->index.close("H5Dclose");
     impl_->results.close("H5Dclose");

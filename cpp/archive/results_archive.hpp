@@ -27,7 +27,15 @@
 //   /values/<job_id>  an array value (any size: its own dtype and shape, b1 as
 //             h5py's enum bool), a str over 64 KiB (a scalar UTF-8 string), or
 //             bytes/pickle over 64 KiB (1-D uint8)
-// A job is written once: an archived job is never overwritten.
+//   /texts, /bytes  1-D variable-length UTF-8 / uint8: where the rows' texts
+//             and bytes values are stored, each once, the rows referring to
+//             the same heap objects (a text of a column that repeats - owner,
+//             service, function, label, tags, server, error_type - once per
+//             session while it is cached). Storage only: read /results.
+// A job is written once: an archived job is never overwritten, and no row may
+// be written over with libhdf5 (it would free heap objects other rows share).
+// Rows reach the file as whole chunks (row_image.hpp), not through libhdf5's
+// type conversion, which would make a heap object of every text of every row.
 // Write order: a batch's /values datasets, its /results rows, then its /index
 // entries, and one flush before write() returns: once it returns, the batch
 // is in the file for every reader, also after a kill of this process. A

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <chrono>
 #include <random>
 
@@ -30,10 +31,17 @@ std::string new_session() {
     return s;
 }
 
+// Job IDs are checked at every hop (the archive checks each row's): a table, not a search per character.
+constexpr auto kIsCrockford = [] {
+    std::array<bool, 256> t{};
+    for (char c : std::string_view(kCrockford)) t[static_cast<unsigned char>(c)] = true;
+    return t;
+}();
+
 bool is_session(std::string_view s) {
     if (s.size() != kSessionChars) return false;
     for (char c : s)
-        if (std::string_view(kCrockford).find(c) == std::string_view::npos) return false;
+        if (!kIsCrockford[static_cast<unsigned char>(c)]) return false;
     return true;
 }
 
