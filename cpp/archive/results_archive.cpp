@@ -42,9 +42,9 @@ constexpr const char* kBytes = "bytes";
 constexpr const char* kFormat = "dynexec results archive";
 constexpr int kVersion = 4; // the only one read and written here
 
-constexpr hsize_t kRowsPerChunk = 32; // each flush writes the last chunk whole: keep it small (about 7 KiB)
+constexpr hsize_t kRowsPerChunk = 128; // each flush writes the last chunk whole: keep it small (about 7 KiB)
 constexpr hsize_t kIndexChunk = 512; // the same: 4 KiB rewritten per flush
-constexpr hsize_t kSideChunk = 256;  // of /texts and /bytes: 4 KiB of references
+constexpr hsize_t kSideChunk = 1024;  // of /texts and /bytes: 4 KiB of references
 // Texts of the columns that repeat (owner, function, ...) kept with their heap references across batches.
 constexpr std::size_t kSharedTexts = 4096, kSharedTextMax = 512;
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
@@ -451,7 +451,7 @@ struct ResultsArchive::Impl {
     };
     std::unordered_map<std::string, HeapRef, TextHash, std::equal_to<>> shared; // text -> its heap object
     std::vector<std::pair<std::string_view, HeapRef>> to_share;                 // of the batch being written
-    std::vector<unsigned char> side_buf;
+    std::vector<unsigned char> side_buf, chunk_buf;
 
     // By sequence number - 1: the job's row + 1 (kPending while a write() holds it), 0 if not archived.
     std::vector<std::uint32_t> archived;
@@ -757,7 +757,6 @@ struct ResultsArchive::Impl {
     struct Pending {
         std::uint64_t slot;  // sequence number - 1
         std::size_t index;   // in the batch
-        Row data;
     };
     struct Failure {
         std::size_t index; // in the batch
@@ -863,7 +862,9 @@ struct ResultsArchive::Impl {
         Failures failures;
         if (refuse_when_full(batch, failures)) return failures;
         std::vector<Pending> pending;
+        std::vector<Row> block; // the rows of `pending`
         pending.reserve(batch.size());
+        block.reserve(batch.size());
         Scratch scratch;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             const Result& r = batch[i];
@@ -875,7 +876,8 @@ struct ResultsArchive::Impl {
                 }
                 Row data = encode(r, scratch);
                 mark(slot, kPending);
-                pending.push_back({slot, i, data});
+                pending.push_back({slot, i});
+                block.push_back(data);
             } catch (const std::exception& e) { // ArchiveError, InvalidJob, or a malformed value
                 std::string why = e.what();
                 failures.list.push_back(
@@ -886,9 +888,6 @@ struct ResultsArchive::Impl {
 
         const hsize_t old_rows = rows;
         try {
-            std::vector<Row> block;
-            block.reserve(pending.size());
-            for (const auto& p : pending) block.push_back(p.data);
             if (image) {
                 write_images(block, old_rows);
             } else {
@@ -965,20 +964,36 @@ struct ResultsArchive::Impl {
     void write_images(const std::vector<Row>& block, hsize_t old_rows) {
         const auto& members = image->references();
         const std::size_t nr = members.size(), width = image->size();
-        std::vector<HeapRef> refs(block.size() * nr);
+        const hsize_t first_chunk = old_rows / chunk * chunk, before = old_rows - first_chunk;
+        const hsize_t end = old_rows + block.size(), chunks = (before + block.size() + chunk - 1) / chunk;
+        if (before && !tail_known) {
+            tail.resize(chunk * width);
+            h5::read_chunk(results.id(), first_chunk, tail.data());
+        }
+        auto& buf = chunk_buf; // kept: zeroing a batch's worth of chunks costs more than the rows' copy
+        buf.resize(std::max<std::size_t>(buf.size(), chunks * chunk * width));
+        std::memset(&buf[(before + block.size()) * width], 0, (chunks * chunk - before - block.size()) * width);
+        if (before) std::memcpy(buf.data(), tail.data(), before * width);
+        auto image_of = [&](std::size_t r) { return &buf[(before + r) * width]; };
+
+        static const HeapRef null_ref{};
         std::vector<const char*> new_texts;
         std::vector<hvl_t> new_bytes;
-        std::vector<std::pair<std::size_t, std::size_t>> text_waits, byte_waits; // (reference, index in new_*)
+        std::vector<std::pair<std::size_t, std::size_t>> text_waits, byte_waits; // (row * nr + member, index in new_*)
         std::unordered_map<std::string_view, std::size_t> seen;                  // a repeating text -> its index
         constexpr std::size_t kNone = SIZE_MAX;
         struct Last {
             std::string_view text;   // of the column in the row before
-            std::size_t slot = kNone, fresh = kNone; // its reference; its index in new_texts if it is new
+            bool set = false;
+            std::size_t fresh = kNone; // its index in new_texts if it is new, else `ref`
+            HeapRef ref;
         };
         std::vector<Last> last_of(nr);
         to_share.clear();
         for (std::size_t r = 0; r < block.size(); ++r) {
             const auto* base = reinterpret_cast<const unsigned char*>(&block[r]);
+            unsigned char* out = image_of(r);
+            image->copy_fixed(base, out);
             for (std::size_t k = 0; k < nr; ++k) {
                 const std::size_t slot = r * nr + k;
                 if (!members[k].string) {
@@ -987,27 +1002,33 @@ struct ResultsArchive::Impl {
                     if (v.p && v.len) {
                         byte_waits.emplace_back(slot, new_bytes.size());
                         new_bytes.push_back(v);
+                    } else {
+                        image->put(out, k, null_ref);
                     }
                     continue;
                 }
                 const char* p;
                 std::memcpy(&p, base + members[k].offset, sizeof p);
-                if (!p || !*p) continue; // a null string: "" to every reader
-                if (!repeats[k]) {       // a text of its own (arguments, a message): no search for it
+                if (!p || !*p) { // a null string: "" to every reader
+                    image->put(out, k, null_ref);
+                    continue;
+                }
+                if (!repeats[k]) { // a text of its own (arguments, a message): no search for it
                     text_waits.emplace_back(slot, new_texts.size());
                     new_texts.push_back(p);
                     continue;
                 }
                 std::string_view text(p);
                 Last& l = last_of[k];
-                if (l.slot != kNone && l.text == text) { // most often the same as the row before
+                if (l.set && l.text == text) { // most often the same as the row before
                     if (l.fresh != kNone) text_waits.emplace_back(slot, l.fresh);
-                    else refs[slot] = refs[l.slot];
+                    else image->put(out, k, l.ref);
                     continue;
                 }
-                l = {text, slot, kNone};
+                l = {text, true, kNone, {}};
                 if (auto it = shared.find(text); it != shared.end()) {
-                    refs[slot] = it->second;
+                    l.ref = it->second;
+                    image->put(out, k, l.ref);
                     continue;
                 }
                 auto [it, fresh] = seen.try_emplace(text, new_texts.size());
@@ -1029,19 +1050,10 @@ struct ResultsArchive::Impl {
         for (std::size_t i = 0; i < new_bytes.size(); ++i)
             if (byte_refs[i].null() || byte_refs[i].length() != new_bytes[i].len)
                 throw ArchiveError(fmt::format("/{} does not refer to the bytes just written to it (element {})", kBytes, blobs_size - new_bytes.size() + i));
-        for (auto [slot, i] : text_waits) refs[slot] = text_refs[i];
-        for (auto [slot, i] : byte_waits) refs[slot] = byte_refs[i];
+        for (auto [slot, i] : text_waits) image->put(image_of(slot / nr), slot % nr, text_refs[i]);
+        for (auto [slot, i] : byte_waits) image->put(image_of(slot / nr), slot % nr, byte_refs[i]);
         for (auto& [text, ref] : to_share) ref = text_refs[seen.at(text)];
 
-        const hsize_t first_chunk = old_rows / chunk * chunk, before = old_rows - first_chunk;
-        const hsize_t end = old_rows + block.size(), chunks = (before + block.size() + chunk - 1) / chunk;
-        if (before && !tail_known) {
-            tail.resize(chunk * width);
-            h5::read_chunk(results.id(), first_chunk, tail.data());
-        }
-        std::vector<unsigned char> buf(chunks * chunk * width, 0);
-        if (before) std::memcpy(buf.data(), tail.data(), before * width);
-        for (std::size_t r = 0; r < block.size(); ++r) image->encode(&block[r], &refs[r * nr], &buf[(before + r) * width]);
         tail_known = false;
         h5::set_extent(results.id(), end);
         rows = end;

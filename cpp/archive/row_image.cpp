@@ -57,10 +57,9 @@ std::optional<RowImage> RowImage::of(hid_t mem_row, hid_t file_row, std::size_t 
     return image;
 }
 
-void RowImage::encode(const void* row, const HeapRef* refs, unsigned char* out) const {
+void RowImage::copy_fixed(const void* row, unsigned char* out) const {
     const auto* in = static_cast<const unsigned char*>(row);
     for (const Copy& c : copies_) std::memcpy(out + c.to, in + c.from, c.size);
-    for (std::size_t k = 0; k < ref_offsets_.size(); ++k) std::memcpy(out + ref_offsets_[k], refs[k].raw.data(), refs[k].raw.size());
 }
 
 } // namespace dynexec

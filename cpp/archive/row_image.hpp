@@ -9,6 +9,7 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -40,8 +41,12 @@ public:
 
     std::size_t size() const { return size_; } // bytes per row in the file
     const std::vector<Reference>& references() const { return refs_; }
-    // Writes `row`'s image to `out` (size() bytes), its k-th variable-length member as refs[k].
-    void encode(const void* row, const HeapRef* refs, unsigned char* out) const;
+    // Writes the numbers and fixed-size strings of `row` to its image `out` (size() bytes)...
+    void copy_fixed(const void* row, unsigned char* out) const;
+    // ... and its k-th variable-length member as `ref`.
+    void put(unsigned char* out, std::size_t k, const HeapRef& ref) const {
+        std::copy(ref.raw.begin(), ref.raw.end(), out + ref_offsets_[k]);
+    }
 
 private:
     struct Copy {
