@@ -137,9 +137,50 @@ def test_read_archive_finds_by_label_and_as_a_frame(archived):
     assert df.loc[ids["float"], "value"] == 2.5 and df.loc[ids["error"], "status"] == "error"
     [session] = dynexec.sessions(path.parent)
     assert (session["session"], session["label"], session["jobs"], session["version"]) == (
-        path.stem, "every kind", len(records), 4)
+        path.stem, "every kind", len(records), 5)
     assert session["start_time"] <= session["end_time"] and session["user"] and session["host"]
     assert session["dynexec_version"] == dynexec.__version__ and session["script"]
+
+
+def test_a_file_of_layout_4_is_still_found_and_read(archived, tmp_path):
+    """Layout 4 (2026-12-01) had a variable-length summary; 5 has a fixed-size one. A copy of the archive made
+    with h5py in layout 4 reads as the original."""
+    import h5py
+    path, ids = archived
+    old = tmp_path / "old" / path.name
+    old.parent.mkdir()
+    with h5py.File(path, "r") as src, h5py.File(old, "w") as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        dst.attrs["version"] = np.int32(4)
+        rows = src["results"][()]
+        dtype = [(n, h5py.string_dtype() if n == "summary" else rows.dtype[n]) for n in rows.dtype.names]
+        table = np.empty(len(rows), dtype=dtype)
+        for n in rows.dtype.names:
+            table[n] = [v.decode() for v in rows[n]] if n == "summary" else rows[n]
+        dst.create_dataset("results", data=table, chunks=(32,), maxshape=(None,))
+        for name in ("index", "values"):
+            src.copy(name, dst)
+    assert h5py.check_string_dtype(h5py.File(old)["results"].dtype["summary"]).length is None  # variable
+    r = dynexec.find(ids["sweep"][1], old.parent)
+    assert (r.value, r.summary, r.label, r.function) == (20, "identity(20)", "sweep-3", "test_archive_layout.identity")
+    assert dynexec.find(ids["small array"], old.parent).value.shape == (2, 3)
+    records = dynexec.read_archive(old)
+    assert records[ids["int"]]["summary"] == "identity(-7)" and records[ids["json"]]["value"] == VALUES["json"]
+    assert dynexec.sessions(old.parent)[0]["version"] == 4
+
+
+def many(*args, **kwargs):
+    return len(args) + len(kwargs)
+
+
+def test_a_long_summary_fits_its_column(tmp_path):
+    with dynexec.Executor(max_workers=1, archive=tmp_path) as ex:
+        f = ex.submit(many, *["é" * 20] * 5, **{f"k{i}": "ü" * 20 for i in range(5)})
+        assert f.result(timeout=60) == 10
+    r = dynexec.find(f.job_id, tmp_path)
+    assert r.summary.startswith("many('éé") and r.summary.endswith("...)") and len(r.summary.encode()) <= 95, r.summary
+    assert json.loads(r.args)["kwargs"]["k4"] == "ü" * 20  # the arguments whole
 
 
 def test_archive_files_are_private_unless_shared_with_the_group(tmp_path):

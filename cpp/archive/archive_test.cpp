@@ -526,8 +526,26 @@ TEST_F(ArchiveTest, RowsAreTheResultsWrittenWithTheirJobIds) {
     std::vector<std::string> job_ids;
     for (auto& p : got) job_ids.emplace_back(p.data());
     EXPECT_EQ(job_ids, (std::vector<std::string>{id_at(s, 65548), id_at(s, 3), id_at(s, 1)}));
-    EXPECT_EQ(h5::int_attribute(f.id(), "version"), 4);
+    EXPECT_EQ(h5::int_attribute(f.id(), "version"), 5);
     EXPECT_NE(h5::string_attribute(results.id(), "time_unit", str.id()).find("seconds since 1970-01-01"), std::string::npos);
+}
+
+// The summary column is 96 bytes: a longer summary is cut where a character starts, and says so.
+TEST_F(ArchiveTest, ALongSummaryIsCutToItsColumn) {
+    std::string long_summary = "run(";
+    for (int i = 0; i < 60; ++i) long_summary += "é";   // 2 bytes each
+    Result r = ok_result(ids.next(), std::int64_t{4});
+    r.info = std::make_shared<JobInfo>(JobInfo{"sweep.run", "", long_summary + ")", "", ""});
+    Result nul = ok_result(ids.next(), std::int64_t{5});
+    nul.info = std::make_shared<JobInfo>(JobInfo{"sweep.run", "", std::string("f(\0x)", 5), "", ""});
+    {
+        ResultsArchive archive(dir, ids.session());
+        archive.write({r, nul});
+    }
+    std::string got = ResultsArchive::read_from(dir, r.job_id)->info->summary;
+    EXPECT_EQ(got.size(), 4u + 2 * 44 + 3) << got;                // 95 bytes at most, "..." included
+    EXPECT_EQ(got, long_summary.substr(0, 4 + 2 * 44) + "...");  // whole characters only
+    EXPECT_EQ(ResultsArchive::read_from(dir, nul.job_id)->info->summary, "f(");
 }
 
 TEST_F(ArchiveTest, KeepsWhatEachJobWasAndTheSession) {

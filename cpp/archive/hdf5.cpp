@@ -257,11 +257,12 @@ Type fixed_string_type(std::size_t size) {
     return t;
 }
 
-Type short_text_type(std::size_t size) {
+Type short_text_type(std::size_t size, bool utf8) {
     Quiet q;
     Type t(check(H5Tcopy(H5T_C_S1), "H5Tcopy(H5T_C_S1)", "<datatype>"));
     check(H5Tset_size(t.id(), size), "H5Tset_size", "<datatype>");
     check(H5Tset_strpad(t.id(), H5T_STR_NULLTERM), "H5Tset_strpad", "<datatype>");
+    if (utf8) check(H5Tset_cset(t.id(), H5T_CSET_UTF8), "H5Tset_cset(UTF-8)", "<datatype>");
     return t;
 }
 

@@ -124,7 +124,7 @@ std::vector<hsize_t> dims(hid_t space); // empty for a scalar
 Type utf8_string_type();                // variable-length UTF-8, as h5py writes str
 Type bool_type();                       // enum int8 {FALSE=0, TRUE=1}, as h5py writes numpy bool
 Type fixed_string_type(std::size_t size); // ASCII, NUL-padded
-Type short_text_type(std::size_t size);   // ASCII, NUL-terminated: h5dump prints just the text
+Type short_text_type(std::size_t size, bool utf8 = false); // ASCII or UTF-8, NUL-terminated: h5dump prints just the text
 Type vlen_type(hid_t base);               // variable-length sequence of `base`
 Type enum_type(std::span<const char* const> names); // uint8: names[i] = i
 Type array_type(hid_t base, std::span<const hsize_t> dims);

@@ -40,7 +40,8 @@ constexpr const char* kValues = "values";
 constexpr const char* kTexts = "texts";
 constexpr const char* kBytes = "bytes";
 constexpr const char* kFormat = "dynexec results archive";
-constexpr int kVersion = 4; // the only one read and written here
+constexpr int kVersion = 5;       // the one written here
+constexpr int kOldestRead = 4;    // read too (its summary a variable-length string)
 
 constexpr hsize_t kRowsPerChunk = 128; // each flush writes the last chunk whole: keep it small (about 7 KiB)
 constexpr hsize_t kIndexChunk = 512; // the same: 4 KiB rewritten per flush
@@ -103,7 +104,9 @@ struct Row {
     hvl_t value_bytes;   // bytes, pickle (and a str holding NUL characters)
     const char* service;
     const char* function;
-    const char* summary;
+    // Short by design: a fixed-size UTF-8 string costs no heap object (one per job would cost about 15 % of a
+    // small result's write). In a version-4 row read back, the first bytes hold a char* instead.
+    char summary[96];
     const char* args;
     const char* label;
     const char* tags;
@@ -119,7 +122,7 @@ struct Row {
 };
 static_assert(std::is_trivially_copyable_v<Row> && std::is_standard_layout_v<Row>);
 
-h5::Type make_row_type(hid_t str, hid_t id, hid_t status, hid_t kind, hid_t bytes) {
+h5::Type make_row_type(hid_t str, hid_t id, hid_t status, hid_t kind, hid_t bytes, hid_t summary) {
     h5::Type t = h5::compound_type(sizeof(Row));
     auto add = [&](const char* name, std::size_t offset, hid_t type) { h5::insert_member(t.id(), name, offset, type); };
     add("job_id", offsetof(Row, job_id), id);
@@ -131,7 +134,7 @@ h5::Type make_row_type(hid_t str, hid_t id, hid_t status, hid_t kind, hid_t byte
     add("value_bytes", offsetof(Row, value_bytes), bytes);
     add("service", offsetof(Row, service), str);
     add("function", offsetof(Row, function), str);
-    add("summary", offsetof(Row, summary), str);
+    add("summary", offsetof(Row, summary), summary);
     add("args", offsetof(Row, args), str);
     add("label", offsetof(Row, label), str);
     add("tags", offsetof(Row, tags), str);
@@ -164,8 +167,11 @@ struct Kit {
     h5::Type kind = h5::short_text_type(sizeof(Row::value_kind));
     h5::Type job_id = h5::short_text_type(sizeof(Row::job_id));
     h5::Type bytes = h5::vlen_type(H5T_NATIVE_UINT8);
-    h5::Type row = make_row_type(str.id(), job_id.id(), status.id(), kind.id(), bytes.id());
+    h5::Type summary = h5::short_text_type(sizeof(Row::summary), true);
+    h5::Type row = make_row_type(str.id(), job_id.id(), status.id(), kind.id(), bytes.id(), summary.id());
     h5::Type file_row = packed(row.id());
+    // How a version-4 row is read: its summary a char* in the first bytes of Row::summary.
+    h5::Type row_v4 = make_row_type(str.id(), job_id.id(), status.id(), kind.id(), bytes.id(), str.id());
     h5::Space scalar = h5::scalar_space();
 };
 
@@ -262,21 +268,25 @@ std::string dtype_of(hid_t type, hid_t dataset) {
     throw ArchiveError(fmt::format("dataset '{}' has a datatype dynexec cannot read as an array", h5::describe(dataset)));
 }
 
-// Checks that `file` is an archive of this layout and of `session`.
-void check_layout(hid_t file, const std::string& session, const Kit& kit) {
+// Checks that `file` is an archive of `session` in a layout read here (written, if `writing`); its version.
+int check_layout(hid_t file, const std::string& session, const Kit& kit, bool writing) {
     if (!h5::exists(file, kResults)) {
         if (h5::exists(file, "jobs"))
             throw ArchiveError("it has the group-per-job layout (/jobs) of an older dynexec, which this one cannot read");
         throw ArchiveError(fmt::format("it has no /{} dataset: not a dynexec results archive", kResults));
     }
     int version = h5::int_attribute(file, "version");
-    if (version != kVersion)
-        throw ArchiveError(fmt::format("it has layout version {}, of {} dynexec; this one finds and writes only version {} "
+    if (version > kVersion || version < kOldestRead)
+        throw ArchiveError(fmt::format("it has layout version {}, of {} dynexec; this one finds versions {} and {} "
                                        "(dynexec.read_archive() still reads versions 2 and 3)",
-                                       version, version < kVersion ? "an older" : "a newer", kVersion));
+                                       version, version < kVersion ? "an older" : "a newer", kOldestRead, kVersion));
+    if (writing && version != kVersion)
+        throw ArchiveError(fmt::format("it has layout version {}, of an older dynexec; this one appends only to version {} "
+                                       "(it still finds and reads the results there)", version, kVersion));
     if (!h5::exists(file, kIndex)) throw ArchiveError(fmt::format("it has no /{} dataset", kIndex));
     std::string of = h5::string_attribute(file, "session", kit.str.id());
     if (of != session) throw ArchiveError(fmt::format("it holds the results of session {}, not of session {}", of, session));
+    return version;
 }
 
 hsize_t extent(hid_t dataset) {
@@ -286,12 +296,12 @@ hsize_t extent(hid_t dataset) {
     return d[0];
 }
 
-// A row read back: HDF5 allocated its texts, freed here.
+// A row read back with `type`: HDF5 allocated its texts, freed here.
 struct ReadRow {
-    const Kit& kit;
+    hid_t type;
     Row row{};
-    explicit ReadRow(const Kit& k) : kit(k) {}
-    ~ReadRow() { h5::reclaim(kit.row.id(), 1, &row); }
+    explicit ReadRow(hid_t t) : type(t) {}
+    ~ReadRow() { h5::reclaim(type, 1, &row); }
     ReadRow(const ReadRow&) = delete;
     ReadRow& operator=(const ReadRow&) = delete;
 };
@@ -303,6 +313,7 @@ std::string fixed(const char* p, std::size_t n) { return std::string(p, strnlen(
 struct Reader {
     const Kit& kit;
     hid_t file, results, index;
+    int version;
 
     h5::Dataset own_dataset(const JobId& id) const {
         std::string name = fmt::format("{}/{}", kValues, id);
@@ -377,8 +388,8 @@ struct Reader {
         // libhdf5 would follow the row's string references blindly: check them against the file first.
         if (std::string bad = VlenCheck(file, results, path.string()).check(row_index); !bad.empty())
             throw ArchiveError(fmt::format("row {} of /{} cannot be decoded: {}", row_index, kResults, bad));
-        ReadRow rr(kit);
-        h5::read_range(results, kit.row.id(), row_index, 1, &rr.row);
+        ReadRow rr(version == kVersion ? kit.row.id() : kit.row_v4.id());
+        h5::read_range(results, rr.type, row_index, 1, &rr.row);
         const Row& row = rr.row;
         std::string holds = fixed(row.job_id, sizeof(row.job_id));
         if (holds != id)
@@ -407,7 +418,13 @@ struct Reader {
         auto info = std::make_shared<JobInfo>();
         info->function = str(row.function);
         info->args = str(row.args);
-        info->summary = str(row.summary);
+        if (version == kVersion) {
+            info->summary = fixed(row.summary, sizeof(row.summary));
+        } else {
+            const char* summary = nullptr;
+            std::memcpy(&summary, row.summary, sizeof summary);
+            info->summary = str(summary);
+        }
         info->label = str(row.label);
         info->tags = str(row.tags);
         r.info = std::move(info);
@@ -488,7 +505,7 @@ struct ResultsArchive::Impl {
         h5::set_attribute(f, "pid", static_cast<int>(::getpid()), kit.scalar.id());
         Row zero{};
         const char* empty_text = "";
-        for (auto* p : {&zero.value, &zero.service, &zero.function, &zero.summary, &zero.args, &zero.label,
+        for (auto* p : {&zero.value, &zero.service, &zero.function, &zero.args, &zero.label,
                         &zero.tags, &zero.owner, &zero.server, &zero.error_type, &zero.message, &zero.traceback,
                         &zero.stdout_text, &zero.stderr_text})
             *p = empty_text;
@@ -545,7 +562,7 @@ struct ResultsArchive::Impl {
     void reopen() {
         h5::PList fapl = h5::file_access();
         h5file = h5::open_file(file.string(), true, fapl.id());
-        check_layout(h5file.id(), session, kit);
+        check_layout(h5file.id(), session, kit, true);
         results = h5::open_dataset(h5file.id(), kResults, dapl.id());
         index = h5::open_dataset(h5file.id(), kIndex, dapl.id());
         values = h5::exists(h5file.id(), kValues) ? h5::open_group(h5file.id(), kValues)
@@ -649,6 +666,19 @@ struct ResultsArchive::Impl {
         }
     };
 
+    // At most 95 bytes, cut where a UTF-8 character starts (dynexec's own summaries are shorter), up to a NUL.
+    static void set_summary(Row& row, std::string_view text) {
+        constexpr std::size_t room = sizeof(row.summary) - 1;
+        text = text.substr(0, text.find('\0'));
+        std::size_t n = text.size();
+        if (n > room) {
+            n = room - 3;
+            while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+        }
+        std::memcpy(row.summary, text.data(), n);
+        if (n < text.size()) std::memcpy(row.summary + n, "...", 3);
+    }
+
     static void set_kind(Row& row, std::string_view kind) {
         std::memset(row.value_kind, 0, sizeof(row.value_kind));
         std::memcpy(row.value_kind, kind.data(), kind.size());
@@ -739,7 +769,7 @@ struct ResultsArchive::Impl {
         row.stderr_text = s.text(r.captured_stderr);
         const JobInfo* info = r.info.get();
         row.function = info ? s.text(info->function) : empty;
-        row.summary = info ? s.text(info->summary) : empty;
+        if (info) set_summary(row, info->summary);
         row.args = info ? s.text(info->args) : empty;
         row.label = info ? s.text(info->label) : empty;
         row.tags = info ? s.text(info->tags) : empty;
@@ -1065,7 +1095,7 @@ struct ResultsArchive::Impl {
         tail_known = true;
     }
 
-    Reader reader() const { return Reader{kit, h5file.id(), results.id(), index.id()}; }
+    Reader reader() const { return Reader{kit, h5file.id(), results.id(), index.id(), kVersion}; }
 };
 
 ResultsArchive::ResultsArchive(fs::path dir, std::string session, ArchiveAccess access)
@@ -1217,10 +1247,10 @@ std::optional<Result> ResultsArchive::read_from(const fs::path& dir, const JobId
         Kit kit;
         h5::PList fapl = h5::file_access();
         h5::File f = h5::open_file(file.string(), false, fapl.id());
-        check_layout(f.id(), session, kit);
+        int version = check_layout(f.id(), session, kit, false);
         h5::Dataset results = h5::open_dataset(f.id(), kResults);
         h5::Dataset index = h5::open_dataset(f.id(), kIndex);
-        return Reader{kit, f.id(), results.id(), index.id()}.read(id, slot, file);
+        return Reader{kit, f.id(), results.id(), index.id(), version}.read(id, slot, file);
     } catch (const ArchiveError& e) {
         throw ArchiveError(fmt::format("cannot read job {} from results archive '{}': {}", id, file.string(), e.what()));
     }

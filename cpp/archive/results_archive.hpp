@@ -1,14 +1,15 @@
 // The results archive: one HDF5 file per session, `<dir>/<session>.h5`, in
 // plain HDF5 that h5py, h5dump, HDFView and pandas (through h5py) read
 // without dynexec (dynexec.read_archive is such a reader, h5py and numpy only).
-//   root attributes  format = "dynexec results archive", version = 4 (int32),
+//   root attributes  format = "dynexec results archive", version = 5 (int32),
 //                    session; start_time, end_time (ISO 8601 UTC text; end_time
 //                    "" while the session runs), user, host, pid, and what the
 //                    Executor adds (script, label, dynexec_version, ...)
 //   /results  1-D compound table, one row per archived job in the order they
 //             were written (no empty rows), chunked, extended as rows come.
-//             Texts are variable-length UTF-8 strings ("" when empty); status
-//             and value_kind are short NUL-terminated ASCII strings:
+//             Texts are variable-length UTF-8 strings ("" when empty), but for
+//             the short ones: job_id, status and value_kind NUL-terminated ASCII,
+//             summary NUL-terminated UTF-8 of at most 95 bytes:
 //     job_id, status ("ok", "error", "cancelled", "lost", "killed", "timeout"),
 //     value_kind ("none", "bool", "int", "float", "str", "bytes", "pickle",
 //                 "array", "json"),
@@ -16,8 +17,8 @@
 //                  kept as a dataset of its own: that dataset's path
 //     int_value    int64: a bool or int value; float_value float64: a float
 //     value_bytes  variable-length uint8: a bytes or pickle value up to 64 KiB
-//     service, function (a Python job's callable), args (JSON text), summary,
-//     label, tags (a JSON array), owner, server,
+//     service, function (a Python job's callable), summary (the call, short and
+//     printable), args (JSON text), label, tags (a JSON array), owner, server,
 //     submit_time, start_time, end_time  float64 seconds since the Unix epoch
 //                  (the dataset's attribute time_unit says so), attempts int32,
 //     error_type, message, traceback, stdout, stderr
@@ -42,8 +43,9 @@
 // failed write or flush takes the batch back (rows cut off, entries zeroed).
 // A reader checks that the row an index entry names holds that job, and that
 // each string reference of the row holds against the file (vlen_check.hpp).
-// Only version 4 is read and written; older files get a clear message here
-// (dynexec.read_archive still reads versions 2 and 3).
+// Version 5 is written; version 4 (a variable-length summary) is read too;
+// other files get a clear message here (dynexec.read_archive still reads
+// versions 2 and 3).
 #pragma once
 
 #include "common/errors.hpp"

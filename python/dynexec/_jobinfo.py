@@ -7,7 +7,7 @@ import os
 import reprlib
 import sys
 
-_SUMMARY_MAX = 200  # characters of a job's printable summary
+_SUMMARY_MAX = 95  # UTF-8 bytes of a job's printable summary: the archive's summary column holds 95
 _ARGS_MAX = 64 * 1024  # bytes of a job's arguments as JSON text; bigger ones are only summarised
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(', ', ': ')).encode
@@ -43,7 +43,12 @@ def summary(name: str, args, kwargs) -> str:
     parts = [_repr.repr(a) for a in args] + [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
     text = f"{name.rpartition('.')[2] if name else '?'}({', '.join(parts)})"
     text = " ".join(text.split())  # one line: a numpy array's repr has newlines
-    return text if len(text) <= _SUMMARY_MAX else text[:_SUMMARY_MAX - 4] + "...)"
+    if len(text.encode("utf-8", "surrogatepass")) <= _SUMMARY_MAX:
+        return text
+    cut = text[:_SUMMARY_MAX - 4]
+    while len(cut.encode("utf-8", "surrogatepass")) > _SUMMARY_MAX - 4:
+        cut = cut[:-1]
+    return cut + "...)"
 
 
 def tags_text(tags) -> str:
@@ -72,7 +77,10 @@ def _fast(args, kwargs, label, tags, function) -> tuple | None:
         return None
     parts = ", ".join(map(repr, args))
     name = function.rpartition(".")[2] if function else "?"
-    return (function, f'{{"args": {_dumps(list(args))}, "kwargs": {{}}}}', f"{name}({parts})", "", "")
+    text = f"{name}({parts})"  # ASCII: a character a byte
+    if len(text) > _SUMMARY_MAX:
+        return None
+    return (function, f'{{"args": {_dumps(list(args))}, "kwargs": {{}}}}', text, "", "")
 
 
 def describe(function: str, args, kwargs, label: str, tags) -> tuple[str, str, str, str, str]:

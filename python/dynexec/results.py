@@ -334,8 +334,8 @@ def _read_archive_v3(path: str | os.PathLike, job_ids=None) -> dict[str, dict]:
         return out
 
 
-# Columns of a version-4 /results row read as text, and the record every reader gets (read_archive, as_frame).
-_V4_TEXTS = ("error_type", "message", "traceback", "owner", "service", "server", "stdout", "stderr", "function",
+# Columns of a version-4 or -5 /results row read as text (a version-5 summary is fixed-size), and the record every reader gets (read_archive, as_frame).
+_TABLE_TEXTS = ("error_type", "message", "traceback", "owner", "service", "server", "stdout", "stderr", "function",
              "args", "summary", "label")
 _STATUSES = frozenset(("ok", "error", "cancelled", "lost", "killed", "timeout"))
 _RECORD_FIELDS = ("job_id", "status", "value_kind", "value", *_TEXT_FIELDS, "function", "args", "summary", "label",
@@ -366,8 +366,8 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
     has status None, as has a row with a damaged string reference (checked against the file first: libhdf5
     1.10 would follow it blindly and crash); with `label` or `tag`, such a row is left out.
 
-    The layout (version 4, cpp/archive/results_archive.hpp and the README) is plain HDF5; files of layout
-    versions 2 and 3 are read too (without the job descriptions). Raises ValueError naming the file if it is
+    The layout (version 5, cpp/archive/results_archive.hpp and the README) is plain HDF5; files of layout
+    version 4 are read too, and of versions 2 and 3 (without the job descriptions). Raises ValueError naming the file if it is
     not such an archive, or if a job ID is not one of its session.
     """
     import h5py
@@ -384,14 +384,14 @@ def read_archive(path: str | os.PathLike, job_ids=None, *, label: str | None = N
                 rec.update({"function": "", "args": "", "summary": "", "label": "", "tags": ()})
             return _frame(records) if as_frame else records
         try:
-            if "results" not in f or "index" not in f or version != 4:
-                raise ValueError(f"no /results and /index of layout version 4 (version {version!r})")
+            if "results" not in f or "index" not in f or version not in (4, 5):
+                raise ValueError(f"no /results and /index of layout version 4 or 5 (version {version!r})")
             session = f.attrs["session"]
             session = session.decode() if isinstance(session, bytes) else str(session)
             results, index = f["results"], f["index"]
         except Exception as exc:
             raise ValueError(f"{path} is not a dynexec results archive: {exc}") from exc
-        records = _read_v4(f, str(path), session, results, index, job_ids, label, tag)
+        records = _read_table(f, str(path), session, results, index, job_ids, label, tag)
     return _frame(records) if as_frame else records
 
 
@@ -409,7 +409,7 @@ def _runs(indices):
         yield start, prev + 1
 
 
-def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str, dict]:
+def _read_table(f, path, session, results, index, job_ids, label, tag) -> dict[str, dict]:
     import numpy as np
 
     n = len(results)
@@ -500,7 +500,7 @@ def _read_v4(f, path, session, results, index, job_ids, label, tag) -> dict[str,
         job_of_row = {}
     out = {}
     for i, row in read_rows():
-        rec = _record_v4(f, path, session, int(i), row, job_of_row.get(int(i)))
+        rec = _record_table(f, path, session, int(i), row, job_of_row.get(int(i)))
         key = rec["job_id"]
         while key in out:  # a damaged job_id that repeats another: keep both
             key += "?"
@@ -514,7 +514,7 @@ def _text(v) -> str:
     return "" if v is None else str(v)
 
 
-def _record_v4(f, path, session, i, row, indexed) -> dict:
+def _record_table(f, path, session, i, row, indexed) -> dict:
     rec = {k: "" for k in _RECORD_FIELDS}
     job_id = indexed or f"<row {i} of {path}>"
     rec.update(status=None, value_kind=None, value=None, tags=(), submit_time=0.0, start_time=0.0, end_time=0.0,
@@ -541,7 +541,7 @@ def _record_v4(f, path, session, i, row, indexed) -> dict:
     if rec["status"] is not None and rec["status"] not in _STATUSES:
         problems.append(f"its status {rec['status']!r} is unknown")
         rec["status"] = None
-    for k in _V4_TEXTS:
+    for k in _TABLE_TEXTS:
         try:
             rec[k] = _text(row[k])
         except Exception as exc:
@@ -550,7 +550,7 @@ def _record_v4(f, path, session, i, row, indexed) -> dict:
         rec["tags"] = _tags(_text(row["tags"]))
     except Exception as exc:
         problems.append(f"its tags cannot be read: {exc}")
-    _times_and_value(rec, row, problems, lambda: _value_v4(f, job_id, row, rec["value_kind"], rec["status"]))
+    _times_and_value(rec, row, problems, lambda: _value_table(f, job_id, row, rec["value_kind"], rec["status"]))
     if problems:
         rec["decode_error"] = f"job {job_id} in {path}: " + "; ".join(problems)
     return rec
@@ -572,7 +572,7 @@ def _times_and_value(rec, row, problems, value) -> None:
         problems.append(f"its value cannot be read: {type(exc).__name__}: {exc}")
 
 
-def _value_v4(f, job_id, row, kind, status):
+def _value_table(f, job_id, row, kind, status):
     if kind == "none":
         return None
     if kind in ("bool", "int"):
@@ -635,7 +635,7 @@ def sessions(archive: str | os.PathLike | None = None) -> list[dict]:
                         info[k] = v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
                 if "results" in f:
                     results = f["results"]  # versions 2 and 3 have a row per job ID, "absent" (0) ones too
-                    info["jobs"] = len(results) if info["version"] == 4 else int(
+                    info["jobs"] = len(results) if info["version"] in (4, 5) else int(
                         (results.fields("status")[()] != 0).sum())
         except Exception as exc:
             info["error"] = f"{file}: {type(exc).__name__}: {exc}"
