@@ -402,11 +402,6 @@ void write_chunk(hid_t dataset, hsize_t first, const void* buf, std::size_t byte
     check(H5Dwrite_chunk(dataset, H5P_DEFAULT, 0, &first, bytes, buf), "H5Dwrite_chunk", dataset);
 }
 
-void flush_dataset(hid_t dataset) {
-    Quiet q;
-    check(H5Dflush(dataset), "H5Dflush", dataset);
-}
-
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf) {
     Quiet q;
     auto [file, mem] = range_spaces(dataset, start, count);

@@ -154,7 +154,6 @@ PList conversion_buffer(std::size_t bytes);
 hsize_t chunk_rows(hid_t dataset); // elements per chunk; 0 if it is not such a dataset
 void read_chunk(hid_t dataset, hsize_t first, void* buf); // the chunk whose first element is `first`
 void write_chunk(hid_t dataset, hsize_t first, const void* buf, std::size_t bytes);
-void flush_dataset(hid_t dataset); // its cached chunks, to the file
 void read_range(hid_t dataset, hid_t mem_type, hsize_t start, hsize_t count, void* buf);
 
 // Attributes.

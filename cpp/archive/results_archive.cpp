@@ -43,9 +43,9 @@ constexpr const char* kFormat = "dynexec results archive";
 constexpr int kVersion = 5;       // the one written here
 constexpr int kOldestRead = 4;    // read too (its summary a variable-length string)
 
-constexpr hsize_t kRowsPerChunk = 128; // each flush writes the last chunk whole: keep it small (about 7 KiB)
+constexpr hsize_t kRowsPerChunk = 128; // each batch writes its last chunk whole (52 KiB): small, but few pwrites
 constexpr hsize_t kIndexChunk = 512; // the same: 4 KiB rewritten per flush
-constexpr hsize_t kSideChunk = 1024;  // of /texts and /bytes: 4 KiB of references
+constexpr hsize_t kSideChunk = 1024;  // of /texts and /bytes: 16 KiB of references, read back once per batch
 // Texts of the columns that repeat (owner, function, ...) kept with their heap references across batches.
 constexpr std::size_t kSharedTexts = 4096, kSharedTextMax = 512;
 // Room for the few chunks one batch touches, so that a partly written chunk is not read back.
